@@ -1,0 +1,64 @@
+"""The ``aptune`` command line: one file per subcommand, registered here.
+
+Each subcommand module exposes ``add_parser(subparsers)`` which registers its
+arguments and sets ``func`` to a callable taking the parsed namespace and
+returning an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from aptune.errors import AptuneError
+
+# Module names under aptune.cli; a missing module is skipped so partial installs still work.
+SUBCOMMAND_MODULES = ("data", "train", "eval", "predict", "pretrain", "demo", "bench", "merge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aptune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="aptune",
+        description="Attention Prompt Tuning for frozen pretrained video transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"aptune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"aptune.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"aptune.cli.{name}":
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AptuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
