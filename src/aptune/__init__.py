@@ -3,6 +3,31 @@
 APT (Bandara & Patel, FG 2024, https://arxiv.org/abs/2403.06978) keeps a VideoMAE
 ViT frozen and learns a few prompt vectors appended to the keys and values of
 each attention layer, plus the classifier.
+
+    import aptune
+    model = aptune.create_model("vit_small_patch16_224", num_classes=101, method="apt",
+                                num_prompts=8, pretrained="videomae_vits_k400.pth")
+    aptune.count_parameters(model)          # (trainable, total)
+    aptune.save_adapter(model, "ucf101.safetensors")
 """
 
 __version__ = "0.1.0"
+
+from aptune.adapters import load_adapter, model_from_adapter, read_adapter, save_adapter
+from aptune.factory import create_model
+from aptune.methods import METHODS, build_method
+from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, count_parameters
+
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "VisionTransformer",
+    "ViTConfig",
+    "build_method",
+    "count_parameters",
+    "create_model",
+    "load_adapter",
+    "model_from_adapter",
+    "read_adapter",
+    "save_adapter",
+]

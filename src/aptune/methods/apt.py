@@ -1,0 +1,89 @@
+"""Attention Prompt Tuning (Bandara & Patel, FG 2024, https://arxiv.org/abs/2403.06978).
+
+In every block l of [prompt_start, prompt_end], P learnable keys Pk_l and values
+Pv_l of shape (P, head_dim), shared by all heads, are appended to that block's
+keys and values.  Queries are unchanged, so the block still outputs N tokens
+and the prompts never reach the next layer.  The extra cost is 2*N*P*D
+multiply-adds per layer, against VPT-deep's 12*P*D^2 + 2*D*(2NP + P^2).
+
+Reparameterisation: a learnable scale s_l of shape (2, P), initialised to one,
+multiplies each prompt row by max(s, 1).  This is the official formula, kept
+exactly so checkpoints trained with the official code give the same logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aptune.errors import ConfigError
+from aptune.methods import register
+from aptune.models.vit import VisionTransformer, prompt_init_bound
+
+
+class AttentionPrompts(nn.Module):
+    """Per-layer prompt keys/values (and scales) for layers first_layer..last_layer."""
+
+    def __init__(self, num_layers: int, num_prompts: int, head_dim: int, bound: float,
+                 first_layer: int = 0, dropout: float = 0.0, reparam: bool = True) -> None:
+        super().__init__()
+        self.first_layer = first_layer
+        self.last_layer = first_layer + num_layers - 1
+        self.keys = nn.Parameter(torch.empty(num_layers, num_prompts, head_dim).uniform_(-bound, bound))
+        self.values = nn.Parameter(torch.empty(num_layers, num_prompts, head_dim).uniform_(-bound, bound))
+        self.scales = nn.Parameter(torch.ones(num_layers, 2, num_prompts)) if reparam else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        """(keys, values) of shape (1, 1, P, head_dim) for ``layer``, or None outside the range."""
+        if not self.first_layer <= layer <= self.last_layer:
+            return None
+        index = layer - self.first_layer
+        keys = self.dropout(self.keys[index])
+        values = self.dropout(self.values[index])
+        if self.scales is not None:
+            # torch.maximum (not clamp) so gradients at s == 1 match the official code
+            one = torch.ones((), dtype=self.scales.dtype, device=self.scales.device)
+            keys = keys * torch.maximum(self.scales[index, 0], one)[:, None]
+            values = values * torch.maximum(self.scales[index, 1], one)[:, None]
+        return keys[None, None], values[None, None]
+
+
+@register("apt")
+@dataclass
+class APT:
+    num_prompts: int = 400
+    prompt_start: int = 0
+    prompt_end: int | None = None  # inclusive; None = last block
+    prompt_dropout: float = 0.0
+    reparam: bool = True
+
+    def attach(self, model: VisionTransformer) -> None:
+        if self.num_prompts == 0:
+            return  # zero prompts is exactly the frozen backbone with a new head
+        start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
+        config = model.config
+        model.kv_prompts = AttentionPrompts(
+            num_layers=end - start + 1,
+            num_prompts=self.num_prompts,
+            head_dim=config.head_dim,
+            bound=prompt_init_bound(config.patch_size, config.head_dim),
+            first_layer=start,
+            dropout=self.prompt_dropout,
+            reparam=self.reparam,
+        ).to(model.fc_norm.weight.device)
+
+    def trainable_prefixes(self) -> tuple[str, ...]:
+        return ("kv_prompts.", "fc_norm.", "head.")
+
+
+def resolve_layer_range(start: int, end: int | None, depth: int) -> tuple[int, int]:
+    """Check an inclusive block range and fill in the default end (the last block)."""
+    end = depth - 1 if end is None else end
+    if not 0 <= start <= end < depth:
+        raise ConfigError(
+            f"prompt range [{start}, {end}] must satisfy 0 <= prompt_start <= prompt_end < depth={depth}"
+        )
+    return start, end

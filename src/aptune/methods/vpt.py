@@ -1,0 +1,79 @@
+"""Visual Prompt Tuning (Jia et al., ECCV 2022, https://arxiv.org/abs/2203.12119).
+
+P learnable tokens of width D join the token sequence: once before the first
+prompted block (shallow) or replaced before every block of the range (deep).
+They take part in attention as queries, keys and values, which is what makes
+VPT cost 12*P*D^2 + 2*D*(2NP + P^2) extra multiply-adds per layer.  They are
+excluded from the mean pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aptune.methods import register
+from aptune.methods.apt import resolve_layer_range
+from aptune.models.vit import VisionTransformer, prompt_init_bound
+
+
+class TokenPrompts(nn.Module):
+    """Prompt tokens inserted before layers first_layer..last_layer (one set per layer)."""
+
+    def __init__(self, num_layers: int, num_prompts: int, dim: int, bound: float,
+                 first_layer: int = 0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.first_layer = first_layer
+        self.last_layer = first_layer + num_layers - 1
+        self.tokens = nn.Parameter(torch.empty(num_layers, num_prompts, dim).uniform_(-bound, bound))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, layer: int, batch_size: int) -> Tensor | None:
+        """(B, P, D) tokens replacing the current prompts before ``layer``; None keeps them."""
+        if not self.first_layer <= layer <= self.last_layer:
+            return None
+        tokens = self.dropout(self.tokens[layer - self.first_layer])
+        return tokens[None].expand(batch_size, -1, -1)
+
+
+@dataclass
+class _VPT:
+    num_prompts: int = 50
+    prompt_start: int = 0
+    prompt_end: int | None = None  # deep only: last block that gets fresh prompts
+    prompt_dropout: float = 0.0
+
+    deep = False
+
+    def attach(self, model: VisionTransformer) -> None:
+        if self.num_prompts == 0:
+            return
+        start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
+        if not self.deep:
+            end = start  # shallow: inserted once, then carried through the later blocks
+        config = model.config
+        model.token_prompts = TokenPrompts(
+            num_layers=end - start + 1,
+            num_prompts=self.num_prompts,
+            dim=config.embed_dim,
+            bound=prompt_init_bound(config.patch_size, config.embed_dim),
+            first_layer=start,
+            dropout=self.prompt_dropout,
+        ).to(model.fc_norm.weight.device)
+
+    def trainable_prefixes(self) -> tuple[str, ...]:
+        return ("token_prompts.", "fc_norm.", "head.")
+
+
+@register("vpt-shallow")
+@dataclass
+class VPTShallow(_VPT):
+    deep = False
+
+
+@register("vpt-deep")
+@dataclass
+class VPTDeep(_VPT):
+    deep = True

@@ -1,0 +1,71 @@
+"""Multi-head self-attention with an explicit slot for extra keys and values.
+
+This is the extension point Attention Prompt Tuning uses: prompts enter as
+``extra_kv`` and are concatenated to the keys and values along the token axis,
+so queries (and therefore the block's output length) are unchanged.  The
+attention itself always goes through ``scaled_dot_product_attention``, which
+never materialises an N x N matrix on the fused/flash paths.
+
+State-dict names follow the original VideoMAE code: a fused ``qkv`` Linear
+without bias plus separate ``q_bias`` and ``v_bias`` (the key has no bias).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Keys and values to append, each broadcastable to (batch, heads, P, head_dim).
+ExtraKV = tuple[Tensor, Tensor]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_bias(self) -> Tensor | None:
+        if self.q_bias is None:
+            return None
+        # the key bias is fixed at zero, as in VideoMAE
+        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, D) -> q, k, v each (B, heads, N, head_dim)."""
+        batch, tokens, _ = x.shape
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None) -> Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.project_qkv(x)
+        if extra_kv is not None:
+            k, v = append_kv(k, v, extra_kv)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(out))
+
+
+def append_kv(k: Tensor, v: Tensor, extra_kv: ExtraKV) -> tuple[Tensor, Tensor]:
+    """Concatenate extra keys/values (broadcast over batch and heads) after the tokens."""
+    extra_k, extra_v = extra_kv
+    shape = (k.shape[0], k.shape[1], extra_k.shape[-2], k.shape[-1])
+    extra_k = extra_k.to(k.dtype).expand(shape)
+    extra_v = extra_v.to(v.dtype).expand(shape)
+    return torch.cat((k, extra_k), dim=2), torch.cat((v, extra_v), dim=2)

@@ -1,0 +1,306 @@
+"""The VideoMAE vision transformer, with explicit extension points for tuning methods.
+
+Architecture (Tong et al., NeurIPS 2022): Conv3d tubelet patch embedding, a fixed
+1-D sin-cos position table over the flattened (t, h, w) token grid, pre-norm
+blocks with GELU MLPs, mean pooling over tokens, ``fc_norm`` and a linear ``head``.
+State-dict names match the original VideoMAE code so its checkpoints load as-is.
+
+Tuning methods never patch forward functions.  They use two slots:
+
+* ``kv_prompts`` -- a module called as ``kv_prompts(layer_index)`` returning extra
+  (keys, values) for that block's attention, or None (Attention Prompt Tuning);
+* ``token_prompts`` -- a module called as ``token_prompts(layer_index, batch_size)``
+  returning (B, P, D) tokens that replace the prompt tokens before that block,
+  or None to keep the current ones (Visual Prompt Tuning).
+
+Both expose ``first_layer`` so the model can run the frozen blocks before it
+without building an autograd graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from aptune.models.attention import Attention, ExtraKV
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ViTConfig:
+    """Everything needed to rebuild the backbone; stored in every adapter file."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    tubelet_size: int = 2
+    num_frames: int = 16
+    img_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 400
+    qkv_bias: bool = True
+    layer_norm_eps: float = 1e-6
+    layer_scale_init: float = 0.0  # > 0 adds VideoMAE's gamma_1 / gamma_2
+    drop_path_rate: float = 0.0
+    head_dropout: float = 0.0
+    head_init_scale: float = 0.001
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    name: str = field(default="custom", compare=False)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        side = self.img_size // self.patch_size
+        return (self.num_frames // self.tubelet_size, side, side)
+
+    @property
+    def num_patches(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {k: v for k, v in values.items() if k in known}
+        for key in ("mean", "std"):
+            if key in clean:
+                clean[key] = tuple(clean[key])
+        return cls(**clean)
+
+
+PRESETS: dict[str, dict] = {
+    "vit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_224": dict(embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge_patch16_224": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def arch_config(arch: str | None = None, **overrides) -> ViTConfig:
+    """A preset by name (or the defaults) with keyword overrides applied."""
+    values: dict = {}
+    if arch is not None:
+        if arch not in PRESETS:
+            raise KeyError(f"unknown arch '{arch}' (valid: {', '.join(PRESETS)})")
+        values.update(PRESETS[arch], name=arch)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ViTConfig.from_dict(values)
+
+
+def sincos_position_table(num_positions: int, dim: int) -> Tensor:
+    """VideoMAE's fixed table: position / 10000^(2*(j//2)/dim), sin on even j, cos on odd j."""
+    positions = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponents = 2.0 * (torch.arange(dim) // 2).to(torch.float64) / dim
+    angles = positions / torch.pow(10000.0, exponents)[None, :]
+    table = torch.empty_like(angles)
+    table[:, 0::2] = torch.sin(angles[:, 0::2])
+    table[:, 1::2] = torch.cos(angles[:, 1::2])
+    return table.to(torch.float32)
+
+
+def resize_position_table(table: Tensor, src_grid: tuple[int, int, int],
+                          dst_grid: tuple[int, int, int]) -> Tensor:
+    """Trilinearly resample a (N, D) table laid out on ``src_grid`` to ``dst_grid``."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return table
+    dim = table.shape[-1]
+    volume = table.reshape(1, *src_grid, dim).permute(0, 4, 1, 2, 3)
+    volume = F.interpolate(volume, size=tuple(dst_grid), mode="trilinear", align_corners=False)
+    return volume.permute(0, 2, 3, 4, 1).reshape(-1, dim)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping tubelets (tubelet x patch x patch) projected to embed_dim by a Conv3d."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        x = self.proj(x)  # (B, D, T', H', W')
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch for a random subset of samples."""
+
+    def __init__(self, prob: float) -> None:
+        super().__init__()
+        self.prob = prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        keep = 1.0 - self.prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    def __init__(self, config: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attn = Attention(dim, config.num_heads, qkv_bias=config.qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        if config.layer_scale_init > 0:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), config.layer_scale_init))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), config.layer_scale_init))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None) -> Tensor:
+        attn = self.attn(self.norm1(x), extra_kv)
+        if self.gamma_1 is not None:
+            attn = self.gamma_1 * attn
+        x = x + self.drop_path(attn)
+        mlp = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            mlp = self.gamma_2 * mlp
+        return x + self.drop_path(mlp)
+
+
+class VisionTransformer(nn.Module):
+    """VideoMAE ViT classifier.  Input (B, C, T, H, W) normalised float; output logits."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.patch_embed = PatchEmbed(config.patch_size, config.tubelet_size, config.in_chans, dim)
+        # Fixed, not a parameter: rebuilt from the config, never stored in checkpoints.
+        self.register_buffer(
+            "pos_embed", sincos_position_table(config.num_patches, dim)[None], persistent=False
+        )
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.fc_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.head_dropout = nn.Dropout(config.head_dropout)
+        self.head = nn.Linear(dim, config.num_classes)
+        self.kv_prompts: nn.Module | None = None
+        self.token_prompts: nn.Module | None = None
+        self.grad_checkpointing = False
+        self._init_weights()
+
+    # ----------------------------------------------------------------- set-up
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.reset_head(self.config.num_classes)
+
+    def reset_head(self, num_classes: int) -> None:
+        """A fresh classifier; VideoMAE scales its init down so early logits stay small."""
+        self.config.num_classes = num_classes
+        head = nn.Linear(self.config.embed_dim, num_classes).to(self.fc_norm.weight.device)
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+        with torch.no_grad():
+            head.weight.mul_(self.config.head_init_scale)
+        self.head = head
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    # ---------------------------------------------------------------- forward
+    def position_embedding(self, grid: tuple[int, int, int]) -> Tensor:
+        if tuple(grid) == self.config.grid:
+            return self.pos_embed
+        # a clip of another length or size: resample the table the weights were trained with
+        return resize_position_table(self.pos_embed[0], self.config.grid, tuple(grid))[None]
+
+    def first_block_needing_grad(self) -> int:
+        """Index of the first block whose output depends on a trainable tensor."""
+        if any(p.requires_grad for p in self.patch_embed.parameters()):
+            return 0
+        candidates = [len(self.blocks)]
+        for i, block in enumerate(self.blocks):
+            if any(p.requires_grad for p in block.parameters()):
+                candidates.append(i)
+                break
+        for hook in (self.kv_prompts, self.token_prompts):
+            if hook is not None and any(p.requires_grad for p in hook.parameters()):
+                candidates.append(hook.first_layer)
+        return min(candidates)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled, normalised features (B, D)."""
+        first_grad = 0
+        if torch.is_grad_enabled() and not x.requires_grad:
+            first_grad = self.first_block_needing_grad()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and first_grad == 0):
+            x, grid = self.patch_embed(x)
+            x = x + self.position_embedding(grid).to(x.dtype)
+        num_patches = x.shape[1]
+        for index, block in enumerate(self.blocks):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and index >= first_grad):
+                x = self._run_block(index, block, x, num_patches)
+        # prompt tokens (VPT) are not part of the video: pool over patch tokens only
+        return self.fc_norm(x[:, :num_patches].mean(dim=1))
+
+    def _run_block(self, index: int, block: Block, x: Tensor, num_patches: int) -> Tensor:
+        if self.token_prompts is not None:
+            tokens = self.token_prompts(index, x.shape[0])
+            if tokens is not None:
+                x = torch.cat((x[:, :num_patches], tokens.to(x.dtype)), dim=1)
+        extra_kv = self.kv_prompts(index) if self.kv_prompts is not None else None
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, extra_kv, use_reentrant=False)
+        return block(x, extra_kv)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return self.head(self.head_dropout(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def prompt_init_bound(patch_size: int, width: int) -> float:
+    """Uniform init bound sqrt(6 / (3*patch*patch + width)) used for APT and VPT prompts."""
+    return math.sqrt(6.0 / (3 * patch_size * patch_size + width))

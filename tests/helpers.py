@@ -1,0 +1,67 @@
+"""Small models and an independent reference of the APT formula, shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import aptune
+
+TINY = dict(embed_dim=32, depth=3, num_heads=4, num_frames=4, img_size=32, patch_size=16)
+
+
+def tiny_model(method: str = "apt", num_classes: int = 5, **kwargs):
+    options = {**TINY, **kwargs}
+    return aptune.create_model(None, num_classes=num_classes, method=method, **options)
+
+
+def tiny_clip(batch: int = 2, seed: int = 0, frames: int = 4, size: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, frames, size, size, generator=generator)
+
+
+def randomize_(model, seed: int = 0) -> None:
+    """Non-trivial values everywhere (zero biases and unit norms would hide mistakes)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
+
+
+def reference_apt_logits(model, x: torch.Tensor) -> torch.Tensor:
+    """APT written out with an explicit softmax, reading the raw parameters.
+
+    Independent of aptune's attention code: per-head q, k, v from the fused
+    weights, prompts scaled by max(s, 1), k' = [k; Pk], v' = [v; Pv],
+    softmax(q k'^T / sqrt(d)) v'.  Dropout is off (eval).
+    """
+    config = model.config
+    heads, head_dim = config.num_heads, config.head_dim
+    tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tokens = tokens + model.pos_embed
+    prompts = model.kv_prompts
+    batch, length, dim = tokens.shape
+    for index, block in enumerate(model.blocks):
+        h = F.layer_norm(tokens, (dim,), block.norm1.weight, block.norm1.bias, config.layer_norm_eps)
+        attn = block.attn
+        w_q, w_k, w_v = attn.qkv.weight.chunk(3, dim=0)
+        q = (h @ w_q.T + attn.q_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+        k = (h @ w_k.T).view(batch, length, heads, head_dim).transpose(1, 2)
+        v = (h @ w_v.T + attn.v_bias).view(batch, length, heads, head_dim).transpose(1, 2)
+        if prompts is not None and prompts.first_layer <= index <= prompts.last_layer:
+            j = index - prompts.first_layer
+            pk, pv = prompts.keys[j], prompts.values[j]
+            if prompts.scales is not None:
+                pk = pk * torch.clamp(prompts.scales[j, 0], min=1.0)[:, None]
+                pv = pv * torch.clamp(prompts.scales[j, 1], min=1.0)[:, None]
+            k = torch.cat([k, pk.expand(batch, heads, -1, -1)], dim=2)
+            v = torch.cat([v, pv.expand(batch, heads, -1, -1)], dim=2)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / head_dim**0.5, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
+        tokens = tokens + out @ attn.proj.weight.T + attn.proj.bias
+        h = F.layer_norm(tokens, (dim,), block.norm2.weight, block.norm2.bias, config.layer_norm_eps)
+        tokens = tokens + block.mlp.fc2(F.gelu(block.mlp.fc1(h)))
+    pooled = F.layer_norm(tokens.mean(1), (dim,), model.fc_norm.weight, model.fc_norm.bias,
+                          config.layer_norm_eps)
+    return pooled @ model.head.weight.T + model.head.bias

@@ -1,0 +1,98 @@
+"""APT against an independent explicit-softmax implementation of the paper's formula."""
+
+import pytest
+import torch
+
+from helpers import randomize_, reference_apt_logits, tiny_clip, tiny_model
+
+
+@pytest.mark.parametrize("reparam", [True, False])
+def test_apt_matches_explicit_formula(reparam):
+    model = tiny_model("apt", num_prompts=3, reparam=reparam).eval()
+    randomize_(model)
+    if reparam:
+        with torch.no_grad():  # scales both below and above 1: max(s, 1) must clip the former
+            model.kv_prompts.scales.copy_(torch.linspace(0.2, 2.5, model.kv_prompts.scales.numel())
+                                          .view_as(model.kv_prompts.scales))
+    x = tiny_clip()
+    torch.testing.assert_close(model(x), reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_apt_partial_layer_range():
+    model = tiny_model("apt", num_prompts=4, prompt_start=1, prompt_end=1, depth=3).eval()
+    randomize_(model)
+    assert model.kv_prompts.keys.shape == (1, 4, 8)
+    x = tiny_clip()
+    torch.testing.assert_close(model(x), reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_dropout_is_off_in_eval_and_on_in_train():
+    model = tiny_model("apt", num_prompts=16, prompt_dropout=0.5)
+    randomize_(model)
+    x = tiny_clip()
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    torch.testing.assert_close(model(x), reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
+    model.train()
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(x))
+
+
+def test_zero_prompts_is_the_frozen_backbone():
+    backbone = tiny_model("full").eval()
+    randomize_(backbone)
+    apt = tiny_model("apt", num_prompts=0).eval()
+    apt.load_state_dict(backbone.state_dict())
+    assert apt.kv_prompts is None
+    x = tiny_clip()
+    torch.testing.assert_close(apt(x), backbone(x), rtol=0, atol=0)
+
+
+def test_linear_probe_sees_the_frozen_backbone_features():
+    backbone = tiny_model("full").eval()
+    randomize_(backbone)
+    probe = tiny_model("linear").eval()
+    probe.load_state_dict(backbone.state_dict())
+    x = tiny_clip()
+    torch.testing.assert_close(probe.forward_features(x), backbone.forward_features(x), rtol=0, atol=0)
+
+
+def test_prompts_change_outputs_and_leave_token_count():
+    model = tiny_model("apt", num_prompts=2).eval()
+    randomize_(model)
+    x = tiny_clip()
+    with torch.no_grad():
+        tokens, _ = model.patch_embed(x)
+        out = model.blocks[0](tokens, model.kv_prompts(0))
+    assert out.shape == tokens.shape  # queries unchanged: the block still outputs N tokens
+
+
+def test_trainable_count_matches_the_paper_setting():
+    import aptune
+
+    model = aptune.create_model("vit_base_patch16_224", num_classes=101, method="apt",
+                                num_prompts=400, reparam=True)
+    trainable, total = aptune.count_parameters(model)
+    assert trainable == 703_205
+    assert total == trainable + sum(p.numel() for n, p in model.named_parameters()
+                                    if not n.startswith(("kv_prompts.", "fc_norm.", "head.")))
+
+
+def test_prompt_init_bound():
+    model = tiny_model("apt", num_prompts=200)
+    bound = (6 / (3 * 16 * 16 + 8)) ** 0.5
+    keys = model.kv_prompts.keys
+    assert keys.abs().max() <= bound
+    assert keys.abs().max() > 0.9 * bound  # uniform over the whole range, not a tiny init
+    torch.testing.assert_close(model.kv_prompts.scales, torch.ones_like(model.kv_prompts.scales))
+
+
+def test_bad_prompt_range_is_a_clear_error():
+    from aptune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt_start"):
+        tiny_model("apt", num_prompts=2, prompt_start=2, prompt_end=1)
+    with pytest.raises(ConfigError, match="depth=3"):
+        tiny_model("apt", num_prompts=2, prompt_end=3)

@@ -1,0 +1,166 @@
+"""Every registered method on a tiny model: forward, backward, exact trainable set, adapter round trip."""
+
+import pytest
+import torch
+
+import aptune
+from aptune.methods import METHODS, build_method
+from helpers import randomize_, tiny_clip, tiny_model
+
+PROMPT_METHODS = {"apt", "vpt-shallow", "vpt-deep"}
+EXPECTED_PREFIXES = {
+    "apt": ("kv_prompts.", "fc_norm.", "head."),
+    "vpt-shallow": ("token_prompts.", "fc_norm.", "head."),
+    "vpt-deep": ("token_prompts.", "fc_norm.", "head."),
+    "linear": ("fc_norm.", "head."),
+    "full": ("",),
+}
+
+
+def make(method):
+    options = {"num_prompts": 3} if method in PROMPT_METHODS else {}
+    model = tiny_model(method, **options)
+    randomize_(model)
+    if model.kv_prompts is not None:
+        with torch.no_grad():  # scales on both sides of 1 (below 1 they get no gradient)
+            scales = model.kv_prompts.scales
+            scales.copy_(torch.linspace(0.5, 2.0, scales.numel()).view_as(scales))
+    return model
+
+
+build_method("apt")  # fills the registry
+ALL_METHODS = sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_forward_shape(method):
+    model = make(method).eval()
+    assert model(tiny_clip()).shape == (2, 5)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_gradients_reach_only_trainable_tensors(method):
+    model = make(method).train()
+    model(tiny_clip()).logsumexp(-1).sum().backward()
+    prefixes = EXPECTED_PREFIXES[method]
+    for name, param in model.named_parameters():
+        trainable = name.startswith(prefixes)
+        assert param.requires_grad == trainable, name
+        if trainable:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None, name
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_adapter_round_trip(method, tmp_path):
+    model = make(method).eval()
+    path = aptune.save_adapter(model, tmp_path / "adapter.safetensors")
+    tensors, meta = aptune.read_adapter(path)
+    assert set(tensors) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert meta["method"]["name"] == method
+
+    fresh = make(method).eval()
+    torch.manual_seed(123)
+    randomize_(fresh, seed=99)  # different trainable tensors before loading
+    frozen = {k: v for k, v in model.state_dict().items() if k not in tensors}
+    fresh.load_state_dict(frozen, strict=False)
+    x = tiny_clip()
+    if method != "full":
+        assert not torch.allclose(fresh(x), model(x))
+    aptune.load_adapter(fresh, path)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_adapter_is_small_and_holds_no_backbone(tmp_path):
+    model = aptune.create_model("vit_small_patch16_224", num_classes=10, method="apt", num_prompts=2)
+    path = aptune.save_adapter(model, tmp_path / "a.safetensors")
+    tensors, _ = aptune.read_adapter(path)
+    assert not any(k.startswith(("blocks.", "patch_embed.")) for k in tensors)
+    assert path.stat().st_size < 100_000
+
+
+def test_load_adapter_rejects_another_method(tmp_path):
+    from aptune.errors import CheckpointError
+
+    path = aptune.save_adapter(make("apt"), tmp_path / "apt.safetensors")
+    with pytest.raises(CheckpointError, match="method 'apt'"):
+        aptune.load_adapter(make("linear"), path)
+    with pytest.raises(CheckpointError, match="shape"):
+        aptune.load_adapter(tiny_model("apt", num_prompts=4), path)
+
+
+def test_model_from_adapter_rebuilds_the_model(tmp_path):
+    model = make("apt").eval()
+    model.class_names = [f"class{i}" for i in range(5)]
+    backbone = tmp_path / "backbone.pth"
+    torch.save({"model": {k: v for k, v in model.state_dict().items()
+                          if k.startswith(("patch_embed.", "blocks."))}}, backbone)
+    path = aptune.save_adapter(model, tmp_path / "apt.safetensors")
+    rebuilt = aptune.model_from_adapter(path, pretrained=backbone).eval()
+    x = tiny_clip()
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+    assert rebuilt.class_names == model.class_names
+
+
+def test_vpt_tokens_are_not_pooled_and_zero_prompts_is_backbone():
+    backbone = tiny_model("full").eval()
+    randomize_(backbone)
+    for method in ("vpt-shallow", "vpt-deep"):
+        empty = tiny_model(method, num_prompts=0).eval()
+        empty.load_state_dict(backbone.state_dict())
+        x = tiny_clip()
+        torch.testing.assert_close(empty(x), backbone(x), rtol=0, atol=0)
+
+
+def test_vpt_shallow_and_deep_shapes():
+    shallow = tiny_model("vpt-shallow", num_prompts=3)
+    deep = tiny_model("vpt-deep", num_prompts=3)
+    assert shallow.token_prompts.tokens.shape == (1, 3, 32)
+    assert deep.token_prompts.tokens.shape == (3, 3, 32)
+
+
+def test_frozen_blocks_before_the_first_prompt_build_no_graph():
+    model = tiny_model("apt", num_prompts=2, prompt_start=2, depth=3).train()
+    seen = {}
+    for index, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda m, i, o, index=index: seen.__setitem__(index, o.requires_grad))
+    model(tiny_clip()).sum().backward()
+    assert seen == {0: False, 1: False, 2: True}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = make("apt").train()
+    x = tiny_clip()
+    model(x).sum().backward()
+    expected = model.kv_prompts.keys.grad.clone()
+    model.zero_grad()
+    model.grad_checkpointing = True
+    model(x).sum().backward()
+    torch.testing.assert_close(model.kv_prompts.keys.grad, expected)
+
+
+def test_unknown_options_are_clear_errors():
+    from aptune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown method 'lorax'"):
+        tiny_model("lorax")
+    with pytest.raises(ConfigError, match="takes no option 'num_prompts'"):
+        tiny_model("linear", num_prompts=3)
+    with pytest.raises(ConfigError, match="unknown arch"):
+        aptune.create_model("vit_tiny")
+    with pytest.raises(ConfigError, match="unknown architecture option 'embed'"):
+        aptune.create_model("vit_small_patch16_224", embed=3)
+
+
+def test_registry_refuses_duplicates():
+    from aptune.methods import register
+
+    with pytest.raises(ValueError, match="already registered"):
+        register("apt")(type("Other", (), {}))
+
+
+def test_other_clip_sizes_interpolate_the_position_table():
+    model = tiny_model("apt", num_prompts=2).eval()
+    out = model(torch.randn(1, 3, 8, 48, 48))
+    assert out.shape == (1, 5) and torch.isfinite(out).all()
