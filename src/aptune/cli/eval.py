@@ -1,0 +1,45 @@
+"""``aptune eval --run RUN`` or ``aptune eval --config CONFIG --adapter FILE [--pretrained FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="multi-view test of a trained run or adapter: top-1/5, per-class accuracy, confusion",
+    )
+    parser.add_argument("--run", help="a run folder written by aptune train")
+    parser.add_argument("--config", help="YAML recipe (default: RUN/config.yaml)")
+    parser.add_argument("--adapter", help="adapter file (default: RUN/adapter.safetensors)")
+    parser.add_argument("--pretrained", help="backbone checkpoint (default: the config's model.pretrained)")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--output-dir", help="where to write metrics.json, plots and report.md "
+                        "(default: RUN/eval, or no files without --run)")
+    parser.add_argument("--json", dest="json_out", help="also write the summary as JSON here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aptune.config import load_config
+    from aptune.engine.inference import evaluate_adapter
+    from aptune.errors import ConfigError
+
+    if not args.run and not (args.config and args.adapter):
+        raise ConfigError("give --run RUN, or --config CONFIG with --adapter FILE")
+    run_dir = Path(args.run) if args.run else None
+    config_path = args.config or (run_dir / "config.yaml")
+    adapter = args.adapter or (run_dir / "adapter.safetensors")
+    config = load_config(config_path, args.overrides)
+    output_dir = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else None)
+    summary = evaluate_adapter(config, adapter, pretrained=args.pretrained, split=args.split,
+                               output_dir=output_dir)
+    print(f"top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+          f"videos {summary['num_videos']}  skipped {summary['skipped_videos']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,128 @@
+"""Multi-view evaluation and the run's final outputs (metrics.json, plots, report.md).
+
+Each rank scores its share of the views; the per-view softmax scores are
+gathered as tensors and averaged per video, so the distributed result equals
+the single-process one.  A video none of whose views could be decoded is
+counted as skipped, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aptune.engine import distributed as dist_utils
+from aptune.engine.metrics import classification_metrics, video_scores
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def evaluate(model, eval_data, device: torch.device, precision: str, num_classes: int,
+             desc: str = "eval") -> dict[str, Any]:
+    """Top-1/top-5, per-class accuracy and confusion over ``eval_data`` (an EvalData)."""
+    from aptune.engine.trainer import autocast, progress_bar
+
+    was_training = model.training
+    model.eval()
+    info = dist_utils.current()
+    video_ids, view_ids, probs, labels = [], [], [], []
+    progress = progress_bar(len(eval_data.loader), desc, info.is_main)
+    for batch in eval_data.loader:
+        if batch["clips"].shape[0]:
+            with autocast(precision, device):
+                logits = model(batch["clips"].to(device, non_blocking=True))
+            probs.append(logits.float().softmax(dim=-1).cpu())
+            video_ids.append(batch["video_index"].long())
+            view_ids.append(batch["view_index"].long())
+            labels.append(batch["labels"].long())
+        progress.update(1)
+    progress.close()
+    model.train(was_training)
+    rows = _stack(video_ids, view_ids, labels, probs, num_classes)
+    rows = dist_utils.gather_rows(rows.to(device)).cpu()
+    videos, video_probs, video_labels = video_scores(
+        rows[:, 0].long(), rows[:, 1].long(), rows[:, 3:], rows[:, 2].long()
+    )
+    result = classification_metrics(video_probs, video_labels, num_classes)
+    result["skipped_videos"] = eval_data.num_videos - len(videos)
+    result["video_ids"] = videos.tolist()
+    result["probs"] = video_probs
+    result["labels"] = video_labels
+    return result
+
+
+def _stack(video_ids, view_ids, labels, probs, num_classes: int) -> torch.Tensor:
+    """One float64 row per view: video, view, label, probabilities (exact for ids < 2**53)."""
+    if not probs:
+        return torch.zeros(0, 3 + num_classes, dtype=torch.float64)
+    meta = torch.stack([torch.cat(video_ids), torch.cat(view_ids), torch.cat(labels)], dim=1)
+    return torch.cat([meta.double(), torch.cat(probs).double()], dim=1)
+
+
+def write_final_outputs(model, result: dict[str, Any], summary: dict[str, Any], class_names: list[str],
+                        output_dir: Path, records: list[dict], config) -> dict[str, Any]:
+    """metrics.json, PNG plots and report.md for a finished run."""
+    from aptune.engine import plots
+    from aptune.models.vit import count_parameters
+
+    trainable, total = count_parameters(model)
+    metrics = {
+        **summary,
+        "trainable_params": trainable,
+        "total_params": total,
+        "gflops_per_view": gflops_per_view(model),
+        "per_class_accuracy": dict(zip(class_names, result["per_class_accuracy"])),
+        "confusion": result["confusion"],
+        "class_names": list(class_names),
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_dir = output_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    figures = {
+        "curves": plots.plot_curves(records, plot_dir / "curves.png"),
+        "confusion": plots.plot_confusion(result["confusion"], class_names, plot_dir / "confusion.png"),
+        "per_class": plots.plot_per_class(result["per_class_accuracy"], class_names, plot_dir / "per_class.png"),
+    }
+    (output_dir / "report.md").write_text(render_report(metrics, figures, output_dir, config))
+    return metrics
+
+
+def gflops_per_view(model) -> float | None:
+    """Multiply-add count of one view, in G (the VideoMAE/APT papers' 'FLOPs')."""
+    try:
+        from aptune.flops import count_macs
+    except ImportError:
+        return None
+    config = model.config
+    shape = (1, config.in_chans, config.num_frames, config.img_size, config.img_size)
+    return round(count_macs(model, shape) / 1e9, 4)
+
+
+def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir: Path, config) -> str:
+    weakest = sorted(((v, k) for k, v in metrics["per_class_accuracy"].items() if v is not None))[:5]
+    lines = [
+        f"# {metrics['method']} on {config.data.format} ({config.model.arch or 'custom arch'})",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| top-1 | {metrics['top1']:.2f} % |",
+        f"| top-5 | {metrics['top5']:.2f} % |",
+        f"| videos evaluated | {metrics['num_videos']} |",
+        f"| videos skipped (unreadable) | {metrics['skipped_videos']} |",
+        f"| trainable / total parameters | {metrics['trainable_params']:,} / {metrics['total_params']:,} |",
+        f"| GFLOPs per view | {metrics['gflops_per_view']} |",
+        f"| epochs | {metrics['epochs']} |",
+        f"| training time | {metrics['train_seconds']:.0f} s |",
+        f"| test views per video | {config.data.test_num_segment} x {config.data.test_num_crop} |",
+        "",
+        "Weakest classes: " + ", ".join(f"{name} ({acc:.0f} %)" for acc, name in weakest),
+        "",
+    ]
+    for title, path in figures.items():
+        lines += [f"![{title}]({path.relative_to(output_dir)})", ""]
+    return "\n".join(lines)

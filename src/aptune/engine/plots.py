@@ -1,0 +1,60 @@
+"""PNG plots of a run: curves, confusion matrix, per-class accuracy (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(records: list[dict], path: Path) -> Path:
+    steps = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval" and r.get("top1") is not None]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if steps:
+        ax_loss.plot([r["epoch_float"] for r in steps], [r["loss"] for r in steps], lw=1)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    if evals:
+        epochs = [r["epoch"] for r in evals]
+        ax_acc.plot(epochs, [r["top1"] for r in evals], marker="o", label="top-1")
+        ax_acc.plot(epochs, [r["top5"] for r in evals], marker="s", label="top-5")
+        ax_acc.legend()
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
+    size = max(4.0, min(16.0, 0.35 * len(class_names) + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = [[v / max(1, sum(row)) for v in row] for row in confusion]
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    if len(class_names) <= 40:
+        ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion (row-normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(accuracy: list[float | None], class_names: list[str], path: Path) -> Path:
+    order = sorted(range(len(accuracy)), key=lambda i: -1 if accuracy[i] is None else accuracy[i])
+    height = max(3.0, min(24.0, 0.22 * len(order) + 1))
+    fig, ax = plt.subplots(figsize=(6, height))
+    ax.barh([class_names[i] for i in order], [accuracy[i] or 0.0 for i in order], color="tab:blue")
+    ax.set(xlabel="top-1 accuracy (%)", title="Per-class accuracy", xlim=(0, 100))
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

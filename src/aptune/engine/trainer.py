@@ -1,0 +1,341 @@
+"""``aptune train``: one training loop for every tuning method, resumable to the step.
+
+Each epoch is a pure function of (the state saved at its start, the seed, the
+epoch number): RNGs are re-seeded from (seed, epoch, rank) when it begins and
+the data order comes from the same numbers.  That is what makes a run killed at
+any moment and resumed end with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from aptune.adapters import save_adapter
+from aptune.config import Config, save_config
+from aptune.engine import distributed as dist_utils
+from aptune.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    load_training_state,
+    rng_states,
+    set_rng_states,
+)
+from aptune.engine.evaluate import evaluate, write_final_outputs
+from aptune.engine.loaders import DataBundle, build_data, epoch_loader
+from aptune.engine.metrics import MetricsLog
+from aptune.engine.mixup import mix_batch
+from aptune.engine.optim import CosineSchedule, build_optimizer
+from aptune.errors import AptuneError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(AptuneError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    train_seconds: float = 0.0
+    best_top1: float | None = None
+
+
+def train(config: Config, output_dir: str | Path, resume: bool | None = None) -> dict[str, Any]:
+    """Train, evaluate every ``eval_every`` epochs and with all views at the end.
+
+    ``resume``: True requires a checkpoint in ``output_dir``, False refuses one,
+    None (default) resumes when there is one.
+    """
+    info = dist_utils.init_distributed(config.train.device)
+    output_dir = Path(output_dir)
+    try:
+        return _train(config, output_dir, resume, info)
+    finally:
+        dist_utils.cleanup()
+
+
+def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
+    device = pick_device(config.train.device, info)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+    if resume is True and not checkpoint_path.exists():
+        raise ConfigError(f"{output_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from")
+    resuming = checkpoint_path.exists() and resume is not False
+    if checkpoint_path.exists() and resume is False:
+        raise ConfigError(f"{output_dir}: holds a checkpoint already; use --resume or another --output-dir")
+
+    seed_everything(config.train.seed)  # identical model init on every rank
+    data = build_data(config, info)
+    model = build_model(config, data.class_names).to(device)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+
+    # VideoMAE's rule: repeated-augmentation samples do not count toward the lr-scaling batch
+    total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
+    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
+    steps_per_epoch = max(1, len(data.train) // (config.train.batch_size * info.world_size * config.train.accum_steps))
+    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
+                                config.optim.momentum, config.optim.betas)
+    schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
+                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    state = TrainState()
+    metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
+    if resuming:
+        state = restore(checkpoint_path, model, optimizer, schedule, scaler)
+        metrics.truncate_after(state.step)
+        log.info("resumed from %s at epoch %d (step %d)", checkpoint_path, state.epoch, state.step)
+    if info.is_main:
+        trainable, total = count_trainable(model)
+        log.info("%s on %s: %s trainable of %s parameters, lr %.3g (total batch %d), %d steps/epoch",
+                 config.method.name, device, f"{trainable:,}", f"{total:,}", lr, total_batch, steps_per_epoch)
+
+    runner = wrap_for_training(model, device, info, config.train.compile)
+    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics)
+    for epoch in range(state.epoch, config.train.epochs):
+        started = time.time()
+        loop.run_epoch(epoch, state, steps_per_epoch)
+        state.epoch = epoch + 1
+        state.train_seconds += time.time() - started
+        last = state.epoch == config.train.epochs
+        if data.val is not None and not last and state.epoch % config.train.eval_every == 0:
+            result = evaluate(model, data.val, device, config.train.precision, len(data.class_names),
+                              desc=f"val {state.epoch}")
+            metrics.write("eval", epoch=state.epoch, step=state.step, split="val",
+                          top1=result["top1"], top5=result["top5"], num_videos=result["num_videos"],
+                          skipped_videos=result["skipped_videos"])
+            if info.is_main:
+                log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
+        if last or state.epoch % config.train.save_every == 0:
+            save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, data, info)
+    return finish(config, model, data, device, state, output_dir, metrics, info)
+
+
+class TrainLoop:
+    """The per-epoch work; kept as an object so each step stays a short method."""
+
+    def __init__(self, config: Config, runner: nn.Module, model: nn.Module, optimizer, schedule,
+                 scaler, device: torch.device, data: DataBundle, info, metrics: MetricsLog) -> None:
+        self.config = config
+        self.runner = runner
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.scaler = scaler
+        self.device = device
+        self.data = data
+        self.info = info
+        self.metrics = metrics
+        self.num_classes = len(data.class_names)
+        self.criterion = nn.CrossEntropyLoss()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def run_epoch(self, epoch: int, state: TrainState, steps_per_epoch: int) -> None:
+        train_cfg = self.config.train
+        seed_everything(train_cfg.seed, epoch=epoch, rank=self.info.rank)
+        loader = epoch_loader(self.data, self.config, self.info, epoch)
+        self.runner.train()
+        accum = train_cfg.accum_steps
+        batches = min(len(loader), steps_per_epoch * accum)
+        progress = progress_bar(batches, f"epoch {epoch + 1}/{train_cfg.epochs}", self.info.is_main)
+        clips_seen, started = 0, time.time()
+        for index, batch in enumerate(loader):
+            if index >= batches:
+                break
+            clips, labels = batch["clips"].to(self.device, non_blocking=True), batch["labels"].to(self.device)
+            loss = self.forward_backward(clips, labels, accum)
+            clips_seen += clips.shape[0]
+            if (index + 1) % accum == 0:
+                self.optimizer_step()
+                state.step += 1
+                self.log_step(epoch, state, index, batches, loss, clips_seen / (time.time() - started), progress)
+            progress.update(1)
+        progress.close()
+        self.report_bad_videos(epoch, state)
+
+    def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor, accum: int) -> float:
+        cfg = self.config.train
+        clips, targets = mix_batch(clips, labels, self.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
+        with autocast(cfg.precision, self.device):
+            logits = self.runner(clips)
+        loss = self.criterion(logits.float(), targets.to(logits.device))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.schedule.step_count}; stopping. The last good "
+                "checkpoint is kept: lower optim.lr (or base_lr), set optim.clip_grad, or use fp32"
+            )
+        self.scaler.scale(loss / accum).backward()
+        return loss.item()
+
+    def optimizer_step(self) -> None:
+        clip = self.config.optim.clip_grad
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+
+    def log_step(self, epoch, state, index, batches, loss, clips_per_second, progress) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_second:.1f}")
+        every = self.config.train.log_every
+        if state.step % every == 0 or index + 1 == batches:
+            self.metrics.write("train", epoch=epoch + 1, epoch_float=epoch + (index + 1) / batches,
+                               step=state.step, loss=loss, lr=lr, clips_per_second=clips_per_second)
+            if progress.disable and self.info.is_main:
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f clips/s", epoch + 1, index + 1,
+                         batches, loss, lr, clips_per_second)
+
+    def report_bad_videos(self, epoch: int, state: TrainState) -> None:
+        bad = self.data.bad_videos.reduce_and_reset()
+        if bad and self.info.is_main:
+            log.warning("epoch %d: %d unreadable videos were replaced by others", epoch + 1, bad)
+        self.metrics.write("data", epoch=epoch + 1, step=state.step, replaced_videos=bad)
+
+
+def finish(config, model, data, device, state, output_dir, metrics, info) -> dict[str, Any]:
+    result = evaluate(model, data.test, device, config.train.precision, len(data.class_names),
+                      desc="test (all views)")
+    summary = {
+        "top1": result["top1"], "top5": result["top5"], "num_videos": result["num_videos"],
+        "skipped_videos": result["skipped_videos"], "epochs": state.epoch,
+        "train_seconds": round(state.train_seconds, 2), "method": config.method.name,
+    }
+    metrics.write("eval", epoch=state.epoch, step=state.step, split="test", final=True, **summary)
+    if info.is_main:
+        write_final_outputs(model, result, summary, data.class_names, output_dir, metrics.read(), config)
+        log.info("test: top-1 %.2f  top-5 %.2f on %d videos (%d skipped)", result["top1"], result["top5"],
+                 result["num_videos"], result["skipped_videos"])
+    return {**summary, **{k: result[k] for k in ("per_class_accuracy",)}}
+
+
+# ----------------------------------------------------------------- helpers
+def build_model(config: Config, class_names: list[str]):
+    from aptune.factory import create_model
+    from aptune.methods import method_options
+
+    num_classes = config.model.num_classes or len(class_names)
+    if num_classes != len(class_names):
+        raise ConfigError(f"model.num_classes={num_classes} but the data has {len(class_names)} classes")
+    valid = method_options(config.method.name)
+    options = {k: v for k, v in vars(config.method).items() if k in valid}
+    arch = config.model.arch
+    overrides = config.model.arch_overrides()
+    if config.model.pretrained and Path(config.model.pretrained).is_dir() and not overrides.keys() - {
+            "drop_path_rate", "head_dropout"}:
+        arch = None  # a Hugging Face folder brings its own architecture
+    model = create_model(arch, num_classes=num_classes, method=config.method.name,
+                         pretrained=config.model.pretrained, class_names=class_names,
+                         method_options=options, **overrides)
+    model.grad_checkpointing = config.model.grad_checkpointing
+    return model
+
+
+def pick_device(name: str, info) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        yield
+        return
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def wrap_for_training(model: nn.Module, device: torch.device, info, compile_model: bool) -> nn.Module:
+    runner = model
+    if compile_model:
+        runner = torch.compile(runner)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        runner = DistributedDataParallel(runner, device_ids=ids)
+    return runner
+
+
+def seed_everything(seed: int, epoch: int = -1, rank: int = 0) -> None:
+    """One seed per (run seed, epoch, rank): epochs replay exactly after a resume."""
+    value = (seed * 1_000_003 + (epoch + 1) * 10_007 + rank) % (2**31)
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def count_trainable(model: nn.Module) -> tuple[int, int]:
+    from aptune.models.vit import count_parameters
+
+    return count_parameters(model)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    # on a terminal a live bar; in logs (not a TTY) periodic lines written by the caller instead
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True, leave=False)
+
+
+def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scaler, state: TrainState,
+                             config: Config, data: DataBundle, info) -> None:
+    if not info.is_main:
+        dist_utils.barrier()
+        return
+    from aptune.methods import trainable_state_dict
+
+    payload = {
+        "trainable": {k: v.detach().cpu() for k, v in trainable_state_dict(model).items()},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": vars(state).copy(),
+        "rng": rng_states(),
+        "config": config.to_dict(),
+        "class_names": list(data.class_names),
+    }
+    atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
+    save_adapter(model, output_dir / "adapter.safetensors", preprocess=data.preprocess)
+    dist_utils.barrier()
+
+
+def restore(path: Path, model, optimizer, schedule, scaler) -> TrainState:
+    payload = load_training_state(path)
+    missing = set(k for k, p in model.named_parameters() if p.requires_grad) - set(payload["trainable"])
+    if missing:
+        raise ConfigError(f"{path}: checkpoint lacks '{sorted(missing)[0]}': was it made with another method?")
+    model.load_state_dict(payload["trainable"], strict=False)
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    scaler.load_state_dict(payload["scaler"])
+    set_rng_states(payload["rng"])
+    values = payload["state"]
+    state = TrainState(**{k: values[k] for k in vars(TrainState()) if k in values})
+    if not math.isfinite(state.train_seconds):
+        state.train_seconds = 0.0
+    return state
