@@ -85,6 +85,8 @@ class DataConfig:
     rand_augment: str | None = "rand-m4-n2-mstd0.2-inc1"
     horizontal_flip: bool | None = None  # None: on, except for ssv2 whose labels say left/right
     max_bad_fraction: float = 0.01
+    sampling: str = "auto"  # auto: segment (TSN) for ssv2, dense windows otherwise | dense | segment
+    decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
 
 
 @dataclass

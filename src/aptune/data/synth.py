@@ -1,0 +1,430 @@
+"""Synthetic video datasets whose classes need temporal reasoning, written as real encoded
+files in the exact on-disk layout of each annotation format.
+
+Every class is a motion (left vs right, up vs down, clockwise vs counter-clockwise,
+growing vs shrinking, approaching vs separating, fading in vs out, diagonals); every
+video draws its own colours, texture, shape, size, start position, speed and
+background noise, so a single frame cannot tell the class.  Deterministic by seed.
+
+Used by the tests, by ``aptune data synth`` and by the demo; also writes the
+frame-counter videos the decoder tests and the decode benchmark rely on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+__all__ = ["MOTIONS", "SyntheticDataset", "make_synthetic_dataset", "render_motion_video",
+           "write_video", "make_counter_video", "counter_frames"]
+
+# (motion, readable name).  The first ten are the most distinct; classes beyond that add
+# opposite pairs (fades, diagonals) so opposites always come in together.
+MOTIONS: tuple[tuple[str, str], ...] = (
+    ("right", "moving right"),
+    ("left", "moving left"),
+    ("down", "moving down"),
+    ("up", "moving up"),
+    ("rotate_cw", "rotating clockwise"),
+    ("rotate_ccw", "rotating counterclockwise"),
+    ("grow", "growing"),
+    ("shrink", "shrinking"),
+    ("approach", "two objects approaching"),
+    ("separate", "two objects separating"),
+    ("fade_in", "appearing"),
+    ("fade_out", "disappearing"),
+    ("down_right", "moving down right"),
+    ("up_left", "moving up left"),
+    ("down_left", "moving down left"),
+    ("up_right", "moving up right"),
+)
+_DIRECTIONS = {
+    "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
+    "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
+}
+FORMAT_EXTENSIONS = {"list": ".avi", "ucf101": ".avi", "hmdb51": ".avi", "ssv2": ".webm",
+                     "kinetics": ".mp4"}
+
+
+@dataclass
+class SyntheticDataset:
+    """What :func:`make_synthetic_dataset` wrote."""
+
+    root: Path
+    format: str
+    class_names: list[str]
+    videos: list[tuple[Path, int]] = field(default_factory=list)  # every file with its label
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.videos)
+
+
+# ----------------------------------------------------------------------------- encoding
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float = 25,
+    codec: str | None = None,
+    gop: int | None = None,
+    frame_durations: Sequence[float] | None = None,
+    rotation: int = 0,
+    bit_rate: int | None = None,
+) -> None:
+    """Encode ``frames`` (T,H,W,3 RGB or T,H,W grey, uint8) into ``path``.
+
+    ``codec`` defaults by extension (.avi MPEG-4 part 2, .mp4/.mkv H.264, .webm VP9);
+    grey frames are stored as grey FFV1.  ``gop`` is the keyframe interval.
+    ``frame_durations`` (seconds per frame) makes a variable-frame-rate file.
+    ``rotation`` stores a display-matrix rotation (degrees counter-clockwise).
+    """
+    path = Path(path)
+    frames = np.asarray(frames, dtype=np.uint8)
+    grey = frames.ndim == 3
+    height, width = frames.shape[1:3]
+    suffix = path.suffix.lower()
+    if codec is None:
+        codec = {".avi": "mpeg4", ".webm": "libvpx-vp9"}.get(suffix, "libx264")
+        if grey:
+            codec = "ffv1"
+        elif codec == "libx264" and (height % 2 or width % 2):
+            codec = "mpeg4"  # x264 cannot store odd sizes in 4:2:0
+    options: dict[str, str] = {}
+    if codec == "libx264":
+        options = {"preset": "veryfast", "crf": "18"}
+        if gop:
+            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+    elif codec == "libvpx-vp9":
+        options = {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}
+    elif codec == "mpeg4":
+        options = {"sc_threshold": "1000000000"} if gop else {}
+    rate = Fraction(fps).limit_denominator(1001)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "gray" if grey else "yuv420p"
+        if codec == "mpeg4":
+            stream.codec_context.bit_rate = bit_rate or max(200_000, width * height * 60)
+        elif bit_rate:
+            stream.codec_context.bit_rate = bit_rate
+        if gop:
+            stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
+        time_base = Fraction(1, 1000) if frame_durations is not None else None
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+            stream.time_base = time_base
+        clock = 0.0
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="gray" if grey else "rgb24")
+            if time_base is not None:
+                frame.pts = int(round(clock * 1000))
+                frame.time_base = time_base
+                clock += frame_durations[index % len(frame_durations)]
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def counter_frames(num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False) -> np.ndarray:
+    """Frames whose content encodes their index: the left half's grey level is
+    ``(i % 16) * 16 + 8`` and the right half's ``(i // 16) * 16 + 8``."""
+    height, width = size
+    frames = np.zeros((num_frames, height, width), np.uint8)
+    for i in range(num_frames):
+        frames[i, :, : width // 2] = (i % 16) * 16 + 8
+        frames[i, :, width // 2 :] = (i // 16) % 16 * 16 + 8
+    return frames if grey else np.repeat(frames[..., None], 3, axis=-1)
+
+
+def read_counter(frame: np.ndarray) -> int:
+    """The index written by :func:`counter_frames` into one decoded (H,W,3) frame."""
+    width = frame.shape[1]
+    left = float(frame[:, : width // 4].mean())
+    right = float(frame[:, width - width // 4 :].mean())
+    return int(round((left - 8) / 16)) + 16 * int(round((right - 8) / 16))
+
+
+def make_counter_video(path: str | os.PathLike, num_frames: int, size: tuple[int, int] = (32, 48),
+                       **write_kwargs) -> Path:
+    """Write a video whose frame ``i`` shows the number ``i`` (see :func:`read_counter`)."""
+    write_video(path, counter_frames(num_frames, size), **write_kwargs)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------- rendering
+def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
+                        rng: np.random.Generator) -> np.ndarray:
+    """One video of ``motion`` with random appearance, uint8 ``(T, H, W, 3)``."""
+    height, width = size
+    side = min(height, width)
+    tau = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]  # (T,1,1) time
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ys, xs = ys[None], xs[None]
+
+    background = rng.uniform(30, 225, size=3)
+    static_noise = rng.uniform(4, 30) * rng.standard_normal((height, width, 1), dtype=np.float32)
+    video = np.broadcast_to((background + static_noise).astype(np.float32),
+                            (num_frames, height, width, 3)).copy()
+    if rng.random() < 0.5:  # a smooth gradient so the background is not flat
+        gradient = rng.uniform(-40, 40) * (xs[0] / width - 0.5) + rng.uniform(-40, 40) * (ys[0] / height - 0.5)
+        video += gradient[None, ..., None].astype(np.float32)
+
+    radius = rng.uniform(0.12, 0.2) * side
+    objects = []  # list of (cx(T), cy(T), radius(T), angle(T), alpha(T))
+    ones = np.ones_like(tau)
+    if motion in _DIRECTIONS:
+        dx, dy = _DIRECTIONS[motion]
+        norm = math.hypot(dx, dy)
+        dx, dy = dx / norm, dy / norm
+        length = rng.uniform(0.3, 0.55) * side
+        cx0 = _start(rng, width, radius, dx * length)
+        cy0 = _start(rng, height, radius, dy * length)
+        objects.append((cx0 + dx * length * tau, cy0 + dy * length * tau, radius * ones,
+                        rng.uniform(0, math.pi) * ones, ones))
+    elif motion in ("rotate_cw", "rotate_ccw"):
+        turn = rng.uniform(0.5, 1.1) * math.pi * (1 if motion == "rotate_cw" else -1)
+        radius = rng.uniform(0.2, 0.3) * side
+        cx = rng.uniform(radius, width - radius)
+        cy = rng.uniform(radius, height - radius)
+        objects.append((cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) + turn * tau, ones))
+    elif motion in ("grow", "shrink"):
+        small = rng.uniform(0.07, 0.11) * side
+        factor = rng.uniform(2.0, 2.8)
+        progress = tau if motion == "grow" else 1 - tau
+        big = small * factor
+        cx = rng.uniform(big * 0.6, width - big * 0.6)
+        cy = rng.uniform(big * 0.6, height - big * 0.6)
+        objects.append((cx * ones, cy * ones, small * factor**progress, rng.uniform(0, math.pi) * ones, ones))
+    elif motion in ("approach", "separate"):
+        radius = rng.uniform(0.08, 0.12) * side
+        near, far = rng.uniform(0.2, 0.3) * side, rng.uniform(0.6, 0.75) * side
+        progress = tau if motion == "separate" else 1 - tau
+        distance = near + (far - near) * progress
+        axis = rng.uniform(0, math.pi)
+        ax, ay = math.cos(axis), math.sin(axis)
+        cx, cy = width / 2 + rng.uniform(-0.1, 0.1) * side, height / 2 + rng.uniform(-0.1, 0.1) * side
+        for sign in (-1, 1):
+            objects.append((cx + sign * ax * distance / 2, cy + sign * ay * distance / 2,
+                            radius * ones, rng.uniform(0, math.pi) * ones, ones))
+    elif motion in ("fade_in", "fade_out"):
+        cx = rng.uniform(radius, width - radius)
+        cy = rng.uniform(radius, height - radius)
+        alpha = np.clip(tau * 1.25 - 0.1, 0, 1) if motion == "fade_in" else np.clip(1.15 - tau * 1.25, 0, 1)
+        objects.append((cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) * ones, alpha))
+    else:
+        raise ValueError(f"unknown motion {motion!r} (valid: {', '.join(m for m, _ in MOTIONS)})")
+
+    for cx, cy, r, angle, alpha in objects:
+        colour_a, colour_b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+        frequency, phase = rng.uniform(0.6, 1.6), rng.uniform(0, 2 * math.pi)
+        square = rng.random() < 0.5
+        cos, sin = np.cos(angle, dtype=np.float32), np.sin(angle, dtype=np.float32)
+        u = ((xs - cx) * cos + (ys - cy) * sin) / r
+        v = (-(xs - cx) * sin + (ys - cy) * cos) / r
+        inside = np.maximum(np.abs(u), np.abs(v)) < 0.85 if square else (u * u + v * v) < 1.0
+        # stripes plus a bright marker off-centre make the orientation visible
+        stripes = 0.5 + 0.5 * np.sin(2 * math.pi * frequency * u + phase)
+        marker = ((u - 0.45) ** 2 + (v - 0.3) ** 2) < 0.05
+        colour_a, colour_b = colour_a.astype(np.float32), colour_b.astype(np.float32)
+        texture = colour_b + stripes[..., None] * (colour_a - colour_b)
+        texture[marker] = 255 - colour_a
+        weight = (inside * alpha)[..., None].astype(np.float32)
+        video += weight * (texture - video)
+
+    # per-frame sensor noise
+    video += rng.uniform(0, 6) * rng.standard_normal(video.shape, dtype=np.float32)
+    return np.clip(video, 0, 255).astype(np.uint8)
+
+
+def _start(rng: np.random.Generator, extent: float, radius: float, travel: float) -> float:
+    low = radius - min(0.0, travel)
+    high = extent - radius - max(0.0, travel)
+    if high <= low:
+        return (extent - travel) / 2
+    return float(rng.uniform(low, high))
+
+
+# ------------------------------------------------------------------------------ layouts
+def make_synthetic_dataset(
+    out: str | os.PathLike,
+    format: str = "list",
+    num_classes: int = 10,
+    per_class: int = 20,
+    frames: int = 32,
+    size: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    fps: float = 25,
+    gop: int | None = None,
+    grey: bool = False,
+    variable_frame_rate: bool = False,
+    rotation: int = 0,
+) -> SyntheticDataset:
+    """Write a synthetic dataset in the layout of ``format`` under ``out``.
+
+    ``gop`` sets the keyframe interval (None: the encoder's default, i.e. long GOP);
+    ``grey``, ``variable_frame_rate`` and ``rotation`` make every video grey / VFR /
+    display-rotated, for testing the decoder on such files.
+    """
+    if format not in FORMAT_EXTENSIONS:
+        raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
+    if not 1 <= num_classes <= len(MOTIONS):
+        raise ValueError(f"num_classes must be between 1 and {len(MOTIONS)}, got {num_classes}")
+    if per_class < 1 or frames < 1:
+        raise ValueError("per_class and frames must be >= 1")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    motions = [m for m, _ in MOTIONS[:num_classes]]
+    readable = [name for _, name in MOTIONS[:num_classes]]
+    extension = FORMAT_EXTENSIONS[format]
+    write_kwargs = {"fps": fps, "gop": gop, "rotation": rotation}
+    if variable_frame_rate:
+        base = 1.0 / fps
+        write_kwargs["frame_durations"] = [base * 0.6, base * 1.4, base * 0.8, base * 1.2]
+
+    def render(label: int, index: int, path: Path) -> None:
+        rng = np.random.default_rng([seed, label, index])
+        video = render_motion_video(motions[label], frames, size, rng)
+        if grey:
+            video = video.mean(axis=-1).astype(np.uint8)
+        write_video(path, video, **write_kwargs)
+
+    writer = {"list": _write_list, "ucf101": _write_ucf101, "hmdb51": _write_hmdb51,
+              "ssv2": _write_ssv2, "kinetics": _write_kinetics}[format]
+    dataset = SyntheticDataset(root=root, format=format, class_names=[])
+    writer(root, readable, per_class, extension, render, dataset, seed)
+    return dataset
+
+
+def _split_of(index: int, per_class: int) -> str:
+    """A 60/20/20 train/val/test split by position within the class."""
+    position = (index + 0.5) / per_class
+    return "train" if position < 0.6 else ("val" if position < 0.8 else "test")
+
+
+def _write_list(root, names, per_class, ext, render, dataset, seed):
+    dataset.class_names = list(names)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(names):
+        folder = name.replace(" ", "_")
+        for index in range(per_class):
+            relative = f"videos/{folder}/{folder}_{index:03d}{ext}"
+            render(label, index, root / relative)
+            dataset.videos.append((root / relative, label))
+            lines[_split_of(index, per_class)].append(f"{relative} {label}\n")
+    for split, rows in lines.items():
+        (root / f"{split}.csv").write_text("".join(rows))
+
+
+def _camel(name: str) -> str:
+    return "".join(word.capitalize() for word in name.split())
+
+
+def _write_ucf101(root, names, per_class, ext, render, dataset, seed):
+    classes = [_camel(name) for name in names]
+    dataset.class_names = classes
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
+    train: dict[int, list[str]] = {1: [], 2: [], 3: []}
+    test: dict[int, list[str]] = {1: [], 2: [], 3: []}
+    for label, name in enumerate(classes):
+        clips_in_group: dict[int, int] = {}
+        for index in range(per_class):
+            group = index * 25 // per_class + 1  # spread videos over the 25 groups
+            clips_in_group[group] = clips_in_group.get(group, 0) + 1
+            relative = f"{name}/v_{name}_g{group:02d}_c{clips_in_group[group]:02d}{ext}"
+            render(label, index, root / "UCF-101" / relative)
+            dataset.videos.append((root / "UCF-101" / relative, label))
+            for split in (1, 2, 3):
+                # UCF101's official rule: split s tests groups 7(s-1)+1 .. 7s
+                if 7 * (split - 1) < group <= 7 * split:
+                    test[split].append(f"{relative}\r\n")
+                else:
+                    train[split].append(f"{relative} {label + 1}\r\n")
+    for split in (1, 2, 3):
+        (lists / f"trainlist0{split}.txt").write_text("".join(train[split]))
+        (lists / f"testlist0{split}.txt").write_text("".join(test[split]))
+
+
+def _write_hmdb51(root, names, per_class, ext, render, dataset, seed):
+    classes = [name.replace(" ", "_") for name in names]
+    dataset.class_names = sorted(classes)
+    splits = root / "testTrainMulti_7030_splits"
+    splits.mkdir(parents=True, exist_ok=True)
+    for label, name in enumerate(classes):
+        files = []
+        for index in range(per_class):
+            filename = f"{name}_clip_{index:03d}{ext}"
+            render(label, index, root / name / filename)
+            files.append(filename)
+            dataset.videos.append((root / name / filename, dataset.class_names.index(name)))
+        for split in (1, 2, 3):
+            rows = []
+            for index, filename in enumerate(files):
+                tag = 2 if (index + split) % 3 == 0 else 1
+                if per_class >= 6 and index == per_class - split:
+                    tag = 0  # unused in this split, as in the real files
+                rows.append(f"{filename} {tag} \n")
+            (splits / f"{name}_test_split{split}.txt").write_text("".join(rows))
+
+
+def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
+    templates = [f"Something {name}" for name in names]
+    dataset.class_names = templates
+    labels_dir = root / "labels"
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    (labels_dir / "labels.json").write_text(
+        json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1))
+    train, validation = [], []
+    video_id = 1000 + seed * 100_000
+    for label, template in enumerate(templates):
+        for index in range(per_class):
+            video_id += 1
+            path = root / "20bn-something-something-v2" / f"{video_id}{ext}"
+            render(label, index, path)
+            dataset.videos.append((path, label))
+            entry = {"id": str(video_id), "label": template.replace("Something", "A ball"),
+                     "template": template.replace("Something", "[Something]"),
+                     "placeables": ["a ball"]}
+            (validation if _split_of(index, per_class) == "test" else train).append(entry)
+    (labels_dir / "train.json").write_text(json.dumps(train, indent=1))
+    (labels_dir / "validation.json").write_text(json.dumps(validation, indent=1))
+    (labels_dir / "test.json").write_text(json.dumps([], indent=1))
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=11))
+
+
+def _write_kinetics(root, names, per_class, ext, render, dataset, seed):
+    dataset.class_names = sorted(names)
+    rows: dict[str, list[list[str]]] = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(names):
+        for index in range(per_class):
+            rng = np.random.default_rng([seed, label, index, 7])
+            youtube_id, start = _youtube_id(rng), int(rng.integers(0, 300))
+            split = _split_of(index, per_class)
+            path = root / split / name / f"{youtube_id}_{start:06d}_{start + 10:06d}{ext}"
+            render(label, index, path)
+            dataset.videos.append((path, dataset.class_names.index(name)))
+            rows[split].append([name, youtube_id, str(start), str(start + 10), split])
+    for split, filename in (("train", "train.csv"), ("val", "validate.csv"), ("test", "test.csv")):
+        with open(root / filename, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            writer.writerows(rows[split])
