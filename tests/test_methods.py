@@ -14,6 +14,8 @@ EXPECTED_PREFIXES = {
     "vpt-deep": ("token_prompts.", "fc_norm.", "head."),
     "linear": ("fc_norm.", "head."),
     "full": ("",),
+    "lora": ("qkv_adapters.", "fc_norm.", "head."),
+    "adaptformer": ("mlp_adapters.", "fc_norm.", "head."),
 }
 
 
@@ -164,3 +166,24 @@ def test_other_clip_sizes_interpolate_the_position_table():
     model = tiny_model("apt", num_prompts=2).eval()
     out = model(torch.randn(1, 3, 8, 48, 48))
     assert out.shape == (1, 5) and torch.isfinite(out).all()
+
+
+def test_lora_and_adaptformer_start_as_the_backbone():
+    backbone = tiny_model("full").eval()
+    randomize_(backbone)
+    x = tiny_clip()
+    for method in ("lora", "adaptformer"):
+        tuned = tiny_model(method).eval()
+        tuned.load_state_dict(backbone.state_dict(), strict=False)
+        torch.testing.assert_close(tuned(x), backbone(x), rtol=0, atol=0)
+
+
+def test_merged_lora_gives_the_same_logits():
+    from aptune.methods.lora import merge_lora
+
+    model = make("lora").eval()
+    x = tiny_clip()
+    before = model(x)
+    merge_lora(model)
+    assert model.qkv_adapters is None
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)

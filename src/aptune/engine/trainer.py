@@ -106,7 +106,8 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
                  config.method.name, device, f"{trainable:,}", f"{total:,}", lr, total_batch, steps_per_epoch)
 
     runner = wrap_for_training(model, device, info, config.train.compile)
-    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics)
+    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
+                     ClassificationLoss(config, len(data.class_names)))
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()
         loop.run_epoch(epoch, state, steps_per_epoch)
@@ -122,15 +123,37 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
             if info.is_main:
                 log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
         if last or state.epoch % config.train.save_every == 0:
-            save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, data, info)
+            save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
+                                     extra={"class_names": list(data.class_names)},
+                                     artifacts=lambda: save_adapter(model, output_dir / "adapter.safetensors",
+                                                                    preprocess=data.preprocess))
     return finish(config, model, data, device, state, output_dir, metrics, info)
 
 
+class ClassificationLoss:
+    """Cross-entropy on (optionally mixed) clips with label smoothing."""
+
+    def __init__(self, config: Config, num_classes: int) -> None:
+        self.train_cfg = config.train
+        self.num_classes = num_classes
+        self.criterion = nn.CrossEntropyLoss()
+
+    def __call__(self, runner: nn.Module, clips: torch.Tensor, labels: torch.Tensor, precision: str,
+                 device: torch.device) -> torch.Tensor:
+        cfg = self.train_cfg
+        clips, targets = mix_batch(clips, labels, self.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
+        with autocast(precision, device):
+            logits = runner(clips)
+        return self.criterion(logits.float(), targets.to(logits.device))
+
+
 class TrainLoop:
-    """The per-epoch work; kept as an object so each step stays a short method."""
+    """The per-epoch work, shared by fine-tuning and pre-training; each step is a short method."""
 
     def __init__(self, config: Config, runner: nn.Module, model: nn.Module, optimizer, schedule,
-                 scaler, device: torch.device, data: DataBundle, info, metrics: MetricsLog) -> None:
+                 scaler, device: torch.device, data: DataBundle, info, metrics: MetricsLog,
+                 loss_fn) -> None:
+        self.loss_fn = loss_fn
         self.config = config
         self.runner = runner
         self.model = model
@@ -141,8 +164,6 @@ class TrainLoop:
         self.data = data
         self.info = info
         self.metrics = metrics
-        self.num_classes = len(data.class_names)
-        self.criterion = nn.CrossEntropyLoss()
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def run_epoch(self, epoch: int, state: TrainState, steps_per_epoch: int) -> None:
@@ -169,11 +190,7 @@ class TrainLoop:
         self.report_bad_videos(epoch, state)
 
     def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor, accum: int) -> float:
-        cfg = self.config.train
-        clips, targets = mix_batch(clips, labels, self.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
-        with autocast(cfg.precision, self.device):
-            logits = self.runner(clips)
-        loss = self.criterion(logits.float(), targets.to(logits.device))
+        loss = self.loss_fn(self.runner, clips, labels, self.config.train.precision, self.device)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.schedule.step_count}; stopping. The last good "
@@ -303,24 +320,22 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scaler, state: TrainState,
-                             config: Config, data: DataBundle, info) -> None:
-    if not info.is_main:
-        dist_utils.barrier()
-        return
-    from aptune.methods import trainable_state_dict
-
-    payload = {
-        "trainable": {k: v.detach().cpu() for k, v in trainable_state_dict(model).items()},
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": vars(state).copy(),
-        "rng": rng_states(),
-        "config": config.to_dict(),
-        "class_names": list(data.class_names),
-    }
-    atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
-    save_adapter(model, output_dir / "adapter.safetensors", preprocess=data.preprocess)
+                             config: Config, info, extra: dict | None = None, artifacts=None) -> None:
+    """Rank 0 writes checkpoint.pt atomically, then the run's artifacts (adapter, backbone)."""
+    if info.is_main:
+        payload = {
+            "trainable": {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": vars(state).copy(),
+            "rng": rng_states(),
+            "config": config.to_dict(),
+            **(extra or {}),
+        }
+        atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
+        if artifacts is not None:
+            artifacts()
     dist_utils.barrier()
 
 

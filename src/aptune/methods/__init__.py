@@ -96,4 +96,4 @@ def _method_class(name: str) -> type:
 
 def _import_builtin_methods() -> None:
     # imported lazily so that each method module can import this registry
-    from aptune.methods import apt, full, linear, vpt  # noqa: F401
+    from aptune.methods import adaptformer, apt, full, linear, lora, vpt  # noqa: F401

@@ -12,12 +12,16 @@ without bias plus separate ``q_bias`` and ``v_bias`` (the key has no bias).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Keys and values to append, each broadcastable to (batch, heads, P, head_dim).
 ExtraKV = tuple[Tensor, Tensor]
+# A function of the block input (B, N, D) returning an addition to the fused qkv output (B, N, 3D).
+QKVDelta = Callable[[Tensor], Tensor]
 
 
 class Attention(nn.Module):
@@ -44,16 +48,19 @@ class Attention(nn.Module):
         # the key bias is fixed at zero, as in VideoMAE
         return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def project_qkv(self, x: Tensor, qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v each (B, heads, N, head_dim)."""
         batch, tokens, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta(x)  # a low-rank update (LoRA) of the frozen projection
         qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
-    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None) -> Tensor:
+    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None,
+                qkv_delta: QKVDelta | None = None) -> Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.project_qkv(x)
+        q, k, v = self.project_qkv(x, qkv_delta)
         if extra_kv is not None:
             k, v = append_kv(k, v, extra_kv)
         dropout = self.attn_drop if self.training else 0.0

@@ -11,9 +11,13 @@ Tuning methods never patch forward functions.  They use two slots:
   (keys, values) for that block's attention, or None (Attention Prompt Tuning);
 * ``token_prompts`` -- a module called as ``token_prompts(layer_index, batch_size)``
   returning (B, P, D) tokens that replace the prompt tokens before that block,
-  or None to keep the current ones (Visual Prompt Tuning).
+  or None to keep the current ones (Visual Prompt Tuning);
+* ``qkv_adapters`` -- ``qkv_adapters(layer_index)`` returns a function adding to
+  the fused qkv projection, or None (LoRA);
+* ``mlp_adapters`` -- ``mlp_adapters(layer_index)`` returns a function whose
+  output is added beside the MLP branch, or None (AdaptFormer).
 
-Both expose ``first_layer`` so the model can run the frozen blocks before it
+All expose ``first_layer`` so the model can run the frozen blocks before it
 without building an autograd graph.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from aptune.models.attention import Attention, ExtraKV
+from aptune.models.attention import Attention, ExtraKV, QKVDelta
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -182,15 +187,19 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None) -> Tensor:
-        attn = self.attn(self.norm1(x), extra_kv)
+    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None, qkv_delta: QKVDelta | None = None,
+                mlp_side: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        attn = self.attn(self.norm1(x), extra_kv, qkv_delta)
         if self.gamma_1 is not None:
             attn = self.gamma_1 * attn
         x = x + self.drop_path(attn)
         mlp = self.mlp(self.norm2(x))
         if self.gamma_2 is not None:
             mlp = self.gamma_2 * mlp
-        return x + self.drop_path(mlp)
+        out = x + self.drop_path(mlp)
+        if mlp_side is not None:
+            out = out + mlp_side(x)  # a parallel adapter reads the same stream as the MLP
+        return out
 
 
 class VisionTransformer(nn.Module):
@@ -212,6 +221,8 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, config.num_classes)
         self.kv_prompts: nn.Module | None = None
         self.token_prompts: nn.Module | None = None
+        self.qkv_adapters: nn.Module | None = None
+        self.mlp_adapters: nn.Module | None = None
         self.grad_checkpointing = False
         self._init_weights()
 
@@ -257,7 +268,7 @@ class VisionTransformer(nn.Module):
             if any(p.requires_grad for p in block.parameters()):
                 candidates.append(i)
                 break
-        for hook in (self.kv_prompts, self.token_prompts):
+        for hook in (self.kv_prompts, self.token_prompts, self.qkv_adapters, self.mlp_adapters):
             if hook is not None and any(p.requires_grad for p in hook.parameters()):
                 candidates.append(hook.first_layer)
         return min(candidates)
@@ -283,9 +294,11 @@ class VisionTransformer(nn.Module):
             if tokens is not None:
                 x = torch.cat((x[:, :num_patches], tokens.to(x.dtype)), dim=1)
         extra_kv = self.kv_prompts(index) if self.kv_prompts is not None else None
+        qkv_delta = self.qkv_adapters(index) if self.qkv_adapters is not None else None
+        mlp_side = self.mlp_adapters(index) if self.mlp_adapters is not None else None
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, extra_kv, use_reentrant=False)
-        return block(x, extra_kv)
+            return checkpoint(block, x, extra_kv, qkv_delta, mlp_side, use_reentrant=False)
+        return block(x, extra_kv, qkv_delta, mlp_side)
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.head(self.head_dropout(features))
