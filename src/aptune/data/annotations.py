@@ -67,8 +67,13 @@ def load_annotations(
         raise DataError(f"data.split must be 1, 2 or 3, got {split}")
     root = Path(root) if str(root) else Path(".")
     folder = Path(annotations) if annotations else None
-    loaders = {"list": _load_list, "ucf101": _load_ucf101, "hmdb51": _load_hmdb51,
-               "ssv2": _load_ssv2, "kinetics": _load_kinetics}
+    loaders = {
+        "list": _load_list,
+        "ucf101": _load_ucf101,
+        "hmdb51": _load_hmdb51,
+        "ssv2": _load_ssv2,
+        "kinetics": _load_kinetics,
+    }
     if format not in loaders:
         raise DataError(f"unknown data format {format!r} (valid: {', '.join(loaders)})")
     if not root.is_dir() and (folder is None or not folder.is_dir()):
@@ -154,19 +159,31 @@ def _load_list(root: Path, split_name: str, split: int, folder: Path | None) -> 
 
 # ------------------------------------------------------------------------------- UCF101
 def _load_ucf101(root: Path, split_name: str, split: int, folder: Path | None) -> Annotations:
-    lists = folder or _first_existing([root / "ucfTrainTestlist", root / "UCF101TrainTestSplits-RecognitionTask" / "ucfTrainTestlist", root])
+    lists = folder or _first_existing(
+        [
+            root / "ucfTrainTestlist",
+            root / "UCF101TrainTestSplits-RecognitionTask" / "ucfTrainTestlist",
+            root,
+        ]
+    )
     if lists is None or not (lists / "classInd.txt").is_file():
-        raise DataError(f"{root / 'ucfTrainTestlist' / 'classInd.txt'}: UCF101 class index not found")
+        raise DataError(
+            f"{root / 'ucfTrainTestlist' / 'classInd.txt'}: UCF101 class index not found"
+        )
     videos = _first_existing([root / "UCF-101", root / "UCF101", root / "videos"]) or root
     class_file = lists / "classInd.txt"
     class_names: list[str] = []
     for number, line in _lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise DataError(f"{class_file}:{number}: expected '<index> <ClassName>', got {line[:80]!r}")
+            raise DataError(
+                f"{class_file}:{number}: expected '<index> <ClassName>', got {line[:80]!r}"
+            )
         if int(parts[0]) != len(class_names) + 1:
-            raise DataError(f"{class_file}:{number}: class index {parts[0]} out of order "
-                            f"(expected {len(class_names) + 1})")
+            raise DataError(
+                f"{class_file}:{number}: class index {parts[0]} out of order "
+                f"(expected {len(class_names) + 1})"
+            )
         class_names.append(parts[1])
     by_name = {name.lower(): i for i, name in enumerate(class_names)}
     kind = "train" if split_name == "train" else "test"
@@ -176,22 +193,34 @@ def _load_ucf101(root: Path, split_name: str, split: int, folder: Path | None) -
         parts = line.split()
         relative = parts[0]
         if "/" not in relative:
-            raise DataError(f"{list_file}:{number}: expected 'Class/v_Class_gXX_cYY.avi', got {line[:80]!r}")
+            raise DataError(
+                f"{list_file}:{number}: expected 'Class/v_Class_gXX_cYY.avi', got {line[:80]!r}"
+            )
         folder_class = relative.split("/")[0]
         if folder_class.lower() not in by_name:
-            raise DataError(f"{list_file}:{number}: unknown class {folder_class!r} (not in {class_file})")
+            raise DataError(
+                f"{list_file}:{number}: unknown class {folder_class!r} (not in {class_file})"
+            )
         label = by_name[folder_class.lower()]
         if kind == "train":
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise DataError(f"{list_file}:{number}: expected '<path> <1-based label>', got {line[:80]!r}")
+                raise DataError(
+                    f"{list_file}:{number}: expected '<path> <1-based label>', got {line[:80]!r}"
+                )
             given = int(parts[1]) - 1
             if not 0 <= given < len(class_names):
-                raise DataError(f"{list_file}:{number}: label {parts[1]} out of range 1..{len(class_names)}")
+                raise DataError(
+                    f"{list_file}:{number}: label {parts[1]} out of range 1..{len(class_names)}"
+                )
             if given != label:
-                raise DataError(f"{list_file}:{number}: label {parts[1]} ({class_names[given]}) "
-                                f"does not match the folder {folder_class!r}")
+                raise DataError(
+                    f"{list_file}:{number}: label {parts[1]} ({class_names[given]}) "
+                    f"does not match the folder {folder_class!r}"
+                )
         elif len(parts) != 1:
-            raise DataError(f"{list_file}:{number}: expected a single video path, got {line[:80]!r}")
+            raise DataError(
+                f"{list_file}:{number}: expected a single video path, got {line[:80]!r}"
+            )
         samples.append(Sample(str(videos / relative), label))
     return Annotations(samples, class_names, str(list_file))
 
@@ -201,10 +230,17 @@ _HMDB_SPLIT = re.compile(r"^(?P<name>.+)_test_split(?P<split>[123])\.txt$")
 
 
 def _find_hmdb_splits(root: Path, folder: Path | None) -> Path:
-    candidates = [folder] if folder else [
-        root / "testTrainMulti_7030_splits", root / "splits", root / "test_train_splits",
-        root / "annotations", root,
-    ]
+    candidates = (
+        [folder]
+        if folder
+        else [
+            root / "testTrainMulti_7030_splits",
+            root / "splits",
+            root / "test_train_splits",
+            root / "annotations",
+            root,
+        ]
+    )
     for candidate in candidates:
         if candidate and candidate.is_dir() and any(candidate.glob("*_test_split1.txt")):
             return candidate
@@ -222,8 +258,10 @@ def _load_hmdb51(root: Path, split_name: str, split: int, folder: Path | None) -
     class_names = sorted(set().union(*(f.keys() for f in files.values())))
     for name in class_names:
         if name not in files[split]:
-            raise DataError(f"{split_dir / f'{name}_test_split{split}.txt'}: split file missing "
-                            f"for class {name!r}")
+            raise DataError(
+                f"{split_dir / f'{name}_test_split{split}.txt'}: split file missing "
+                f"for class {name!r}"
+            )
     videos = _first_existing([root / "hmdb51_org", root / "videos", root / "hmdb51"])
     if videos is None or not (videos / class_names[0]).is_dir():
         videos = root
@@ -281,9 +319,13 @@ def _load_ssv2(root: Path, split_name: str, split: int, folder: Path | None) -> 
         try:
             index = int(index_text)
         except (TypeError, ValueError):
-            raise DataError(f"{labels_file}: id {index_text!r} of {template!r} is not an integer") from None
+            raise DataError(
+                f"{labels_file}: id {index_text!r} of {template!r} is not an integer"
+            ) from None
         if not 0 <= index < len(mapping) or class_names[index]:
-            raise DataError(f"{labels_file}: id {index} of {template!r} is duplicated or out of range")
+            raise DataError(
+                f"{labels_file}: id {index} of {template!r} is duplicated or out of range"
+            )
         class_names[index] = template
     filename = "train.json" if split_name == "train" else "validation.json"
     split_file = _require(labels_dir / filename, f"SSv2 {filename}")
@@ -310,7 +352,11 @@ def _load_ssv2(root: Path, split_name: str, split: int, folder: Path | None) -> 
 
 
 # ----------------------------------------------------------------------------- Kinetics
-_KINETICS_FILES = {"train": ("train.csv",), "val": ("validate.csv", "val.csv"), "test": ("test.csv",)}
+_KINETICS_FILES = {
+    "train": ("train.csv",),
+    "val": ("validate.csv", "val.csv"),
+    "test": ("test.csv",),
+}
 
 
 def _kinetics_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
@@ -319,14 +365,18 @@ def _kinetics_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         header = next(reader, None)
         needed = {"label", "youtube_id", "time_start", "time_end"}
         if header is None or not needed <= {h.strip() for h in header}:
-            raise DataError(f"{path}:1: expected header with label,youtube_id,time_start,time_end,split")
+            raise DataError(
+                f"{path}:1: expected header with label,youtube_id,time_start,time_end,split"
+            )
         header = [h.strip() for h in header]
         rows = []
         for number, values in enumerate(reader, start=2):
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                raise DataError(f"{path}:{number}: expected {len(header)} fields, got {len(values)}")
+                raise DataError(
+                    f"{path}:{number}: expected {len(header)} fields, got {len(values)}"
+                )
             rows.append((number, dict(zip(header, (v.strip() for v in values)))))
     return rows
 
@@ -341,12 +391,16 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
         folder = root
     train_file = _kinetics_file(folder, "train")
     if train_file is None:
-        raise DataError(f"{folder / 'train.csv'}: Kinetics train.csv not found (it defines the classes)")
+        raise DataError(
+            f"{folder / 'train.csv'}: Kinetics train.csv not found (it defines the classes)"
+        )
     chosen = _kinetics_file(folder, split_name)
     if chosen is None and split_name == "test":
         chosen = _kinetics_file(folder, "val")  # test on the validation set, as is common
     if chosen is None:
-        raise DataError(f"{folder / _KINETICS_FILES[split_name][0]}: Kinetics {split_name} file not found")
+        raise DataError(
+            f"{folder / _KINETICS_FILES[split_name][0]}: Kinetics {split_name} file not found"
+        )
     train_rows = _kinetics_rows(train_file)
     class_names = sorted({row["label"] for _, row in train_rows})
     lookup = {name: i for i, name in enumerate(class_names)}
@@ -354,7 +408,9 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
     entries = []
     for number, row in rows:
         if row["label"] not in lookup:
-            raise DataError(f"{chosen}:{number}: unknown class {row['label']!r} (not in {train_file.name})")
+            raise DataError(
+                f"{chosen}:{number}: unknown class {row['label']!r} (not in {train_file.name})"
+            )
         try:
             start, end = int(float(row["time_start"])), int(float(row["time_end"]))
         except ValueError:
@@ -363,16 +419,26 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
         split_dir = row.get("split") or split_name
         entries.append((row["label"], split_dir, filename))
     layout = _kinetics_layout(root, chosen.stem, split_name, entries)
-    samples = [Sample(str(layout(label, split_dir, filename)), lookup[label])
-               for label, split_dir, filename in entries]
+    samples = [
+        Sample(str(layout(label, split_dir, filename)), lookup[label])
+        for label, split_dir, filename in entries
+    ]
     return Annotations(samples, class_names, str(chosen))
 
 
 def _kinetics_layout(root: Path, stem: str, split_name: str, entries):
     """Find how videos are laid out by probing the first entries, then use it for all."""
+
     def split_dirs(split_dir: str) -> list[Path]:
-        names = dict.fromkeys([split_dir, stem, split_name, "val" if split_name == "val" else split_name,
-                               "validate" if split_name == "val" else split_name])
+        names = dict.fromkeys(
+            [
+                split_dir,
+                stem,
+                split_name,
+                "val" if split_name == "val" else split_name,
+                "validate" if split_name == "val" else split_name,
+            ]
+        )
         return [root / n for n in names]
 
     layouts = [
@@ -386,5 +452,7 @@ def _kinetics_layout(root: Path, stem: str, split_name: str, entries):
         for layout in layouts:
             for variant, candidate in enumerate(layout(label, split_dir, filename)):
                 if candidate.is_file():
-                    return lambda lab, s, f, layout=layout, variant=variant: layout(lab, s, f)[variant]
+                    return lambda lab, s, f, layout=layout, variant=variant: layout(lab, s, f)[
+                        variant
+                    ]
     return lambda lab, s, f: layouts[0](lab, s, f)[0]

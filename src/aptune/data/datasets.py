@@ -30,8 +30,17 @@ from aptune.data.transforms import TestTransform, TrainTransform
 from aptune.errors import DataError
 
 __all__ = [
-    "Failure", "TrainItem", "TrainBatch", "EvalItem", "EvalBatch", "VideoTrainDataset",
-    "VideoEvalDataset", "collate_train", "collate_eval", "BadVideoLog", "build_dataset",
+    "Failure",
+    "TrainItem",
+    "TrainBatch",
+    "EvalItem",
+    "EvalBatch",
+    "VideoTrainDataset",
+    "VideoEvalDataset",
+    "collate_train",
+    "collate_eval",
+    "BadVideoLog",
+    "build_dataset",
     "build_loader",
 ]
 
@@ -74,16 +83,27 @@ class EvalBatch(NamedTuple):
     failures: list[Failure]  # videos of this batch that were not evaluated
 
 
-def _load_clip(path: str, sampling: str, num_frames: int, sampling_rate: int, threads: int,
-               train: bool, num_segments: int = 1) -> list[torch.Tensor]:
+def _load_clip(
+    path: str,
+    sampling: str,
+    num_frames: int,
+    sampling_rate: int,
+    threads: int,
+    train: bool,
+    num_segments: int = 1,
+) -> list[torch.Tensor]:
     """Decode one clip (train) or all ``num_segments`` test clips in a single pass."""
     with open_video(path, threads) as video:
         total = video.num_frames
         if train:
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
         else:
-            indices = [clip_indices(sampling, total, num_frames, sampling_rate, False,
-                                    num_segments, segment) for segment in range(num_segments)]
+            indices = [
+                clip_indices(
+                    sampling, total, num_frames, sampling_rate, False, num_segments, segment
+                )
+                for segment in range(num_segments)
+            ]
         frames = video.get_frames([i for clip in indices for i in clip])
     return list(frames.split(num_frames))
 
@@ -92,10 +112,19 @@ class VideoTrainDataset(Dataset):
     """One item per video: ``num_sample`` independently augmented copies of one random
     clip (repeated augmentation: one decode, several crops/flips/RandAugments)."""
 
-    def __init__(self, samples: Sequence[Sample], *, num_frames: int = 16, sampling_rate: int = 4,
-                 sampling: str = "dense", transform: TrainTransform | None = None,
-                 num_sample: int = 1, decode_threads: int = 1, max_attempts: int = 20,
-                 class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: str = "dense",
+        transform: TrainTransform | None = None,
+        num_sample: int = 1,
+        decode_threads: int = 1,
+        max_attempts: int = 20,
+        class_names: Sequence[str] | None = None,
+    ):
         if not samples:
             raise DataError("the training split has no videos")
         self.samples = list(samples)
@@ -115,11 +144,19 @@ class VideoTrainDataset(Dataset):
         for _ in range(self.max_attempts):
             path, label = self.samples[index]
             try:
-                (frames,) = _load_clip(path, self.sampling, self.num_frames, self.sampling_rate,
-                                       self.decode_threads, train=True)
+                (frames,) = _load_clip(
+                    path,
+                    self.sampling,
+                    self.num_frames,
+                    self.sampling_rate,
+                    self.decode_threads,
+                    train=True,
+                )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
-                logger.warning("skipping %s: %s (training on a random other video instead)", path, exc)
+                logger.warning(
+                    "skipping %s: %s (training on a random other video instead)", path, exc
+                )
                 index = self._replacement(tried)
                 tried.add(index)
                 continue
@@ -148,10 +185,18 @@ class VideoEvalDataset(Dataset):
     :attr:`views_per_video` (or ``num_workers=0``) to guarantee that.
     """
 
-    def __init__(self, samples: Sequence[Sample], *, num_frames: int = 16, sampling_rate: int = 4,
-                 sampling: str = "dense", transform: TestTransform | None = None,
-                 num_segments: int = 1, decode_threads: int = 1,
-                 class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        sampling: str = "dense",
+        transform: TestTransform | None = None,
+        num_segments: int = 1,
+        decode_threads: int = 1,
+        class_names: Sequence[str] | None = None,
+    ):
         if not samples:
             raise DataError("the evaluation split has no videos")
         self.samples = list(samples)
@@ -185,8 +230,15 @@ class VideoEvalDataset(Dataset):
             return self._cache[1]
         path = self.samples[video_index].path
         try:
-            clips = _load_clip(path, self.sampling, self.num_frames, self.sampling_rate,
-                               self.decode_threads, train=False, num_segments=self.num_segments)
+            clips = _load_clip(
+                path,
+                self.sampling,
+                self.num_frames,
+                self.sampling_rate,
+                self.decode_threads,
+                train=False,
+                num_segments=self.num_segments,
+            )
             resized = self.transform.resize(torch.cat(clips))
             decoded: list[torch.Tensor] | Failure = list(resized.split(self.num_frames))
         except DecodeError as exc:
@@ -199,8 +251,9 @@ class VideoEvalDataset(Dataset):
 def collate_train(batch: Sequence[TrainItem]) -> TrainBatch:
     """Flatten repeated augmentation: B items x num_sample clips -> B*num_sample clips."""
     clips = torch.cat([item.clips for item in batch])
-    labels = torch.tensor([item.label for item in batch for _ in range(item.clips.shape[0])],
-                          dtype=torch.long)
+    labels = torch.tensor(
+        [item.label for item in batch for _ in range(item.clips.shape[0])], dtype=torch.long
+    )
     failures = [f for item in batch for f in item.failures]
     return TrainBatch(clips, labels, failures)
 
@@ -209,10 +262,7 @@ def collate_eval(batch: Sequence[EvalItem]) -> EvalBatch:
     """Stack the views that decoded; views of failed videos are dropped and reported."""
     good = [item for item in batch if item.clip is not None]
     failures = list({item.failure.path: item.failure for item in batch if item.failure}.values())
-    if good:
-        clips = torch.stack([item.clip for item in good])
-    else:
-        clips = torch.empty(0)
+    clips = torch.stack([item.clip for item in good]) if good else torch.empty(0)
     return EvalBatch(
         clips,
         torch.tensor([item.label for item in good], dtype=torch.long),
@@ -259,17 +309,25 @@ class BadVideoLog:
             return f"{self.split}: all videos decoded"
         action = "replaced by random others" if self.split == "train" else "not evaluated"
         first = ", ".join(list(self.bad)[:3])
-        return (f"{self.split}: {self.num_bad} of {self.num_videos} videos could not be decoded "
-                f"({action}; {self.skipped} skips), e.g. {first}")
+        return (
+            f"{self.split}: {self.num_bad} of {self.num_videos} videos could not be decoded "
+            f"({action}; {self.skipped} skips), e.g. {first}"
+        )
 
     def as_dict(self) -> dict:
-        return {"split": self.split, "num_videos": self.num_videos, "num_bad": self.num_bad,
-                "skipped": self.skipped, "bad": dict(self.bad)}
+        return {
+            "split": self.split,
+            "num_videos": self.num_videos,
+            "num_bad": self.num_bad,
+            "skipped": self.skipped,
+            "bad": dict(self.bad),
+        }
 
 
 # ------------------------------------------------------------------------------ builders
-def build_dataset(data, split_name: str, multi_view: bool | None = None,
-                  annotations: Annotations | None = None) -> VideoTrainDataset | VideoEvalDataset:
+def build_dataset(
+    data, split_name: str, multi_view: bool | None = None, annotations: Annotations | None = None
+) -> VideoTrainDataset | VideoEvalDataset:
     """The dataset of ``split_name`` ("train" | "val" | "test") described by ``data``
     (a :class:`aptune.config.DataConfig`).
 
@@ -280,25 +338,41 @@ def build_dataset(data, split_name: str, multi_view: bool | None = None,
     """
     sampling = resolve_sampling(getattr(data, "sampling", "auto"), data.format)
     if annotations is None:
-        annotations = load_annotations(data.format, data.root, split_name, data.split, data.annotations)
+        annotations = load_annotations(
+            data.format, data.root, split_name, data.split, data.annotations
+        )
     threads = getattr(data, "decode_threads", 0) or default_decode_threads(data.num_workers)
-    common = dict(num_frames=data.num_frames, sampling_rate=data.sampling_rate, sampling=sampling,
-                  decode_threads=threads, class_names=annotations.class_names)
+    common = dict(
+        num_frames=data.num_frames,
+        sampling_rate=data.sampling_rate,
+        sampling=sampling,
+        decode_threads=threads,
+        class_names=annotations.class_names,
+    )
     if split_name == "train":
         flip = data.horizontal_flip if data.horizontal_flip is not None else data.format != "ssv2"
         transform = TrainTransform(data.input_size, data.rand_augment, flip)
-        return VideoTrainDataset(annotations.samples, transform=transform,
-                                 num_sample=data.num_sample, **common)
+        return VideoTrainDataset(
+            annotations.samples, transform=transform, num_sample=data.num_sample, **common
+        )
     if multi_view is None:
         multi_view = split_name == "test"
     segments, crops = (data.test_num_segment, data.test_num_crop) if multi_view else (1, 1)
     transform = TestTransform(data.input_size, data.short_side_size, crops)
-    return VideoEvalDataset(annotations.samples, transform=transform, num_segments=segments, **common)
+    return VideoEvalDataset(
+        annotations.samples, transform=transform, num_segments=segments, **common
+    )
 
 
-def build_loader(dataset: VideoTrainDataset | VideoEvalDataset, batch_size: int, num_workers: int = 0,
-                 shuffle: bool | None = None, sampler: Sampler | None = None,
-                 drop_last: bool | None = None, seed: int | None = None) -> DataLoader:
+def build_loader(
+    dataset: VideoTrainDataset | VideoEvalDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool | None = None,
+    sampler: Sampler | None = None,
+    drop_last: bool | None = None,
+    seed: int | None = None,
+) -> DataLoader:
     """A DataLoader with the right collate function.  Training shuffles and drops the
     last partial batch by default; evaluation keeps the order (views of one video stay
     together).  Give a ``sampler`` (e.g. DistributedSampler) to override shuffling."""

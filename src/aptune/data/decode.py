@@ -24,8 +24,15 @@ import av
 import numpy as np
 import torch
 
-__all__ = ["DecodeError", "VideoInfo", "VideoReader", "open_video", "read_frames", "probe_video",
-           "default_decode_threads"]
+__all__ = [
+    "DecodeError",
+    "VideoInfo",
+    "VideoReader",
+    "open_video",
+    "read_frames",
+    "probe_video",
+    "default_decode_threads",
+]
 
 
 class DecodeError(Exception):
@@ -81,6 +88,7 @@ class VideoReader:
         self._rotation: int | None = None  # known once a frame is decoded
         self._count: int | None = None
         self._count_exact = False
+        self.frames_decoded = 0  # for tests and benchmarks: proves seeking skipped frames
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -149,8 +157,7 @@ class VideoReader:
         found: dict[int, np.ndarray] = {}
         position = 0  # next entry of ``wanted`` to fill
         previous = None  # (grid position, frame) of the last decoded frame
-        counter = 0
-        for frame in self.container.decode(self.stream):
+        for counter, frame in enumerate(self.container.decode(self.stream)):
             if frame.pts is None:
                 if seek:  # cannot place frames after a seek without timestamps
                     self.container.seek(0, stream=self.stream, backward=True)
@@ -158,7 +165,7 @@ class VideoReader:
                 grid = float(counter)
             else:
                 grid = float((frame.pts - start) * time_base * rate)
-            counter += 1
+            self.frames_decoded += 1
             if seek and previous is None and grid > wanted[0] + 0.5:
                 # The demuxer landed after the frame we need (bad index): start over.
                 self.container.seek(start, stream=self.stream, backward=True)

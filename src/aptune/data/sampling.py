@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["SAMPLINGS", "resolve_sampling", "dense_train_indices", "dense_test_indices",
-           "segment_train_indices", "segment_test_indices", "clip_indices"]
+__all__ = [
+    "SAMPLINGS",
+    "resolve_sampling",
+    "dense_train_indices",
+    "dense_test_indices",
+    "segment_train_indices",
+    "segment_test_indices",
+    "clip_indices",
+]
 
 SAMPLINGS = ("auto", "dense", "segment")
 
@@ -38,8 +45,9 @@ def dense_train_indices(total: int, num_frames: int, sampling_rate: int) -> list
     return _clamp([start + i * sampling_rate for i in range(num_frames)], total)
 
 
-def dense_test_indices(total: int, num_frames: int, sampling_rate: int, num_segments: int,
-                       segment: int) -> list[int]:
+def dense_test_indices(
+    total: int, num_frames: int, sampling_rate: int, num_segments: int, segment: int
+) -> list[int]:
     """Window ``segment`` of ``num_segments`` windows spread evenly from start to end."""
     span = num_frames * sampling_rate
     room = max(0, total - span)
@@ -62,8 +70,15 @@ def segment_test_indices(total: int, num_frames: int, num_segments: int, segment
     return _clamp([int(length * (i + offset)) for i in range(num_frames)], total)
 
 
-def clip_indices(sampling: str, total: int, num_frames: int, sampling_rate: int,
-                 train: bool, num_segments: int = 1, segment: int = 0) -> list[int]:
+def clip_indices(
+    sampling: str,
+    total: int,
+    num_frames: int,
+    sampling_rate: int,
+    train: bool,
+    num_segments: int = 1,
+    segment: int = 0,
+) -> list[int]:
     """Dispatch on ``sampling`` ("dense" | "segment") and train/test."""
     if total < 1:
         raise ValueError("a video needs at least one frame")

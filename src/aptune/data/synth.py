@@ -24,8 +24,15 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["MOTIONS", "SyntheticDataset", "make_synthetic_dataset", "render_motion_video",
-           "write_video", "make_counter_video", "counter_frames"]
+__all__ = [
+    "MOTIONS",
+    "SyntheticDataset",
+    "make_synthetic_dataset",
+    "render_motion_video",
+    "write_video",
+    "make_counter_video",
+    "counter_frames",
+]
 
 # (motion, readable name).  The first ten are the most distinct; classes beyond that add
 # opposite pairs (fades, diagonals) so opposites always come in together.
@@ -48,11 +55,22 @@ MOTIONS: tuple[tuple[str, str], ...] = (
     ("up_right", "moving up right"),
 )
 _DIRECTIONS = {
-    "right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1),
-    "down_right": (1, 1), "up_left": (-1, -1), "down_left": (-1, 1), "up_right": (1, -1),
+    "right": (1, 0),
+    "left": (-1, 0),
+    "down": (0, 1),
+    "up": (0, -1),
+    "down_right": (1, 1),
+    "up_left": (-1, -1),
+    "down_left": (-1, 1),
+    "up_right": (1, -1),
 }
-FORMAT_EXTENSIONS = {"list": ".avi", "ucf101": ".avi", "hmdb51": ".avi", "ssv2": ".webm",
-                     "kinetics": ".mp4"}
+FORMAT_EXTENSIONS = {
+    "list": ".avi",
+    "ucf101": ".avi",
+    "hmdb51": ".avi",
+    "ssv2": ".webm",
+    "kinetics": ".mp4",
+}
 
 
 @dataclass
@@ -138,7 +156,9 @@ def write_video(
             container.mux(packet)
 
 
-def counter_frames(num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False) -> np.ndarray:
+def counter_frames(
+    num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False
+) -> np.ndarray:
     """Frames whose content encodes their index: the left half's grey level is
     ``(i % 16) * 16 + 8`` and the right half's ``(i // 16) * 16 + 8``."""
     height, width = size
@@ -157,16 +177,18 @@ def read_counter(frame: np.ndarray) -> int:
     return int(round((left - 8) / 16)) + 16 * int(round((right - 8) / 16))
 
 
-def make_counter_video(path: str | os.PathLike, num_frames: int, size: tuple[int, int] = (32, 48),
-                       **write_kwargs) -> Path:
+def make_counter_video(
+    path: str | os.PathLike, num_frames: int, size: tuple[int, int] = (32, 48), **write_kwargs
+) -> Path:
     """Write a video whose frame ``i`` shows the number ``i`` (see :func:`read_counter`)."""
     write_video(path, counter_frames(num_frames, size), **write_kwargs)
     return Path(path)
 
 
 # ---------------------------------------------------------------------------- rendering
-def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
-                        rng: np.random.Generator) -> np.ndarray:
+def render_motion_video(
+    motion: str, num_frames: int, size: tuple[int, int], rng: np.random.Generator
+) -> np.ndarray:
     """One video of ``motion`` with random appearance, uint8 ``(T, H, W, 3)``."""
     height, width = size
     side = min(height, width)
@@ -176,10 +198,13 @@ def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
 
     background = rng.uniform(30, 225, size=3)
     static_noise = rng.uniform(4, 30) * rng.standard_normal((height, width, 1), dtype=np.float32)
-    video = np.broadcast_to((background + static_noise).astype(np.float32),
-                            (num_frames, height, width, 3)).copy()
+    video = np.broadcast_to(
+        (background + static_noise).astype(np.float32), (num_frames, height, width, 3)
+    ).copy()
     if rng.random() < 0.5:  # a smooth gradient so the background is not flat
-        gradient = rng.uniform(-40, 40) * (xs[0] / width - 0.5) + rng.uniform(-40, 40) * (ys[0] / height - 0.5)
+        gradient = rng.uniform(-40, 40) * (xs[0] / width - 0.5) + rng.uniform(-40, 40) * (
+            ys[0] / height - 0.5
+        )
         video += gradient[None, ..., None].astype(np.float32)
 
     radius = rng.uniform(0.12, 0.2) * side
@@ -192,14 +217,23 @@ def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
         length = rng.uniform(0.3, 0.55) * side
         cx0 = _start(rng, width, radius, dx * length)
         cy0 = _start(rng, height, radius, dy * length)
-        objects.append((cx0 + dx * length * tau, cy0 + dy * length * tau, radius * ones,
-                        rng.uniform(0, math.pi) * ones, ones))
+        objects.append(
+            (
+                cx0 + dx * length * tau,
+                cy0 + dy * length * tau,
+                radius * ones,
+                rng.uniform(0, math.pi) * ones,
+                ones,
+            )
+        )
     elif motion in ("rotate_cw", "rotate_ccw"):
         turn = rng.uniform(0.5, 1.1) * math.pi * (1 if motion == "rotate_cw" else -1)
         radius = rng.uniform(0.2, 0.3) * side
         cx = rng.uniform(radius, width - radius)
         cy = rng.uniform(radius, height - radius)
-        objects.append((cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) + turn * tau, ones))
+        objects.append(
+            (cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) + turn * tau, ones)
+        )
     elif motion in ("grow", "shrink"):
         small = rng.uniform(0.07, 0.11) * side
         factor = rng.uniform(2.0, 2.8)
@@ -207,7 +241,9 @@ def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
         big = small * factor
         cx = rng.uniform(big * 0.6, width - big * 0.6)
         cy = rng.uniform(big * 0.6, height - big * 0.6)
-        objects.append((cx * ones, cy * ones, small * factor**progress, rng.uniform(0, math.pi) * ones, ones))
+        objects.append(
+            (cx * ones, cy * ones, small * factor**progress, rng.uniform(0, math.pi) * ones, ones)
+        )
     elif motion in ("approach", "separate"):
         radius = rng.uniform(0.08, 0.12) * side
         near, far = rng.uniform(0.2, 0.3) * side, rng.uniform(0.6, 0.75) * side
@@ -215,14 +251,28 @@ def render_motion_video(motion: str, num_frames: int, size: tuple[int, int],
         distance = near + (far - near) * progress
         axis = rng.uniform(0, math.pi)
         ax, ay = math.cos(axis), math.sin(axis)
-        cx, cy = width / 2 + rng.uniform(-0.1, 0.1) * side, height / 2 + rng.uniform(-0.1, 0.1) * side
+        cx, cy = (
+            width / 2 + rng.uniform(-0.1, 0.1) * side,
+            height / 2 + rng.uniform(-0.1, 0.1) * side,
+        )
         for sign in (-1, 1):
-            objects.append((cx + sign * ax * distance / 2, cy + sign * ay * distance / 2,
-                            radius * ones, rng.uniform(0, math.pi) * ones, ones))
+            objects.append(
+                (
+                    cx + sign * ax * distance / 2,
+                    cy + sign * ay * distance / 2,
+                    radius * ones,
+                    rng.uniform(0, math.pi) * ones,
+                    ones,
+                )
+            )
     elif motion in ("fade_in", "fade_out"):
         cx = rng.uniform(radius, width - radius)
         cy = rng.uniform(radius, height - radius)
-        alpha = np.clip(tau * 1.25 - 0.1, 0, 1) if motion == "fade_in" else np.clip(1.15 - tau * 1.25, 0, 1)
+        alpha = (
+            np.clip(tau * 1.25 - 0.1, 0, 1)
+            if motion == "fade_in"
+            else np.clip(1.15 - tau * 1.25, 0, 1)
+        )
         objects.append((cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) * ones, alpha))
     else:
         raise ValueError(f"unknown motion {motion!r} (valid: {', '.join(m for m, _ in MOTIONS)})")
@@ -276,7 +326,9 @@ def make_synthetic_dataset(
 
     ``gop`` sets the keyframe interval (None: the encoder's default, i.e. long GOP);
     ``grey``, ``variable_frame_rate`` and ``rotation`` make every video grey / VFR /
-    display-rotated, for testing the decoder on such files.
+    display-rotated, for testing the decoder on such files.  AVI can store neither a
+    variable frame rate nor a display matrix, so with those options the formats that
+    normally use .avi (list, ucf101, hmdb51) write .mp4 files instead.
     """
     if format not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
@@ -289,6 +341,8 @@ def make_synthetic_dataset(
     motions = [m for m, _ in MOTIONS[:num_classes]]
     readable = [name for _, name in MOTIONS[:num_classes]]
     extension = FORMAT_EXTENSIONS[format]
+    if extension == ".avi" and (variable_frame_rate or rotation):
+        extension = ".mp4"
     write_kwargs = {"fps": fps, "gop": gop, "rotation": rotation}
     if variable_frame_rate:
         base = 1.0 / fps
@@ -301,8 +355,13 @@ def make_synthetic_dataset(
             video = video.mean(axis=-1).astype(np.uint8)
         write_video(path, video, **write_kwargs)
 
-    writer = {"list": _write_list, "ucf101": _write_ucf101, "hmdb51": _write_hmdb51,
-              "ssv2": _write_ssv2, "kinetics": _write_kinetics}[format]
+    writer = {
+        "list": _write_list,
+        "ucf101": _write_ucf101,
+        "hmdb51": _write_hmdb51,
+        "ssv2": _write_ssv2,
+        "kinetics": _write_kinetics,
+    }[format]
     dataset = SyntheticDataset(root=root, format=format, class_names=[])
     writer(root, readable, per_class, extension, render, dataset, seed)
     return dataset
@@ -388,7 +447,8 @@ def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
     labels_dir = root / "labels"
     labels_dir.mkdir(parents=True, exist_ok=True)
     (labels_dir / "labels.json").write_text(
-        json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1))
+        json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1)
+    )
     train, validation = [], []
     video_id = 1000 + seed * 100_000
     for label, template in enumerate(templates):
@@ -397,9 +457,12 @@ def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
             path = root / "20bn-something-something-v2" / f"{video_id}{ext}"
             render(label, index, path)
             dataset.videos.append((path, label))
-            entry = {"id": str(video_id), "label": template.replace("Something", "A ball"),
-                     "template": template.replace("Something", "[Something]"),
-                     "placeables": ["a ball"]}
+            entry = {
+                "id": str(video_id),
+                "label": template.replace("Something", "A ball"),
+                "template": template.replace("Something", "[Something]"),
+                "placeables": ["a ball"],
+            }
             (validation if _split_of(index, per_class) == "test" else train).append(entry)
     (labels_dir / "train.json").write_text(json.dumps(train, indent=1))
     (labels_dir / "validation.json").write_text(json.dumps(validation, indent=1))

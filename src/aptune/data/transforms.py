@@ -22,9 +22,17 @@ import torch.nn.functional as F
 from aptune.errors import ConfigError
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "random_resized_crop_box", "resized_crop",
-    "resize_short_side", "crop_positions", "normalize", "RandAugment", "parse_rand_augment",
-    "TrainTransform", "TestTransform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "random_resized_crop_box",
+    "resized_crop",
+    "resize_short_side",
+    "crop_positions",
+    "normalize",
+    "RandAugment",
+    "parse_rand_augment",
+    "TrainTransform",
+    "TestTransform",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,8 +53,9 @@ def normalize(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torc
 
 
 # ------------------------------------------------------------------------ geometry
-def random_resized_crop_box(height: int, width: int, scale=(0.08, 1.0),
-                            ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) covering a random area fraction in ``scale`` with aspect ratio in
     ``ratio`` (log-uniform); ten tries, then the largest centred box of a valid ratio."""
     area = height * width
@@ -79,7 +88,7 @@ def _resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resized_crop(video: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     """Crop ``box`` from every frame of float ``(T, C, H, W)`` and resize to ``size``²."""
     top, left, h, w = box
-    return _resize(video[..., top:top + h, left:left + w], (size, size))
+    return _resize(video[..., top : top + h, left : left + w], (size, size))
 
 
 def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,21 +120,24 @@ def _pad_to(video: torch.Tensor, size: int) -> torch.Tensor:
     if height >= size and width >= size:
         return video
     pad_h, pad_w = max(0, size - height), max(0, size - width)
-    return F.pad(video, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
-                 mode="replicate")
+    return F.pad(
+        video, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode="replicate"
+    )
 
 
 def _affine(video: torch.Tensor, matrix: list[list[float]], fill=_FILL) -> torch.Tensor:
     """Warp float ``(T, C, H, W)`` by ``matrix`` (output pixel -> input pixel, 2x3)."""
     t, c, h, w = video.shape
-    pixel = torch.tensor([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]],
-                         dtype=torch.float64)
+    pixel = torch.tensor(
+        [[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64
+    )
     full = torch.tensor(matrix + [[0.0, 0.0, 1.0]], dtype=torch.float64)
     theta = (torch.linalg.inv(pixel) @ full @ pixel)[:2].to(video.dtype)
     grid = F.affine_grid(theta.expand(t, 2, 3), [t, c, h, w], align_corners=False)
     fill_t = torch.tensor(fill[:c], dtype=video.dtype).view(1, c, 1, 1)
-    warped = F.grid_sample(video - fill_t, grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False)
+    warped = F.grid_sample(
+        video - fill_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return warped + fill_t
 
 
@@ -158,7 +170,9 @@ def _auto_contrast(video, _):
 def _equalize(video, _):
     t, c, h, w = video.shape
     values = video.round().clamp_(0, 255).long().reshape(t * c, h * w)
-    hist = torch.zeros(t * c, 256, dtype=torch.long).scatter_add_(1, values, torch.ones_like(values))
+    hist = torch.zeros(t * c, 256, dtype=torch.long).scatter_add_(
+        1, values, torch.ones_like(values)
+    )
     last_nonzero = (hist > 0).long() * torch.arange(256)
     last_count = hist.gather(1, last_nonzero.argmax(dim=1, keepdim=True))
     step = (hist.sum(dim=1, keepdim=True) - last_count) // 255
@@ -215,7 +229,9 @@ def _rotate(video, degrees):
     a = math.radians(degrees)
     cos, sin = math.cos(a), math.sin(a)
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    return _affine(video, [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]])
+    return _affine(
+        video, [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]]
+    )
 
 
 def _shear_x(video, shear):
@@ -231,7 +247,9 @@ def _shift(video: torch.Tensor, pixels: int, dim: int) -> torch.Tensor:
     size = video.shape[dim]
     pixels = max(-size, min(size, pixels))
     out = torch.empty_like(video)
-    out.copy_(torch.tensor(_FILL[: video.shape[1]], dtype=video.dtype).view(1, -1, 1, 1).expand_as(video))
+    out.copy_(
+        torch.tensor(_FILL[: video.shape[1]], dtype=video.dtype).view(1, -1, 1, 1).expand_as(video)
+    )
     if pixels >= 0:
         out.narrow(dim, pixels, size - pixels).copy_(video.narrow(dim, 0, size - pixels))
     else:
@@ -276,11 +294,26 @@ _OPS: dict[str, tuple[Callable, Callable[[float], float]]] = {
     "TranslateXRel": (_translate_x, lambda m: _signed(m / 10 * 0.45)),
     "TranslateYRel": (_translate_y, lambda m: _signed(m / 10 * 0.45)),
 }
-_COMMON = ("AutoContrast", "Equalize", "Invert", "Rotate", "SolarizeAdd",
-           "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+_COMMON = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "SolarizeAdd",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 _PLAIN = _COMMON + ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness")
-_INCREASING = _COMMON + ("PosterizeIncreasing", "SolarizeIncreasing", "ColorIncreasing",
-                         "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
+_INCREASING = _COMMON + (
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+)
 
 
 class RandAugment:
@@ -288,8 +321,15 @@ class RandAugment:
     with probability ``prob`` at magnitude ~ N(magnitude, magnitude_std) clipped to
     [0, magnitude_max]; the same ops and arguments for every frame of the clip."""
 
-    def __init__(self, magnitude: float = 9, num_ops: int = 2, magnitude_std: float = 0.0,
-                 magnitude_max: float = 10.0, increasing: bool = False, prob: float = 0.5):
+    def __init__(
+        self,
+        magnitude: float = 9,
+        num_ops: int = 2,
+        magnitude_std: float = 0.0,
+        magnitude_max: float = 10.0,
+        increasing: bool = False,
+        prob: float = 0.5,
+    ):
         self.magnitude, self.num_ops = magnitude, num_ops
         self.magnitude_std, self.magnitude_max = magnitude_std, magnitude_max
         self.prob = prob
@@ -315,8 +355,10 @@ class RandAugment:
         return video
 
     def __repr__(self) -> str:
-        return (f"RandAugment(m={self.magnitude}, n={self.num_ops}, mstd={self.magnitude_std}, "
-                f"ops={len(self.names)})")
+        return (
+            f"RandAugment(m={self.magnitude}, n={self.num_ops}, mstd={self.magnitude_std}, "
+            f"ops={len(self.names)})"
+        )
 
 
 def parse_rand_augment(spec: str | None) -> RandAugment | None:
@@ -329,14 +371,21 @@ def parse_rand_augment(spec: str | None) -> RandAugment | None:
     if parts[0] != "rand":
         raise ConfigError(f"data.rand_augment={spec!r}: must start with 'rand-'")
     kwargs = {}
-    keys = {"m": ("magnitude", float), "n": ("num_ops", int), "mstd": ("magnitude_std", float),
-            "mmax": ("magnitude_max", float), "inc": ("increasing", lambda v: bool(int(v))),
-            "p": ("prob", float)}
+    keys = {
+        "m": ("magnitude", float),
+        "n": ("num_ops", int),
+        "mstd": ("magnitude_std", float),
+        "mmax": ("magnitude_max", float),
+        "inc": ("increasing", lambda v: bool(int(v))),
+        "p": ("prob", float),
+    }
     for part in parts[1:]:
         match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
         if not match or match[1] not in keys:
-            raise ConfigError(f"data.rand_augment={spec!r}: unknown part {part!r} "
-                              f"(valid: {', '.join(k + '<number>' for k in keys)})")
+            raise ConfigError(
+                f"data.rand_augment={spec!r}: unknown part {part!r} "
+                f"(valid: {', '.join(k + '<number>' for k in keys)})"
+            )
         name, convert = keys[match[1]]
         try:
             kwargs[name] = convert(match[2])
@@ -350,8 +399,14 @@ class TrainTransform:
     """uint8 ``(T, H, W, C)`` -> random resized crop -> flip -> RandAugment -> normalised
     float32 ``(C, T, S, S)``.  One crop box, flip and op list per call (per clip)."""
 
-    def __init__(self, input_size: int = 224, rand_augment: str | None = None,
-                 horizontal_flip: bool = True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    def __init__(
+        self,
+        input_size: int = 224,
+        rand_augment: str | None = None,
+        horizontal_flip: bool = True,
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+    ):
         self.input_size = input_size
         self.rand_augment = parse_rand_augment(rand_augment)
         self.horizontal_flip = horizontal_flip
@@ -374,7 +429,11 @@ class TestTransform:
     """Short side to ``short_side_size``, then ``num_crops`` crops of ``input_size``."""
 
     def __init__(self, input_size: int = 224, short_side_size: int = 224, num_crops: int = 1):
-        self.input_size, self.short_side_size, self.num_crops = input_size, short_side_size, num_crops
+        self.input_size, self.short_side_size, self.num_crops = (
+            input_size,
+            short_side_size,
+            num_crops,
+        )
 
     def resize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(T, H, W, C)`` -> uint8 ``(T, C, H', W')`` with the short side resized
@@ -387,7 +446,7 @@ class TestTransform:
         height, width = resized.shape[-2:]
         top, left = crop_positions(height, width, self.input_size, self.num_crops)[crop]
         size = self.input_size
-        return normalize(resized[..., top:top + size, left:left + size].float())
+        return normalize(resized[..., top : top + size, left : left + size].float())
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
         resized = self.resize(frames)
