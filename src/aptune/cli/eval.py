@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from aptune.config import load_config
     from aptune.engine.inference import evaluate_adapter
+    from aptune.engine.trainer import RANDOM_BACKBONE_NAME
     from aptune.errors import ConfigError
 
     if not args.run and not (args.config and args.adapter):
@@ -36,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     adapter = args.adapter or (run_dir / "adapter.safetensors")
     config = load_config(config_path, args.overrides)
     output_dir = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else None)
-    summary = evaluate_adapter(config, adapter, pretrained=args.pretrained, split=args.split,
+    pretrained = args.pretrained
+    if pretrained is None and config.model.pretrained is None and run_dir is not None:
+        random_backbone = run_dir / RANDOM_BACKBONE_NAME
+        pretrained = random_backbone if random_backbone.is_file() else None
+    summary = evaluate_adapter(config, adapter, pretrained=pretrained, split=args.split,
                                output_dir=output_dir)
     print(f"top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
           f"videos {summary['num_videos']}  skipped {summary['skipped_videos']}")

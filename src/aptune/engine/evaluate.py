@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from aptune.data import BadVideoLog
 from aptune.engine import distributed as dist_utils
 from aptune.engine.metrics import classification_metrics, video_scores
 
@@ -31,15 +32,17 @@ def evaluate(model, eval_data, device: torch.device, precision: str, num_classes
     model.eval()
     info = dist_utils.current()
     video_ids, view_ids, probs, labels = [], [], [], []
+    bad_videos = BadVideoLog(eval_data.num_videos, eval_data.max_bad_fraction, desc.split()[0])
     progress = progress_bar(len(eval_data.loader), desc, info.is_main)
     for batch in eval_data.loader:
-        if batch["clips"].shape[0]:
+        bad_videos.record(batch.failures)
+        if batch.clips.shape[0]:
             with autocast(precision, device):
-                logits = model(batch["clips"].to(device, non_blocking=True))
+                logits = model(batch.clips.to(device, non_blocking=True))
             probs.append(logits.float().softmax(dim=-1).cpu())
-            video_ids.append(batch["video_index"].long())
-            view_ids.append(batch["view_index"].long())
-            labels.append(batch["labels"].long())
+            video_ids.append(batch.video_indices)
+            view_ids.append(batch.view_indices)
+            labels.append(batch.labels)
         progress.update(1)
     progress.close()
     model.train(was_training)
@@ -116,8 +119,8 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir:
         f"| videos skipped (unreadable) | {metrics['skipped_videos']} |",
         f"| trainable / total parameters | {metrics['trainable_params']:,} / {metrics['total_params']:,} |",
         f"| GFLOPs per view | {metrics['gflops_per_view']} |",
-        f"| epochs | {metrics['epochs']} |",
-        f"| training time | {metrics['train_seconds']:.0f} s |",
+        f"| epochs | {metrics['epochs'] if metrics['epochs'] is not None else '-'} |",
+        f"| training time | {_seconds(metrics['train_seconds'])} |",
         f"| test views per video | {config.data.test_num_segment} x {config.data.test_num_crop} |",
         "",
         "Weakest classes: " + ", ".join(f"{name} ({acc:.0f} %)" for acc, name in weakest),
@@ -126,3 +129,7 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir:
     for title, path in figures.items():
         lines += [f"![{title}]({path.relative_to(output_dir)})", ""]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"

@@ -34,13 +34,16 @@ from aptune.engine.checkpoint import (
     set_rng_states,
 )
 from aptune.engine.evaluate import evaluate, write_final_outputs
-from aptune.engine.loaders import DataBundle, build_data, epoch_loader
+from aptune.engine.loaders import DataBundle, build_data, epoch_loader, new_bad_video_log
 from aptune.engine.metrics import MetricsLog
 from aptune.engine.mixup import mix_batch
 from aptune.engine.optim import CosineSchedule, build_optimizer
 from aptune.errors import AptuneError, ConfigError
 
 log = logging.getLogger(__name__)
+
+
+RANDOM_BACKBONE_NAME = "backbone.safetensors"
 
 
 class TrainingDiverged(AptuneError):
@@ -84,6 +87,8 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
+        if config.model.pretrained is None and config.method.name != "full":
+            save_random_backbone(model, output_dir)
 
     # VideoMAE's rule: repeated-augmentation samples do not count toward the lr-scaling batch
     total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
@@ -175,10 +180,12 @@ class TrainLoop:
         batches = min(len(loader), steps_per_epoch * accum)
         progress = progress_bar(batches, f"epoch {epoch + 1}/{train_cfg.epochs}", self.info.is_main)
         clips_seen, started = 0, time.time()
+        bad_videos = new_bad_video_log(self.data, self.config)
         for index, batch in enumerate(loader):
             if index >= batches:
                 break
-            clips, labels = batch["clips"].to(self.device, non_blocking=True), batch["labels"].to(self.device)
+            bad_videos.record(batch.failures)
+            clips, labels = batch.clips.to(self.device, non_blocking=True), batch.labels.to(self.device)
             loss = self.forward_backward(clips, labels, accum)
             clips_seen += clips.shape[0]
             if (index + 1) % accum == 0:
@@ -187,7 +194,7 @@ class TrainLoop:
                 self.log_step(epoch, state, index, batches, loss, clips_seen / (time.time() - started), progress)
             progress.update(1)
         progress.close()
-        self.report_bad_videos(epoch, state)
+        self.report_bad_videos(epoch, state, bad_videos)
 
     def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor, accum: int) -> float:
         loss = self.loss_fn(self.runner, clips, labels, self.config.train.precision, self.device)
@@ -220,11 +227,13 @@ class TrainLoop:
                 log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f clips/s", epoch + 1, index + 1,
                          batches, loss, lr, clips_per_second)
 
-    def report_bad_videos(self, epoch: int, state: TrainState) -> None:
-        bad = self.data.bad_videos.reduce_and_reset()
+    def report_bad_videos(self, epoch: int, state: TrainState, bad_videos) -> None:
+        counts = torch.tensor([bad_videos.num_bad, bad_videos.skipped], dtype=torch.float64)
+        bad, skips = (int(v) for v in dist_utils.all_reduce_sum(counts.to(self.device)).tolist())
         if bad and self.info.is_main:
-            log.warning("epoch %d: %d unreadable videos were replaced by others", epoch + 1, bad)
-        self.metrics.write("data", epoch=epoch + 1, step=state.step, replaced_videos=bad)
+            log.warning("epoch %d: %s", epoch + 1, bad_videos.summary())
+        self.metrics.write("data", epoch=epoch + 1, step=state.step, bad_train_videos=bad,
+                           replaced_samples=skips)
 
 
 def finish(config, model, data, device, state, output_dir, metrics, info) -> dict[str, Any]:
@@ -337,6 +346,19 @@ def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scale
         if artifacts is not None:
             artifacts()
     dist_utils.barrier()
+
+
+def save_random_backbone(model, output_dir: Path) -> None:
+    """Without model.pretrained the frozen weights are a random init: keep them with the run."""
+    from safetensors.torch import save_file
+
+    path = output_dir / RANDOM_BACKBONE_NAME
+    if not path.exists():
+        log.warning("model.pretrained is not set: the frozen backbone is randomly initialised "
+                    "(saved to %s so the adapter stays usable)", path)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                 if k.startswith(("patch_embed.", "blocks."))}
+        save_file(state, str(path))
 
 
 def restore(path: Path, model, optimizer, schedule, scaler) -> TrainState:

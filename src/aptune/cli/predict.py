@@ -1,0 +1,67 @@
+"""``aptune predict VIDEO [VIDEO ...] --run RUN`` (or ``--adapter FILE --pretrained FILE``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="top-5 class names with probabilities for video files",
+        description="Each video is scored with the same views as evaluation (test_num_segment x "
+        "test_num_crop, stored in the adapter) and the softmax scores are averaged.",
+    )
+    parser.add_argument("videos", nargs="+", help="video files")
+    parser.add_argument("--run", help="a run folder written by aptune train")
+    parser.add_argument("--adapter", action="append", default=[],
+                        help="adapter file; repeat to answer for several tasks")
+    parser.add_argument("--pretrained", help="backbone checkpoint the adapter was trained on "
+                        "(default: the run's model.pretrained)")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aptune.adapters import read_adapter
+    from aptune.config import load_config
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.inference import load_tuned_model, predict_videos
+    from aptune.engine.trainer import RANDOM_BACKBONE_NAME, pick_device
+    from aptune.errors import ConfigError
+
+    adapters = [Path(a) for a in args.adapter]
+    pretrained = args.pretrained
+    if args.run:
+        run_dir = Path(args.run)
+        adapters = adapters or [run_dir / "adapter.safetensors"]
+        if pretrained is None and (run_dir / "config.yaml").is_file():
+            pretrained = load_config(run_dir / "config.yaml").model.pretrained
+        if pretrained is None and (run_dir / RANDOM_BACKBONE_NAME).is_file():
+            pretrained = run_dir / RANDOM_BACKBONE_NAME
+    if not adapters:
+        raise ConfigError("give --run RUN or --adapter FILE (with --pretrained for the backbone)")
+    device = pick_device(args.device, DistInfo())
+    answers = {}
+    for adapter in adapters:
+        _, meta = read_adapter(adapter)
+        model = load_tuned_model(adapter, pretrained, device)
+        answers[str(adapter)] = predict_videos(model, args.videos, meta.get("preprocess") or {}, device,
+                                               top_k=args.top_k)
+    if args.json:
+        print(json.dumps(answers if len(adapters) > 1 else next(iter(answers.values())), indent=2))
+        return 0
+    for adapter, results in answers.items():
+        if len(adapters) > 1:
+            print(f"== {adapter}")
+        for result in results:
+            print(result["video"])
+            if "error" in result:
+                print(f"  not evaluated: {result['error']}")
+                continue
+            for rank, entry in enumerate(result["top"], 1):
+                print(f"  {rank}. {entry['class']:<32s} {100 * entry['probability']:6.2f} %")
+    return 0

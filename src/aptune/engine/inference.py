@@ -1,0 +1,110 @@
+"""Evaluation of a saved adapter and predictions on video files (``aptune eval`` / ``predict``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aptune.adapters import model_from_adapter, read_adapter
+from aptune.config import Config
+from aptune.engine import distributed as dist_utils
+from aptune.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_tuned_model(adapter: str | Path, pretrained: str | Path | None, device: torch.device):
+    """The model an adapter belongs to, on ``device`` in eval mode."""
+    _, meta = read_adapter(adapter)
+    method = (meta.get("method") or {}).get("name")
+    if pretrained is None and method != "full":
+        raise CheckpointError(
+            f"{adapter}: a '{method}' adapter holds only its trained tensors; give the backbone it was "
+            "trained on with --pretrained (or model.pretrained in the config)"
+        )
+    return model_from_adapter(adapter, pretrained=pretrained).to(device).eval()
+
+
+def evaluate_adapter(config: Config, adapter: str | Path, pretrained: str | Path | None = None,
+                     split: str = "test", output_dir: Path | None = None) -> dict[str, Any]:
+    """Multi-view evaluation of ``adapter`` on the config's data; writes outputs when asked."""
+    from aptune.engine.evaluate import evaluate, write_final_outputs
+    from aptune.engine.loaders import _eval_data
+    from aptune.engine.trainer import pick_device
+
+    info = dist_utils.init_distributed(config.train.device)
+    try:
+        device = pick_device(config.train.device, info)
+        model = load_tuned_model(adapter, pretrained or config.model.pretrained, device)
+        eval_data = _eval_data(config, split, info, multi_view=True)
+        class_names = list(eval_data.dataset.class_names)
+        if model.class_names and list(model.class_names) != class_names:
+            raise ConfigError(
+                f"{adapter}: adapter classes ({len(model.class_names)}, e.g. '{model.class_names[0]}') "
+                f"differ from the data's ({len(class_names)}, e.g. '{class_names[0]}')"
+            )
+        result = evaluate(model, eval_data, device, config.train.precision, model.num_classes,
+                          desc=f"{split} (all views)")
+        summary = {"top1": result["top1"], "top5": result["top5"], "num_videos": result["num_videos"],
+                   "skipped_videos": result["skipped_videos"], "split": split,
+                   "method": model.tuning_method.name, "epochs": None, "train_seconds": None}
+        if output_dir is not None and info.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            records = _records_of(Path(adapter).parent)
+            summary = write_final_outputs(model, result, summary, class_names, output_dir, records, config)
+        return summary
+    finally:
+        dist_utils.cleanup()
+
+
+def _records_of(run_dir: Path) -> list[dict]:
+    from aptune.engine.metrics import MetricsLog
+
+    return MetricsLog(run_dir / "metrics.jsonl").read()
+
+
+@torch.no_grad()
+def predict_videos(model, paths: list[str], preprocess: dict[str, Any], device: torch.device,
+                   top_k: int = 5, batch_size: int = 8) -> list[dict[str, Any]]:
+    """Top-k class names with probabilities per video, views averaged as in evaluation."""
+    from aptune.data import Sample, VideoEvalDataset
+    from aptune.data.transforms import TestTransform
+    from aptune.engine.loaders import VideoShardSampler
+    from aptune.data import build_loader
+
+    transform = TestTransform(preprocess["input_size"], preprocess["short_side_size"],
+                              preprocess.get("test_num_crop", 1))
+    dataset = VideoEvalDataset(
+        [Sample(str(p), 0) for p in paths], num_frames=preprocess["num_frames"],
+        sampling_rate=preprocess["sampling_rate"], sampling=preprocess.get("sampling", "dense"),
+        transform=transform, num_segments=preprocess.get("test_num_segment", 1),
+    )
+    views = dataset.views_per_video
+    loader = build_loader(dataset, views * max(1, batch_size // views),
+                          sampler=VideoShardSampler(len(paths), views))
+    sums = torch.zeros(len(paths), model.num_classes, dtype=torch.float64)
+    counts = torch.zeros(len(paths))
+    errors: dict[int, str] = {}
+    for batch in loader:
+        for failure in batch.failures:
+            errors[failure.video_index] = failure.reason
+        if batch.clips.shape[0]:
+            probs = model(batch.clips.to(device)).float().softmax(-1).cpu().double()
+            sums.index_add_(0, batch.video_indices, probs)
+            counts.index_add_(0, batch.video_indices, torch.ones(len(batch.video_indices)))
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
+    results = []
+    for index, path in enumerate(paths):
+        if counts[index] == 0:
+            results.append({"video": str(path), "error": errors.get(index, "no view decoded")})
+            continue
+        probs = (sums[index] / counts[index]).float()
+        top = probs.topk(min(top_k, len(names)))
+        results.append({"video": str(path), "top": [
+            {"class": names[i], "index": int(i), "probability": round(float(p), 6)}
+            for p, i in zip(top.values, top.indices)
+        ]})
+    return results

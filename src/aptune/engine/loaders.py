@@ -1,0 +1,136 @@
+"""Datasets and loaders for a run: what the engine needs from ``aptune.data``.
+
+Training data order and augmentation are a function of (seed, epoch, rank): a
+fresh loader per epoch with a seeded sampler and worker seeds, so a resumed
+epoch replays exactly.  Evaluation shards *videos* (not views) across ranks so
+every video's views are decoded once, by one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from aptune.config import Config
+from aptune.data import (
+    BadVideoLog,
+    VideoEvalDataset,
+    VideoTrainDataset,
+    build_dataset,
+    build_loader,
+    collate_train,
+)
+from aptune.data.sampling import resolve_sampling
+
+
+@dataclass
+class EvalData:
+    loader: DataLoader
+    dataset: VideoEvalDataset
+    num_videos: int  # videos of the whole split (all ranks), for the skipped count
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
+class DataBundle:
+    train: VideoTrainDataset
+    val: EvalData | None
+    test: EvalData
+    class_names: list[str]
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def build_data(config: Config, info, splits: tuple[str, ...] = ("train", "val", "test")) -> DataBundle:
+    """Read every split's annotations up front, so a bad file fails before any training."""
+    data = config.data
+    train = build_dataset(data, "train")
+    class_names = list(train.class_names) or [str(i) for i in range(1 + max(s.label for s in train.samples))]
+    val = _eval_data(config, "val", info, multi_view=False) if "val" in splits else None
+    test = _eval_data(config, "test", info, multi_view=True)
+    return DataBundle(train, val, test, class_names, preprocess_metadata(config))
+
+
+def preprocess_metadata(config: Config) -> dict[str, Any]:
+    """How clips were made: stored in adapters so eval/predict rebuild the same views."""
+    data = config.data
+    return {
+        "format": data.format,
+        "sampling": resolve_sampling(data.sampling, data.format),
+        "num_frames": data.num_frames,
+        "sampling_rate": data.sampling_rate,
+        "input_size": data.input_size,
+        "short_side_size": data.short_side_size,
+        "test_num_segment": data.test_num_segment,
+        "test_num_crop": data.test_num_crop,
+    }
+
+
+class SeededItems(Dataset):
+    """Each item's random augmentation is drawn from a generator seeded by (seed, epoch, index).
+
+    So a clip looks the same whichever worker, rank or world size loads it: a
+    2-process run sees exactly the clips of a 1-process run with the same global batch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = (self.seed * 1_000_003 + self.epoch * 7_919 + index * 104_729) % (2**63)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
+
+
+def epoch_loader(data: DataBundle, config: Config, info, epoch: int) -> DataLoader:
+    items = SeededItems(data.train, config.train.seed, epoch)
+    sampler = DistributedSampler(items, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=config.train.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch * 104729 + info.rank)
+    # not persistent: each epoch's workers are seeded from (seed, epoch), which resuming needs
+    return DataLoader(items, batch_size=config.train.batch_size, sampler=sampler,
+                      num_workers=config.data.num_workers, collate_fn=collate_train, drop_last=True,
+                      generator=generator, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def new_bad_video_log(data: DataBundle, config: Config) -> BadVideoLog:
+    return BadVideoLog(len(data.train), config.data.max_bad_fraction, "train")
+
+
+def _eval_data(config: Config, split: str, info, multi_view: bool) -> EvalData:
+    dataset = build_dataset(config.data, split, multi_view=multi_view)
+    return EvalData(eval_loader(dataset, config.train.batch_size, config.data.num_workers, info), dataset,
+                    len(dataset.samples), config.data.max_bad_fraction)
+
+
+def eval_loader(dataset: VideoEvalDataset, batch_size: int, num_workers: int, info) -> DataLoader:
+    views = dataset.views_per_video
+    # whole videos per batch: the dataset decodes a video once for all its views
+    videos_per_batch = max(1, batch_size // views)
+    return build_loader(dataset, videos_per_batch * views, num_workers,
+                        sampler=VideoShardSampler(len(dataset.samples), views, info.rank, info.world_size))
+
+
+class VideoShardSampler(Sampler[int]):
+    """The view indices of videos rank, rank + world, ... in order."""
+
+    def __init__(self, num_videos: int, views_per_video: int, rank: int = 0, world_size: int = 1) -> None:
+        self.videos = range(rank, num_videos, world_size)
+        self.views = views_per_video
+
+    def __iter__(self):
+        for video in self.videos:
+            start = video * self.views
+            yield from range(start, start + self.views)
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.views

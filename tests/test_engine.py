@@ -1,0 +1,228 @@
+"""End to end on a tiny model and a synthetic dataset: train -> eval -> predict, resume, DDP, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from aptune.cli import main as cli_main
+
+TINY_CONFIG = {
+    "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
+              "img_size": 32, "patch_size": 16},
+    "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
+    "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32,
+             "short_side_size": 32, "num_workers": 0, "num_sample": 2, "test_num_segment": 2,
+             "test_num_crop": 3, "rand_augment": "rand-m4-n2-mstd0.2-inc1"},
+    "optim": {"lr": 0.01, "warmup_epochs": 1},
+    "train": {"epochs": 2, "batch_size": 4, "eval_every": 1, "save_every": 1, "log_every": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from aptune.data.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("engine") / "ds"
+    make_synthetic_dataset(root, format="list", num_classes=4, per_class=6, frames=16, size=(32, 32), seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    """A small random backbone in the original VideoMAE pre-training layout."""
+    import aptune
+
+    model = aptune.create_model(None, method="full", num_classes=4,
+                                **{k: v for k, v in TINY_CONFIG["model"].items() if k != "arch"})
+    path = tmp_path_factory.mktemp("backbone") / "pretrain.pth"
+    torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
+                          if k.startswith(("patch_embed.", "blocks."))}}, path)
+    return path
+
+
+def write_config(tmp_path: Path, dataset: Path, backbone: Path | None = None, **sections) -> Path:
+    config = json.loads(json.dumps(TINY_CONFIG))
+    config["data"]["root"] = str(dataset)
+    if backbone is not None:
+        config["model"]["pretrained"] = str(backbone)
+    for section, values in sections.items():
+        config[section].update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str) -> int:
+    return cli_main([str(a) for a in args])
+
+
+def test_train_eval_predict(tmp_path, dataset, backbone, capsys):
+    config = write_config(tmp_path, dataset, backbone)
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", config, "--output-dir", run) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("top1", "top5", "num_videos", "skipped_videos", "trainable_params", "total_params",
+                "gflops_per_view", "epochs", "train_seconds"):
+        assert key in metrics, key
+    assert metrics["epochs"] == 2 and metrics["num_videos"] == 4 and metrics["skipped_videos"] == 0
+    assert metrics["trainable_params"] < metrics["total_params"]
+    for name in ("adapter.safetensors", "checkpoint.pt", "config.yaml", "metrics.jsonl", "report.md",
+                 "plots/curves.png", "plots/confusion.png", "plots/per_class.png"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} >= {"train", "eval"}
+    adapter = load_file(run / "adapter.safetensors")
+    assert all(k.startswith(("kv_prompts.", "fc_norm.", "head.")) for k in adapter)
+
+    capsys.readouterr()
+    assert run_cli("eval", "--run", run, "--json", tmp_path / "eval.json") == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["top1"] == pytest.approx(metrics["top1"])
+    assert evaluated["top5"] == pytest.approx(metrics["top5"])
+
+    video = next((dataset / "videos").rglob("*.avi"))
+    capsys.readouterr()
+    assert run_cli("predict", video, "--run", run, "--json") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer[0]["video"] == str(video)
+    top = answer[0]["top"]
+    assert len(top) == 4 and {t["class"] for t in top} == set(metrics["class_names"])
+    assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_same_seed_same_metrics(tmp_path, dataset, backbone):
+    results = []
+    for name in ("a", "b"):
+        config = write_config(tmp_path, dataset, backbone, train={"epochs": 1})
+        assert run_cli("train", "--config", config, "--output-dir", tmp_path / name) == 0
+        results.append(load_file(tmp_path / name / "adapter.safetensors"))
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+
+
+def _train_command(config: Path, run: Path) -> list[str]:
+    return [sys.executable, "-m", "aptune", "train", "--config", str(config), "--output-dir", str(run)]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset, backbone):
+    config = write_config(tmp_path, dataset, backbone, train={"epochs": 4, "eval_every": 2})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_train_command(config, reference), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(config, run), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "metrics.json").exists()
+
+    resumed = subprocess.run(_train_command(config, run), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr
+    expected = json.loads((reference / "metrics.json").read_text())
+    got = json.loads((run / "metrics.json").read_text())
+    for key in ("top1", "top5", "num_videos", "epochs", "per_class_accuracy", "confusion"):
+        assert got[key] == expected[key], key
+    reference_adapter = load_file(reference / "adapter.safetensors")
+    for key, value in load_file(run / "adapter.safetensors").items():
+        assert torch.equal(value, reference_adapter[key]), key
+
+
+RANK_CHECK = """
+import sys, torch, torch.distributed as dist
+from aptune.config import load_config
+from aptune.engine import trainer
+original = trainer.finish
+def finish(config, model, *args, **kwargs):
+    flat = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    assert all(torch.equal(gathered[0], g) for g in gathered), "ranks diverged"
+    print("ranks identical", file=sys.stderr)
+    return original(config, model, *args, **kwargs)
+trainer.finish = finish
+trainer.train(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+@pytest.mark.distributed
+def test_two_process_ddp_matches_one_process(tmp_path, dataset, backbone):
+    """2 gloo ranks with batch 2 each == 1 process with batch 4 (same global batch), ranks in sync."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = write_config(tmp_path, dataset, backbone, train={"epochs": 1, "batch_size": 4})
+    subprocess.run(_train_command(single, tmp_path / "single"), check=True, env=env, capture_output=True)
+    double_dir = tmp_path / "ddp"
+    double_dir.mkdir()
+    double = write_config(double_dir, dataset, backbone, train={"epochs": 1, "batch_size": 2})
+    script = tmp_path / "check_ranks.py"
+    script.write_text(RANK_CHECK)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(script), str(double), str(tmp_path / "double")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("ranks identical") == 2
+    one = load_file(tmp_path / "single" / "adapter.safetensors")
+    two = load_file(tmp_path / "double" / "adapter.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+    single_metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    double_metrics = json.loads((tmp_path / "double" / "metrics.json").read_text())
+    assert double_metrics["num_videos"] == single_metrics["num_videos"]  # every video scored once
+    assert double_metrics["top1"] == single_metrics["top1"]
+    assert double_metrics["confusion"] == single_metrics["confusion"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown key 'train.epoch'"),
+    ("method.name=lorax", "method.name='lorax' is not one of"),
+    ("train.batch_size=many", "train.batch_size expects an integer"),
+    ("optimizer.lr=1", "unknown section 'optimizer'"),
+    ("data.test_num_crop=2", "data.test_num_crop must be 1 or 3"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, dataset, capsys, override, message):
+    config = write_config(tmp_path, dataset)
+    assert run_cli("train", "--config", config, "--set", override, "--output-dir", tmp_path / "r") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "r").exists()  # nothing heavy started
+
+
+def test_bad_annotation_fails_before_training(tmp_path, dataset, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    lines = (broken / "train.csv").read_text().splitlines()
+    lines[2] = "videos/nowhere.avi not-a-label"
+    (broken / "train.csv").write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path, broken)
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "r") == 2
+    err = capsys.readouterr().err
+    assert "train.csv:3:" in err and "not-a-label" in err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, backbone, capsys):
+    config = write_config(tmp_path, dataset, backbone, optim={"lr": 1e30}, train={"epochs": 3})
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", config, "--output-dir", run) == 2
+    assert "loss became" in capsys.readouterr().err
+    if (run / "checkpoint.pt").exists():  # any checkpoint kept must be finite
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["trainable"].values())
