@@ -226,3 +226,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, ba
     if (run / "checkpoint.pt").exists():  # any checkpoint kept must be finite
         state = torch.load(run / "checkpoint.pt", weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["trainable"].values())
+
+
+def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset):
+    import aptune
+
+    config = write_config(tmp_path, dataset, train={"epochs": 1, "batch_size": 4},
+                          optim={"lr": 1e-3, "warmup_epochs": 0})
+    text = yaml.safe_load(config.read_text())
+    text["pretrain"] = {"mask_ratio": 0.75, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}
+    config.write_text(yaml.safe_dump(text))
+    run = tmp_path / "pre"
+    assert run_cli("pretrain", "--config", config, "--output-dir", run) == 0
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["epochs"] == 1 and summary["final_loss"] > 0
+    arch = {k: v for k, v in TINY_CONFIG["model"].items() if k != "arch"}
+    model = aptune.create_model(None, num_classes=4, method="apt", num_prompts=2,
+                                pretrained=run / "pretrained.safetensors", **arch)
+    encoder = load_file(run / "pretrained.safetensors")
+    assert torch.equal(model.blocks[1].attn.qkv.weight, encoder["encoder.blocks.1.attn.qkv.weight"])
+    # one more epoch continues from the checkpoint instead of starting over
+    assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2

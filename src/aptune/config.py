@@ -120,12 +120,23 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """VideoMAE masked auto-encoding (``aptune pretrain``); ignored by ``train``."""
+
+    mask_ratio: float = 0.9
+    decoder_dim: int = 96
+    decoder_depth: int = 2
+    decoder_heads: int = 3
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,6 +228,8 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: method.prompt_dropout must be in [0, 1)")
     if config.method.num_prompts < 0:
         raise ConfigError(f"{source}: method.num_prompts must be >= 0")
+    if not 0.0 < config.pretrain.mask_ratio < 1.0:
+        raise ConfigError(f"{source}: pretrain.mask_ratio must be in (0, 1)")
     if not 0.0 <= config.train.label_smoothing < 1.0:
         raise ConfigError(f"{source}: train.label_smoothing must be in [0, 1)")
 

@@ -1,0 +1,146 @@
+"""``aptune pretrain``: VideoMAE masked auto-encoding with the same engine as ``train``.
+
+Progress, seeded epochs, atomic resumable checkpoints and DDP are shared with
+fine-tuning (:class:`aptune.engine.trainer.TrainLoop`); only the loss differs.
+The encoder is saved as ``pretrained.safetensors`` in the original VideoMAE
+pre-training layout, which ``create_model(pretrained=...)`` reads directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aptune.config import Config, save_config
+from aptune.data import build_dataset
+from aptune.engine import distributed as dist_utils
+from aptune.engine.checkpoint import CHECKPOINT_NAME
+from aptune.engine.loaders import DataBundle
+from aptune.engine.metrics import MetricsLog
+from aptune.engine.optim import CosineSchedule, build_optimizer
+from aptune.engine.trainer import (
+    TrainLoop,
+    TrainState,
+    autocast,
+    pick_device,
+    restore,
+    save_training_checkpoint,
+    seed_everything,
+    wrap_for_training,
+)
+from aptune.errors import ConfigError
+from aptune.models.pretrain import VideoMAEPretrainer
+from aptune.models.vit import arch_config
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_NAME = "pretrained.safetensors"
+
+
+def reconstruction_loss(runner, clips: torch.Tensor, labels: torch.Tensor, precision: str,
+                        device: torch.device) -> torch.Tensor:
+    with autocast(precision, device):
+        return runner(clips).float()  # the pre-trainer's forward returns its loss; labels are unused
+
+
+def pretrain(config: Config, output_dir: str | Path, resume: bool | None = None) -> dict[str, Any]:
+    info = dist_utils.init_distributed(config.train.device)
+    try:
+        return _pretrain(config, Path(output_dir), resume, info)
+    finally:
+        dist_utils.cleanup()
+
+
+def build_pretrainer(config: Config) -> VideoMAEPretrainer:
+    try:
+        arch = arch_config(config.model.arch, **config.model.arch_overrides())
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+    p = config.pretrain
+    return VideoMAEPretrainer(arch, decoder_dim=p.decoder_dim, decoder_depth=p.decoder_depth,
+                              decoder_heads=p.decoder_heads, mask_ratio=p.mask_ratio)
+
+
+def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
+    device = pick_device(config.train.device, info)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+    if resume is True and not checkpoint_path.exists():
+        raise ConfigError(f"{output_dir}: --resume given but there is no {CHECKPOINT_NAME}")
+    if checkpoint_path.exists() and resume is False:
+        raise ConfigError(f"{output_dir}: holds a checkpoint already; use --resume or another --output-dir")
+    seed_everything(config.train.seed)
+    train_set = build_dataset(config.data, "train")
+    data = DataBundle(train_set, None, None, list(train_set.class_names))
+    model = build_pretrainer(config).to(device)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+
+    total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
+    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
+    steps_per_epoch = max(1, len(train_set) // (config.train.batch_size * info.world_size * config.train.accum_steps))
+    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
+                                config.optim.momentum, config.optim.betas)
+    schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
+                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
+    state = TrainState()
+    if checkpoint_path.exists() and resume is not False:
+        state = restore(checkpoint_path, model, optimizer, schedule, scaler)
+        metrics.truncate_after(state.step)
+        log.info("resumed from %s at epoch %d", checkpoint_path, state.epoch)
+    runner = wrap_for_training(model, device, info, config.train.compile)
+    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
+                     reconstruction_loss)
+
+    def write_encoder() -> None:
+        save_pretrained(model, output_dir / PRETRAINED_NAME, config)
+
+    for epoch in range(state.epoch, config.train.epochs):
+        started = time.time()
+        loop.run_epoch(epoch, state, steps_per_epoch)
+        state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.time() - started
+        if state.epoch == config.train.epochs or state.epoch % config.train.save_every == 0:
+            save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
+                                     artifacts=write_encoder)
+    summary = {"epochs": state.epoch, "train_seconds": round(state.train_seconds, 2),
+               "final_loss": _last_loss(metrics), "pretrained": str(output_dir / PRETRAINED_NAME)}
+    if info.is_main:
+        from aptune.engine.plots import plot_curves
+
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        (output_dir / "plots").mkdir(exist_ok=True)
+        plot_curves(metrics.read(), output_dir / "plots" / "curves.png")
+        log.info("pre-training done: loss %.4f after %d epochs; encoder at %s", summary["final_loss"] or
+                 float("nan"), state.epoch, summary["pretrained"])
+    return summary
+
+
+def save_pretrained(model: VideoMAEPretrainer, path: Path, config: Config) -> None:
+    """The whole pre-training state dict (encoder + decoder) with the arch and recipe in its header."""
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    metadata = {"format": "videomae-pretrain", "arch": json.dumps(model.config.to_dict()),
+                "recipe": json.dumps(config.to_dict())}
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(model.encoder_state_dict(), tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _last_loss(metrics: MetricsLog) -> float | None:
+    losses = [r["loss"] for r in metrics.read() if r["kind"] == "train"]
+    return losses[-1] if losses else None
