@@ -1,0 +1,175 @@
+"""Multiply-add counts of a model: measured by PyTorch's FLOP counter, and in closed form.
+
+Convention (VideoMAE, Tong et al. 2022; APT, Bandara & Patel 2024,
+https://arxiv.org/abs/2403.06978): one multiply-add (MAC) per weight per token for
+every linear layer and the patch-embedding Conv3d, plus the two attention matmuls
+(q k^T and softmax(.) v).  Biases, LayerNorm, softmax, GELU, residual adds and
+the mean pooling are not counted -- nor does ``FlopCounterMode`` count them.
+``FlopCounterMode`` reports FLOPs at 2 per multiply-add; :func:`count_macs`
+divides by two.
+
+Closed form per view, with N patch tokens, width D, depth L, P prompts::
+
+    backbone     L * (12 N D^2 + 2 N^2 D) + N D (C t p^2) + D * classes
+    APT          + (layers with prompts) * 2 N P D
+    VPT          + (layers the prompt tokens pass through) * (12 P D^2 + 2 D (2 N P + P^2))
+
+VPT's prompt tokens go through qkv, proj and the MLP (12 P D^2) and attention
+grows from N^2 to (N + P)^2 pairs; APT's prompts only add P keys and values that
+the N queries attend to.  VideoMAE ViT-B at 16x224 is 180.3 GMACs; APT with
+P = 400 is 191.9 and VPT-deep 240.4.
+
+On CPU, ``scaled_dot_product_attention`` runs the fused kernel
+``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward), which
+``FlopCounterMode`` in current PyTorch does not know.  :func:`flop_counter`
+adds formulas for both through ``custom_mapping`` -- per counter instance, so
+no global registry is modified and an op that PyTorch learns to count later is
+counted once, by our formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from aptune.errors import ConfigError
+from aptune.models.vit import ViTConfig
+
+aten = torch.ops.aten
+
+PROMPTED_METHODS = ("apt", "vpt-shallow", "vpt-deep")
+UNPROMPTED_METHODS = ("linear", "full")
+
+
+# ------------------------------------------------------------------ counter
+def _attention_flops(query_shape, key_shape, value_shape) -> int:
+    """FLOPs (2 per MAC) of q k^T and weights v; query heads may be a multiple of key heads."""
+    *batch_q, q_len, head_dim = query_shape
+    *_, k_len, v_dim = value_shape
+    if key_shape[-2] != k_len or key_shape[-1] != head_dim:
+        shapes = f"q={query_shape} k={key_shape} v={value_shape}"
+        raise ValueError(f"incompatible attention shapes {shapes}")
+    batch_heads = 1
+    for size in batch_q:
+        batch_heads *= size
+    scores = batch_heads * q_len * k_len * head_dim
+    weighted = batch_heads * q_len * k_len * v_dim
+    return 2 * (scores + weighted)
+
+
+def _cpu_flash_forward_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _attention_flops(query, key, value)
+
+
+def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    # grad of (q k^T): dq and dk, one matmul each; grad of (weights v): d(weights) and dv.
+    # Twice the forward -- the same convention as PyTorch's formula for the CUDA kernels
+    # (the kernel's recomputation of the scores is not counted).
+    return 2 * _attention_flops(query, key, value)
+
+
+CPU_ATTENTION_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_forward_flops,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent ``FlopCounterMode`` that also counts the fused CPU attention kernels."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS)
+
+
+def _stand_ins(model: nn.Module, *, meta: bool, keep_grad: bool) -> dict[str, Tensor]:
+    """Every parameter and buffer as a meta tensor (shape only) or a detached alias.
+
+    Without ``keep_grad`` nothing requires grad: PyTorch's module tracker (used by
+    the counter) fails on tensors that require grad but were made where autograd
+    is off, such as APT's per-layer prompt slices under ``no_grad``.
+    """
+    tensors: dict[str, Tensor] = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        stand_in = torch.empty_like(tensor, device="meta") if meta else tensor.detach()
+        if keep_grad and tensor.requires_grad:
+            stand_in.requires_grad_(True)
+        tensors[name] = stand_in
+    return tensors
+
+
+def count_flops(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False,
+                meta: bool = True) -> int:
+    """FLOPs (2 per multiply-add) of one forward pass, plus the backward if ``backward``.
+
+    ``inputs`` is a clip tensor (B, C, T, H, W) or just its shape.  The model runs
+    through ``torch.func.functional_call`` on stand-ins for its tensors, so the
+    model itself (its ``.grad``s included) is never touched.  With ``meta`` (the
+    default) they are shape-only meta tensors: nothing is computed and ViT-B
+    counts in a fraction of a second.  Otherwise the real weights run on their
+    device, through the kernels (e.g. fused CPU attention) a real run uses.  The
+    backward starts from ``output.sum()`` and reaches what requires grad, which
+    is what a training step of the model's method computes.
+    """
+    shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else tuple(int(s) for s in inputs)
+    if len(shape) != 5:
+        raise ConfigError(f"expected a clip shape (batch, channels, frames, height, width), "
+                          f"got {shape}")
+    tensors = _stand_ins(model, meta=meta, keep_grad=backward)
+    if meta:
+        clip = torch.empty(shape, device="meta")
+    else:
+        device = next(iter(tensors.values())).device
+        clip = inputs.detach() if isinstance(inputs, Tensor) else torch.randn(shape)
+        clip = clip.to(device)
+
+    counter = flop_counter()
+    with counter, torch.set_grad_enabled(backward):
+        output = functional_call(model, tensors, (clip,))
+        if backward:
+            output.float().sum().backward()
+    return int(counter.get_total_flops())
+
+
+def count_macs(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False,
+               meta: bool = True) -> int:
+    """Multiply-adds of one pass (FLOPs / 2); divide by the batch size for a per-view number."""
+    return count_flops(model, inputs, backward=backward, meta=meta) // 2
+
+
+# --------------------------------------------------------------- closed form
+def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int = 0, *,
+                     prompt_start: int = 0, prompt_end: int | None = None,
+                     num_classes: int | None = None) -> int:
+    """Multiply-adds of one view through ``config`` tuned by ``method``, in the papers' convention.
+
+    ``prompt_start``/``prompt_end`` follow the methods' options: APT adds keys and
+    values in blocks [start, end]; VPT's tokens join before block ``start`` and,
+    deep or shallow, pass through every later block (deep only replaces them).
+    """
+    known = PROMPTED_METHODS + UNPROMPTED_METHODS
+    if method not in known:
+        raise ConfigError(f"unknown method '{method}' (valid: {', '.join(known)})")
+    depth, dim = config.depth, config.embed_dim
+    tokens = config.num_patches
+    hidden = int(dim * config.mlp_ratio)
+    classes = config.num_classes if num_classes is None else num_classes
+
+    def block_macs(queries: int, keys: int) -> int:
+        # qkv (3 D^2) + proj (D^2) + MLP (2 D hidden) per token; q k^T and weights v
+        return queries * (4 * dim * dim + 2 * dim * hidden) + 2 * queries * keys * dim
+
+    patch_embed = tokens * dim * config.in_chans * config.tubelet_size * config.patch_size**2
+    head = dim * classes
+    prompts = num_prompts if method in PROMPTED_METHODS else 0
+    end = depth - 1 if prompt_end is None else prompt_end
+    total = patch_embed + head
+    for layer in range(depth):
+        if prompts and method == "apt" and prompt_start <= layer <= end:
+            total += block_macs(tokens, tokens + prompts)
+        elif prompts and method != "apt" and layer >= prompt_start:
+            total += block_macs(tokens + prompts, tokens + prompts)
+        else:
+            total += block_macs(tokens, tokens)
+    return total
