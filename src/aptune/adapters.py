@@ -2,7 +2,8 @@
 
 An adapter is one ``.safetensors`` file.  Its header metadata (strings) holds
 ``format_version``, ``aptune_version``, ``method`` (JSON), ``arch`` (JSON),
-``class_names`` (JSON) and ``preprocess`` (JSON).  Files written by newer
+``class_names`` (JSON), ``preprocess`` (JSON) and, for adapters of models changed by
+``aptune.inject``, ``backbone_family`` (absent = ``videomae``).  Files written by newer
 versions are read when their tensors fit; unknown metadata keys are ignored.
 """
 
@@ -48,12 +49,15 @@ def adapter_metadata(model, preprocess: dict[str, Any] | None = None) -> dict[st
 def save_adapter(model, path: str | Path, preprocess: dict[str, Any] | None = None) -> Path:
     """Write the method's trained tensors and metadata atomically to ``path``."""
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in trainable_state_dict(model).items()}
+    injection = _injection(model)
+    state = injection.adapter_state() if injection else trainable_state_dict(model)
+    metadata = injection.adapter_metadata(preprocess) if injection else adapter_metadata(model, preprocess)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        save_file(tensors, tmp, metadata=adapter_metadata(model, preprocess))
+        save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,13 +96,18 @@ def read_adapter(path: str | Path) -> tuple[dict, dict[str, Any]]:
 def load_adapter(model, path: str | Path) -> dict[str, Any]:
     """Load an adapter's tensors into a model built with the same method; returns its metadata."""
     tensors, meta = read_adapter(path)
+    injection = _injection(model)
+    found_family = meta.get("backbone_family", "videomae")
+    own_family = injection.family if injection else "videomae"
+    if found_family != own_family:
+        raise CheckpointError(f"{path}: adapter was trained on a '{found_family}' backbone, this model is '{own_family}'")
     method = meta.get("method") or {}
-    own_method = method_to_dict(model.tuning_method)
+    own_method = method_to_dict(injection.method if injection else model.tuning_method)
     if method.get("name") != own_method["name"]:
         raise CheckpointError(
             f"{path}: adapter was trained with method '{method.get('name')}', model uses '{own_method['name']}'"
         )
-    own = trainable_state_dict(model)
+    own = injection.adapter_state() if injection else trainable_state_dict(model)
     for key, value in tensors.items():
         if key not in own:
             raise CheckpointError(f"{path}: tensor '{key}' has no place in this model")
@@ -109,10 +118,20 @@ def load_adapter(model, path: str | Path) -> dict[str, Any]:
     missing = sorted(set(own) - set(tensors))
     if missing:
         raise CheckpointError(f"{path}: adapter lacks '{missing[0]}' that the model trains")
+    if injection:
+        injection.load_adapter_state(tensors)
+        if meta.get("class_names"):
+            injection.apply_class_names(meta["class_names"])
+        return meta
     model.load_state_dict(tensors, strict=False)
     if meta.get("class_names"):
         model.class_names = list(meta["class_names"])
     return meta
+
+
+def _injection(model):
+    """What ``aptune.inject`` recorded on a transformers/timm model; None for aptune's own."""
+    return getattr(model, "aptune_injection", None)
 
 
 def model_from_adapter(path: str | Path, pretrained: str | Path | None = None, **overrides):
@@ -121,6 +140,10 @@ def model_from_adapter(path: str | Path, pretrained: str | Path | None = None, *
     from aptune.models.vit import ViTConfig
 
     _, meta = read_adapter(path)
+    family = meta.get("backbone_family", "videomae")
+    if family != "videomae":
+        raise CheckpointError(f"{path}: adapter belongs to a '{family}' model; build that model, "
+                              "aptune.inject it and call aptune.load_adapter")
     arch = ViTConfig.from_dict(meta["arch"])
     method = method_from_dict(meta["method"])
     options = method_to_dict(method)

@@ -1,0 +1,10 @@
+"""Prompts for models users already have (``transformers`` VideoMAE, ``timm`` ViT).
+
+``inject`` lives in :mod:`aptune.interop.inject`; the library-specific halves in
+:mod:`aptune.interop.hf` and :mod:`aptune.interop.timm` import their library
+only when a model of that library is injected.
+"""
+
+from aptune.interop.inject import Injection, inject
+
+__all__ = ["Injection", "inject"]

@@ -1,0 +1,204 @@
+"""``aptune.inject``: add APT (or VPT) in place to a model the user already has.
+
+Supported models (detected by their structure, the libraries imported lazily):
+
+* ``transformers`` ``VideoMAEModel`` / ``VideoMAEForVideoClassification``
+  (see :mod:`aptune.interop.hf`);
+* ``timm`` ``VisionTransformer`` image models (see :mod:`aptune.interop.timm`).
+
+The prompts are built by the same method classes as for our own backbone
+(``methods/apt.py``, ``methods/vpt.py``), so initialisation, layer ranges and
+the reparameterisation are identical.  They live at the top of the user's
+model under our names (``kv_prompts.keys`` ...), everything else is frozen
+except the classifier, and the user keeps their own training loop.
+
+What the injection did is recorded as ``model.aptune_injection`` (an
+:class:`Injection`); :func:`aptune.save_adapter` / :func:`aptune.load_adapter`
+use it to write and read adapters in aptune's tensor names, so an adapter
+trained on the native model loads into the injected Hugging Face model of the
+same weights, and back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from aptune.errors import CheckpointError, ConfigError
+from aptune.methods import build_method, method_to_dict
+
+log = logging.getLogger(__name__)
+
+INJECTABLE_METHODS = ("apt", "vpt-deep", "vpt-shallow", "linear")
+
+
+@dataclass
+class Injection:
+    """What :func:`inject` changed in a foreign model, and how its tensors map to adapter names.
+
+    ``name_map`` maps a prefix of the model's own state-dict names to the
+    prefix used in adapter files (e.g. ``classifier.`` -> ``head.``).  The
+    trained tensors are exactly the model parameters under those prefixes.
+    """
+
+    family: str  # "videomae" (shares adapters with the native model) or "timm-vit"
+    method: Any  # the method dataclass (APT, VPTDeep, ...)
+    name_map: dict[str, str]
+    # functions of the model (not closures over it, so a deep copy of the model stays consistent)
+    describe_arch: Callable[[nn.Module], dict[str, Any]]
+    describe_preprocess: Callable[[nn.Module], dict[str, Any]]
+    get_class_names: Callable[[nn.Module], list[str] | None]
+    set_class_names: Callable[[nn.Module, list[str]], None]
+    model_ref: list = field(default_factory=list, repr=False)  # [model]: no nn.Module cycle
+
+    @property
+    def model(self) -> nn.Module:
+        return self.model_ref[0]
+
+    def own_to_adapter(self, name: str) -> str | None:
+        for own, adapter in self.name_map.items():
+            if name.startswith(own):
+                return adapter + name[len(own):]
+        return None
+
+    def adapter_to_own(self, name: str) -> str | None:
+        for own, adapter in self.name_map.items():
+            if name.startswith(adapter):
+                return own + name[len(adapter):]
+        return None
+
+    def trainable_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.name_map)
+
+    def adapter_state(self) -> dict[str, Tensor]:
+        """The trained tensors under their adapter names."""
+        state = {}
+        for name, value in self.model.state_dict().items():
+            adapter_name = self.own_to_adapter(name)
+            if adapter_name is not None:
+                state[adapter_name] = value
+        return state
+
+    def load_adapter_state(self, tensors: dict[str, Tensor]) -> None:
+        own = {self.adapter_to_own(k): v for k, v in tensors.items()}
+        self.model.load_state_dict(own, strict=False)
+
+    def class_names(self) -> list[str] | None:
+        return self.get_class_names(self.model)
+
+    def apply_class_names(self, names: list[str]) -> None:
+        self.set_class_names(self.model, list(names))
+
+    def adapter_metadata(self, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
+        import json
+
+        from aptune import __version__
+        from aptune.adapters import FORMAT_VERSION
+
+        return {
+            "format": "aptune-adapter",
+            "format_version": str(FORMAT_VERSION),
+            "aptune_version": __version__,
+            "method": json.dumps(method_to_dict(self.method)),
+            "arch": json.dumps(self.describe_arch(self.model)),
+            "class_names": json.dumps(self.get_class_names(self.model)),
+            "preprocess": json.dumps({**self.describe_preprocess(self.model), **(preprocess or {})}),
+            "backbone_family": self.family,
+        }
+
+
+def inject(model: nn.Module, method: str = "apt", *, num_prompts: int | None = None,
+           prompt_start: int | None = None, prompt_end: int | None = None,
+           reparam: bool | None = None, prompt_dropout: float | None = None) -> nn.Module:
+    """Add ``method`` in place to a ``transformers`` VideoMAE or a ``timm`` VisionTransformer.
+
+    ``method`` is ``"apt"`` (prompts appended to each layer's keys and values),
+    ``"vpt-deep"`` / ``"vpt-shallow"`` (prompt tokens; Hugging Face models only)
+    or ``"linear"``.  Options left as None take the method's defaults.  Every
+    parameter is frozen except the prompts (and their scales) and the
+    classifier (Hugging Face: ``classifier`` and ``fc_norm``; timm: ``head`` and
+    ``fc_norm``, or ``norm`` when ``fc_norm`` is an identity, plus ``attn_pool``
+    for ``global_pool='map'``).  Returns the same model.
+    """
+    if getattr(model, "aptune_injection", None) is not None:
+        raise ConfigError("this model already has aptune prompts injected; inject once per model")
+    if method not in INJECTABLE_METHODS:
+        raise ConfigError(f"inject supports methods {', '.join(INJECTABLE_METHODS)}, not '{method}'")
+    options = {"num_prompts": num_prompts, "prompt_start": prompt_start, "prompt_end": prompt_end,
+               "reparam": reparam, "prompt_dropout": prompt_dropout}
+    options = {k: v for k, v in options.items() if v is not None}
+    if method == "linear" and options:
+        raise ConfigError(f"method 'linear' takes no option '{sorted(options)[0]}'")
+    tuning = build_method(method, **options)
+
+    if _is_huggingface_videomae(model):
+        from aptune.interop.hf import inject_huggingface
+
+        injection = inject_huggingface(model, tuning)
+    elif _looks_like_timm_vit(model):
+        from aptune.interop.timm import inject_timm
+
+        injection = inject_timm(model, tuning)
+    else:
+        raise ConfigError(
+            f"cannot inject into {type(model).__module__}.{type(model).__name__}: supported are "
+            "transformers VideoMAEModel / VideoMAEForVideoClassification and timm VisionTransformer "
+            "(for aptune's own backbone use aptune.create_model(..., method=...))"
+        )
+    injection.model_ref.append(model)
+    model.aptune_injection = injection
+    prefixes = injection.trainable_prefixes()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(prefixes))
+    return model
+
+
+def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int,
+                         device: torch.device) -> tuple[nn.Module | None, nn.Module | None]:
+    """(kv_prompts, token_prompts) exactly as the method builds them for our own backbone.
+
+    The method's ``attach`` only reads the depth, the widths, the patch size and
+    the device, so it runs on a small stand-in with those; initialisation and
+    layer-range checks are therefore the native ones.
+    """
+    stand_in = SimpleNamespace(
+        blocks=range(depth),
+        config=SimpleNamespace(embed_dim=embed_dim, head_dim=embed_dim // num_heads,
+                               num_heads=num_heads, patch_size=patch_size),
+        fc_norm=SimpleNamespace(weight=torch.empty(0, device=device)),
+        kv_prompts=None, token_prompts=None,
+    )
+    tuning.attach(stand_in)
+    return stand_in.kv_prompts, stand_in.token_prompts
+
+
+def injection_of(model: nn.Module) -> Injection | None:
+    return getattr(model, "aptune_injection", None)
+
+
+def check_family(meta: dict[str, Any], family: str, source: str) -> None:
+    found = meta.get("backbone_family", "videomae")
+    if found != family:
+        raise CheckpointError(f"{source}: adapter was trained on a '{found}' backbone, this model is '{family}'")
+
+
+def _is_huggingface_videomae(model: nn.Module) -> bool:
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    base = getattr(model, "videomae", model)
+    return type(base).__name__ == "VideoMAEModel"
+
+
+def _looks_like_timm_vit(model: nn.Module) -> bool:
+    blocks = getattr(model, "blocks", None)
+    return (
+        hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_head")
+        and isinstance(blocks, nn.Sequential) and len(blocks) > 0
+        and hasattr(blocks[0], "attn") and hasattr(blocks[0].attn, "qkv")
+    )
