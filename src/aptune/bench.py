@@ -169,6 +169,9 @@ def resident_bytes(*objects: object) -> int:
 
 
 # ------------------------------------------------------------- method cases
+_VALID = ", ".join(PROMPTED_METHODS + UNPROMPTED_METHODS)
+
+
 @dataclass
 class MethodCase:
     """One row: a method (and prompt count) attached to the shared backbone on demand."""
@@ -208,8 +211,7 @@ def build_cases(model: VisionTransformer, methods: Sequence[str],
         elif method in UNPROMPTED_METHODS:
             settings = [(None, {})]
         else:
-            valid = ", ".join(PROMPTED_METHODS + UNPROMPTED_METHODS)
-            raise ConfigError(f"cannot benchmark method '{method}' (valid: {valid})")
+            raise ConfigError(f"cannot benchmark method '{method}' (valid: {_VALID})")
         for num_prompts, options in settings:
             model.kv_prompts = model.token_prompts = None
             apply_method(model, build_method(method, **options))
@@ -263,12 +265,16 @@ class BenchSettings:
     warmup: int = 2
     threads: int | None = None
     seed: int = 0
+    arch_overrides: dict = field(default_factory=dict)  # e.g. embed_dim/depth for tiny tests
 
 
 def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     """Measure every case of ``settings``; returns {"meta": ..., "rows": [...]}."""
     if settings.repeats < 1 or settings.warmup < 0 or settings.batch < 1:
         raise ConfigError("repeats and batch must be >= 1 and warmup >= 0")
+    unknown = [m for m in settings.methods if m not in PROMPTED_METHODS + UNPROMPTED_METHODS]
+    if unknown:
+        raise ConfigError(f"cannot benchmark method '{unknown[0]}' (valid: {_VALID})")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
@@ -277,7 +283,8 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     torch.manual_seed(settings.seed)
 
     model = create_model(settings.arch, num_classes=settings.num_classes, method="full",
-                         num_frames=settings.frames, img_size=settings.img_size).to(device)
+                         num_frames=settings.frames, img_size=settings.img_size,
+                         **settings.arch_overrides).to(device)
     cases = build_cases(model, settings.methods, settings.prompts)
     shape = (settings.batch, model.config.in_chans, settings.frames, settings.img_size,
              settings.img_size)
@@ -333,10 +340,10 @@ def _static_row(arch: str, case: MethodCase, model: VisionTransformer, view_shap
     trainable, total = count_parameters(model)
     row = {"arch": arch, "method": case.method, "prompts": case.num_prompts,
            "trainable_params": trainable, "total_params": total,
-           "gmacs": round(count_macs(model, view_shape) / 1e9, 3),
+           "gmacs": round(count_macs(model, view_shape) / 1e9, 6),
            "model_memory_mb": round(resident_bytes(model) / MIB, 1)}
     if train:
-        row["train_gmacs"] = round(count_macs(model, view_shape, backward=True) / 1e9, 3)
+        row["train_gmacs"] = round(count_macs(model, view_shape, backward=True) / 1e9, 6)
     return row
 
 

@@ -1,0 +1,109 @@
+"""aptune bench: statistics, interleaving, method switching, memory, rows, CLI; no timing asserts."""
+
+import json
+
+import pytest
+import torch
+
+import aptune
+from aptune.bench import (
+    ROW_KEYS, BenchSettings, build_cases, format_table, peak_allocated_bytes, resident_bytes,
+    run_bench, spread, time_interleaved,
+)
+from aptune.cli import main
+from aptune.errors import ConfigError
+from aptune.flops import closed_form_macs
+from helpers import TINY, tiny_model
+
+TINY_ARCH = {k: v for k, v in TINY.items() if k not in ("num_frames", "img_size")}
+
+
+def test_spread():
+    stats = spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats == {"median": 3.0, "q1": 2.0, "q3": 4.0, "iqr": 2.0, "min": 1.0, "max": 5.0}
+    assert spread([7.0])["iqr"] == 0.0
+
+
+def test_time_interleaved_is_round_robin_and_drops_warmup():
+    order = []
+    tasks = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = time_interleaved(tasks, repeats=3, warmup=1, progress=False)
+    assert order == list("abc" "bca" "cab" "abc")  # rotating start, warm-up round included
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_cases_switch_methods_on_one_backbone():
+    model = tiny_model("full")
+    cases = build_cases(model, ["apt", "vpt-deep", "linear", "full"], [1, 4])
+    assert [c.label for c in cases] == ["apt/P=1", "apt/P=4", "vpt-deep/P=1", "vpt-deep/P=4",
+                                        "linear", "full"]
+    for case in cases:
+        options = {"num_prompts": case.num_prompts} if case.num_prompts is not None else {}
+        reference = tiny_model(case.method, **options)
+        case.activate(model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {n for n, p in reference.named_parameters() if p.requires_grad}
+        assert aptune.count_parameters(model) == aptune.count_parameters(reference)
+    with pytest.raises(ConfigError, match="cannot benchmark"):
+        build_cases(model, ["nope"], [1])
+
+
+def test_peak_allocated_bytes_sees_a_cpu_allocation():
+    size = 4 * 2**20
+
+    def allocate():
+        buffer = torch.ones(size // 4)  # float32: exactly ``size`` bytes
+        return buffer.sum()
+
+    peak = peak_allocated_bytes(allocate, "cpu")
+    if peak is None:
+        pytest.skip("this torch's profiler gives no allocation records")
+    assert size <= peak < size + 2**20
+
+
+def test_resident_bytes_counts_shared_storage_once():
+    weight = torch.zeros(256)
+    module = torch.nn.Linear(16, 16)
+    assert resident_bytes(weight, weight, weight[:10]) == 256 * 4
+    assert resident_bytes(module) == (16 * 16 + 16) * 4
+
+
+def test_run_bench_rows():
+    settings = BenchSettings(arch=None, methods=("apt", "vpt-shallow", "linear"), prompts=(1, 3),
+                             frames=4, img_size=32, num_classes=5, repeats=2, warmup=0,
+                             train=True, arch_overrides=TINY_ARCH)
+    result = run_bench(settings, progress=False)
+    rows = result["rows"]
+    assert [(r["method"], r["prompts"]) for r in rows] == [
+        ("apt", 1), ("apt", 3), ("vpt-shallow", 1), ("vpt-shallow", 3), ("linear", None)]
+    config = tiny_model("linear").config
+    for row in rows:
+        assert list(row) == list(ROW_KEYS)
+        expected = closed_form_macs(config, row["method"], row["prompts"] or 0)
+        assert row["gmacs"] == pytest.approx(expected / 1e9, abs=1e-6)
+        assert row["train_gmacs"] >= row["gmacs"]
+        assert 0 < row["latency_ms_min"] <= row["latency_ms_median"] <= row["latency_ms_max"]
+        assert row["train_step_ms_median"] > 0
+        assert row["trainable_params"] < row["total_params"]
+        if row["peak_memory_mb"] is not None:
+            assert row["peak_memory_mb"] >= row["model_memory_mb"]
+            assert row["train_peak_memory_mb"] >= row["model_memory_mb"]
+    meta = result["meta"]
+    assert meta["machine"]["torch"] == torch.__version__
+    assert {"date", "device", "batch", "memory_method", "gmacs_convention"} <= set(meta)
+    table = format_table(rows)
+    assert "vpt-shallow" in table and "linear       -" in table
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
+                   "--methods", "apt,full", "--prompts", "2", "--repeats", "1", "--warmup", "0",
+                   "--no-progress", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("apt", 2), ("full", None)]
+    assert result["rows"][1]["train_step_ms_median"] is None  # no --train
+    assert "GMACs" in capsys.readouterr().out
+    assert main(["bench", "--methods", "lora", "--arch", "vit_small_patch16_224", "--frames",
+                 "2", "--img-size", "32", "--no-progress"]) == 2
