@@ -1,0 +1,70 @@
+"""LoRA (Hu et al., ICLR 2022, https://arxiv.org/abs/2106.09685) on the fused qkv projection.
+
+Each block's frozen qkv weight W (3D x D) gets a low-rank update (alpha / r) * B A
+with A (r x D) and B (3D x r); B starts at zero so training starts from the
+pretrained model.  For inference the update can be merged into W
+(:func:`merge_lora`), after which the model costs exactly the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aptune.methods import register
+from aptune.methods.apt import resolve_layer_range
+
+
+class QKVLowRank(nn.Module):
+    def __init__(self, num_layers: int, dim: int, rank: int, alpha: float, first_layer: int = 0) -> None:
+        super().__init__()
+        self.first_layer = first_layer
+        self.last_layer = first_layer + num_layers - 1
+        self.scaling = alpha / rank
+        self.down = nn.Parameter(torch.empty(num_layers, rank, dim))
+        self.up = nn.Parameter(torch.zeros(num_layers, 3 * dim, rank))
+        for index in range(num_layers):
+            nn.init.kaiming_uniform_(self.down.data[index], a=math.sqrt(5))
+
+    def forward(self, layer: int):
+        if not self.first_layer <= layer <= self.last_layer:
+            return None
+        index = layer - self.first_layer
+        down, up = self.down[index], self.up[index]
+        return lambda x: (x @ down.T) @ up.T * self.scaling
+
+    def delta_weight(self, layer: int) -> Tensor:
+        index = layer - self.first_layer
+        return self.up[index] @ self.down[index] * self.scaling
+
+
+@register("lora")
+@dataclass
+class LoRA:
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    prompt_start: int = 0  # first block adapted (shared range option name)
+    prompt_end: int | None = None
+
+    def attach(self, model) -> None:
+        start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
+        model.qkv_adapters = QKVLowRank(end - start + 1, model.config.embed_dim, self.lora_rank,
+                                        self.lora_alpha, first_layer=start).to(model.fc_norm.weight.device)
+
+    def trainable_prefixes(self) -> tuple[str, ...]:
+        return ("qkv_adapters.", "fc_norm.", "head.")
+
+
+@torch.no_grad()
+def merge_lora(model) -> None:
+    """Fold the low-rank updates into the frozen qkv weights and remove the adapters."""
+    adapters = model.qkv_adapters
+    if adapters is None:
+        return
+    for layer in range(adapters.first_layer, adapters.last_layer + 1):
+        weight = model.blocks[layer].attn.qkv.weight
+        weight.add_(adapters.delta_weight(layer).to(weight.dtype))
+    model.qkv_adapters = None
