@@ -127,7 +127,7 @@ class VideoTrainDataset(Dataset):
     ):
         if not samples:
             raise DataError("the training split has no videos")
-        self.samples = list(samples)
+        self.samples = [Sample(str(path), int(label)) for path, label in samples]
         self.class_names = list(class_names or [])
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.transform = transform or TrainTransform()
@@ -199,7 +199,7 @@ class VideoEvalDataset(Dataset):
     ):
         if not samples:
             raise DataError("the evaluation split has no videos")
-        self.samples = list(samples)
+        self.samples = [Sample(str(path), int(label)) for path, label in samples]
         self.class_names = list(class_names or [])
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.transform = transform or TestTransform()

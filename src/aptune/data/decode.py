@@ -154,6 +154,7 @@ class VideoReader:
         if seek:
             target = start + int(math.floor(wanted[0] / rate / time_base))
             self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        scale = float(time_base * rate)  # pts units -> grid positions (floats: fast in the loop)
         found: dict[int, np.ndarray] = {}
         position = 0  # next entry of ``wanted`` to fill
         previous = None  # (grid position, frame) of the last decoded frame
@@ -164,7 +165,7 @@ class VideoReader:
                     return self._decode(wanted, seek=False)
                 grid = float(counter)
             else:
-                grid = float((frame.pts - start) * time_base * rate)
+                grid = (frame.pts - start) * scale
             self.frames_decoded += 1
             if seek and previous is None and grid > wanted[0] + 0.5:
                 # The demuxer landed after the frame we need (bad index): start over.

@@ -45,11 +45,21 @@ def to_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2).float()
 
 
+def channels_first(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(T, H, W, C)`` -> uint8 ``(T, C, H, W)`` view (channels-last memory, no copy).
+
+    Resizing stays in uint8 on this layout: PyTorch has a fast path for antialiased
+    bilinear resizing of channels-last uint8 images, ~10x faster than float32.
+    """
+    return frames.permute(0, 3, 1, 2)
+
+
 def normalize(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """float ``(T, C, H, W)`` in [0, 255] -> normalised float32 ``(C, T, H, W)``."""
-    mean_t = torch.tensor(mean, dtype=video.dtype).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, dtype=video.dtype).view(1, -1, 1, 1) * 255
-    return ((video - mean_t) / std_t).permute(1, 0, 2, 3).contiguous()
+    """``(T, C, H, W)`` in [0, 255] (uint8 or float) -> normalised float32 ``(C, T, H, W)``."""
+    out = video.permute(1, 0, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1) * 255
+    scale_t = 1.0 / (torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1) * 255)
+    return out.sub_(mean_t).mul_(scale_t)
 
 
 # ------------------------------------------------------------------------ geometry
@@ -80,19 +90,22 @@ def random_resized_crop_box(
 
 
 def _resize(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of ``(T, C, H, W)``, uint8 or float."""
     if tuple(video.shape[-2:]) == tuple(size):
         return video
+    if video.dtype == torch.uint8:
+        video = video.contiguous(memory_format=torch.channels_last)
     return F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def resized_crop(video: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """Crop ``box`` from every frame of float ``(T, C, H, W)`` and resize to ``size``²."""
+    """Crop ``box`` from every frame of ``(T, C, H, W)`` and resize to ``size``²."""
     top, left, h, w = box
     return _resize(video[..., top : top + h, left : left + w], (size, size))
 
 
 def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize float ``(T, C, H, W)`` so that its shorter side is ``size``."""
+    """Resize ``(T, C, H, W)`` (uint8 or float) so that its shorter side is ``size``."""
     height, width = video.shape[-2:]
     if height <= width:
         new = (size, max(size, round(width * size / height)))
@@ -413,11 +426,11 @@ class TrainTransform:
         self.scale, self.ratio = scale, ratio
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        video = to_float(frames)
+        video = channels_first(frames)
         box = random_resized_crop_box(video.shape[-2], video.shape[-1], self.scale, self.ratio)
         # Crop first, augment after: the ops then run on the small crop, which is cheaper
         # than augmenting the full frame and gives the same distribution of images.
-        video = resized_crop(video, box, self.input_size)
+        video = resized_crop(video, box, self.input_size).float()
         if self.horizontal_flip and torch.rand(()) < 0.5:
             video = video.flip(-1)
         if self.rand_augment is not None:
@@ -438,15 +451,17 @@ class TestTransform:
     def resize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(T, H, W, C)`` -> uint8 ``(T, C, H', W')`` with the short side resized
         (kept as uint8 so a decoded video can be cached cheaply for all its crops)."""
-        video = resize_short_side(to_float(frames), self.short_side_size)
-        return _pad_to(video, self.input_size).round_().clamp_(0, 255).to(torch.uint8)
+        video = resize_short_side(channels_first(frames), self.short_side_size)
+        if video.shape[-1] < self.input_size or video.shape[-2] < self.input_size:
+            video = _pad_to(video.float(), self.input_size).round_().to(torch.uint8)
+        return video
 
     def crop(self, resized: torch.Tensor, crop: int) -> torch.Tensor:
         """Crop ``crop`` (0-based) of a :meth:`resize` output, normalised ``(C, T, S, S)``."""
         height, width = resized.shape[-2:]
         top, left = crop_positions(height, width, self.input_size, self.num_crops)[crop]
         size = self.input_size
-        return normalize(resized[..., top : top + size, left : left + size].float())
+        return normalize(resized[..., top : top + size, left : left + size])
 
     def __call__(self, frames: torch.Tensor) -> list[torch.Tensor]:
         resized = self.resize(frames)
