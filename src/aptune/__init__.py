@@ -18,9 +18,11 @@ from aptune.factory import create_model
 from aptune.interop import inject
 from aptune.methods import METHODS, build_method
 from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, count_parameters
+from aptune.multitask import MultiAdapterModel
 
 __all__ = [
     "METHODS",
+    "MultiAdapterModel",
     "PRESETS",
     "VisionTransformer",
     "ViTConfig",
