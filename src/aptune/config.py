@@ -145,6 +145,7 @@ class Config:
 _CHOICES = {
     ("method", "name"): METHOD_NAMES,
     ("data", "format"): DATA_FORMATS,
+    ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
 }

@@ -38,6 +38,8 @@ def add_parser(subparsers) -> None:
         "--format", default="list", choices=("list", "ucf101", "hmdb51", "ssv2", "kinetics")
     )
     synth.add_argument("--classes", type=int, default=10, help="number of classes (max 16)")
+    synth.add_argument("--motions", help="comma-separated motion names to use as classes "
+                       "(instead of the first --classes); see aptune.data.synth.MOTIONS")
     synth.add_argument("--per-class", type=int, default=20, help="videos per class")
     synth.add_argument("--frames", type=int, default=32, help="frames per video")
     synth.add_argument("--size", default="64x64", help="HxW, e.g. 112x112")
@@ -77,7 +79,11 @@ def _parse_size(text: str) -> tuple[int, int]:
 def run_synth(args: argparse.Namespace) -> int:
     from aptune.data.synth import MOTIONS, make_synthetic_dataset
 
-    if not 1 <= args.classes <= len(MOTIONS):
+    motions = [m.strip() for m in args.motions.split(",")] if args.motions else None
+    known = dict(MOTIONS)
+    if motions is not None and (not motions or any(m not in known for m in motions)):
+        raise ConfigError(f"--motions {args.motions!r}: use names from {', '.join(known)}")
+    if motions is None and not 1 <= args.classes <= len(MOTIONS):
         raise ConfigError(f"--classes must be between 1 and {len(MOTIONS)}, got {args.classes}")
     if args.per_class < 1 or args.frames < 1:
         raise ConfigError("--per-class and --frames must be >= 1")
@@ -91,6 +97,7 @@ def run_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         fps=args.fps,
         gop=args.gop,
+        motions=motions,
     )
     print(
         f"wrote {dataset.num_videos} {args.format} videos of {len(dataset.class_names)} classes "

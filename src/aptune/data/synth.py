@@ -321,8 +321,12 @@ def make_synthetic_dataset(
     grey: bool = False,
     variable_frame_rate: bool = False,
     rotation: int = 0,
+    motions: list[str] | tuple[str, ...] | None = None,
 ) -> SyntheticDataset:
     """Write a synthetic dataset in the layout of ``format`` under ``out``.
+
+    ``motions`` picks the classes by motion name (see :data:`MOTIONS`); by default the
+    first ``num_classes``.  Disjoint motion sets give a source and a target task.
 
     ``gop`` sets the keyframe interval (None: the encoder's default, i.e. long GOP);
     ``grey``, ``variable_frame_rate`` and ``rotation`` make every video grey / VFR /
@@ -332,14 +336,20 @@ def make_synthetic_dataset(
     """
     if format not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
-    if not 1 <= num_classes <= len(MOTIONS):
-        raise ValueError(f"num_classes must be between 1 and {len(MOTIONS)}, got {num_classes}")
+    names = dict(MOTIONS)
+    if motions is None:
+        if not 1 <= num_classes <= len(MOTIONS):
+            raise ValueError(f"num_classes must be between 1 and {len(MOTIONS)}, got {num_classes}")
+        motions = [m for m, _ in MOTIONS[:num_classes]]
+    unknown = [m for m in motions if m not in names]
+    if unknown or not motions or len(set(motions)) != len(motions):
+        raise ValueError(f"motions must be distinct names from: {', '.join(names)} (got {list(motions)})")
     if per_class < 1 or frames < 1:
         raise ValueError("per_class and frames must be >= 1")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    motions = [m for m, _ in MOTIONS[:num_classes]]
-    readable = [name for _, name in MOTIONS[:num_classes]]
+    motions = list(motions)
+    readable = [names[m] for m in motions]
     extension = FORMAT_EXTENSIONS[format]
     if extension == ".avi" and (variable_frame_rate or rotation):
         extension = ".mp4"
