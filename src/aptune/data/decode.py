@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 
@@ -194,7 +196,7 @@ class VideoReader:
         return found
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        array = frame.to_ndarray(format="rgb24")
+        array = _reformatter().reformat(frame, format="rgb24").to_ndarray()
         rotation = _normalise_rotation(getattr(frame, "rotation", 0) or 0)
         self._rotation = rotation
         if rotation:
@@ -209,6 +211,21 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """One reusable converter per thread: ``frame.to_ndarray(format=...)`` builds a new
+    scaler context for every frame, which costs more than decoding small frames."""
+    # Keyed by process: a converter inherited through fork (DataLoader workers) must be
+    # neither used nor freed in the child, where FFmpeg's state is not safe to touch.
+    by_process = _local.__dict__.setdefault("by_process", {})
+    pid = os.getpid()
+    if pid not in by_process:
+        by_process[pid] = VideoReformatter()
+    return by_process[pid]
 
 
 def open_video(path: str | os.PathLike, threads: int = 1) -> VideoReader:
