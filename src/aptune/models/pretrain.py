@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from aptune.models.vit import Block, PatchEmbed, ViTConfig, sincos_position_table
+from aptune.models.vit import Block, PatchEmbed, ViTConfig, drop_path_rates, sincos_position_table
 
 
 class Encoder(nn.Module):
@@ -29,8 +29,7 @@ class Encoder(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, config.tubelet_size, config.in_chans, config.embed_dim)
         self.register_buffer("pos_embed", sincos_position_table(config.num_patches, config.embed_dim)[None],
                              persistent=False)
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
-        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
     def forward(self, x: Tensor, visible: Tensor) -> Tensor:

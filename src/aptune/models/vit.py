@@ -214,8 +214,7 @@ class VisionTransformer(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_position_table(config.num_patches, dim)[None], persistent=False
         )
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
-        self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
+        self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
         self.fc_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.head_dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(dim, config.num_classes)
@@ -312,6 +311,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def drop_path_rates(config: ViTConfig) -> list[float]:
+    """Stochastic depth rising linearly from 0 to drop_path_rate (plain floats: meta-device safe)."""
+    if config.depth == 1:
+        return [0.0]
+    return [config.drop_path_rate * i / (config.depth - 1) for i in range(config.depth)]
 
 
 def prompt_init_bound(patch_size: int, width: int) -> float:
