@@ -102,7 +102,7 @@ def test_huggingface_directory_gives_the_same_logits(tmp_path):
     x = tiny_clip()
     with torch.no_grad():
         expected = hf(pixel_values=x.permute(0, 2, 1, 3, 4)).logits
-    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_huggingface_legacy_bias_names_and_bin_weights(tmp_path):
@@ -120,7 +120,7 @@ def test_huggingface_legacy_bias_names_and_bin_weights(tmp_path):
     x = tiny_clip()
     with torch.no_grad():
         expected = hf(pixel_values=x.permute(0, 2, 1, 3, 4)).logits
-    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_huggingface_pretraining_directory(tmp_path):

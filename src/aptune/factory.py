@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 ARCH_KEYS = {
     "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
-    "img_size", "in_chans", "qkv_bias", "layer_norm_eps", "layer_scale_init", "drop_path_rate",
+    "img_size", "in_chans", "qkv_bias", "layer_norm_eps", "fc_norm_eps", "layer_scale_init", "drop_path_rate",
     "head_dropout", "head_init_scale", "mean", "std",
 }
 

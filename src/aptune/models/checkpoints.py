@@ -284,6 +284,7 @@ def arch_from_hf_config(config: dict[str, Any], path: Path) -> tuple[dict[str, A
             "num_frames": int(config.get("num_frames", 16)),
             "tubelet_size": int(config.get("tubelet_size", 2)),
             "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+            "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
             "qkv_bias": bool(config.get("qv_bias", config.get("qkv_bias", True))),
         }
     except KeyError as exc:

@@ -55,6 +55,7 @@ class ViTConfig:
     num_classes: int = 400
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6
+    fc_norm_eps: float | None = None  # None: layer_norm_eps (VideoMAE); transformers uses 1e-5
     layer_scale_init: float = 0.0  # > 0 adds VideoMAE's gamma_1 / gamma_2
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
@@ -215,7 +216,8 @@ class VisionTransformer(nn.Module):
             "pos_embed", sincos_position_table(config.num_patches, dim)[None], persistent=False
         )
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
-        self.fc_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        fc_eps = config.fc_norm_eps if config.fc_norm_eps is not None else config.layer_norm_eps
+        self.fc_norm = nn.LayerNorm(dim, eps=fc_eps)
         self.head_dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(dim, config.num_classes)
         self.kv_prompts: nn.Module | None = None
