@@ -80,6 +80,7 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys):
     for name in ("adapter.safetensors", "checkpoint.pt", "config.yaml", "metrics.jsonl", "report.md",
                  "plots/curves.png", "plots/confusion.png", "plots/per_class.png"):
         assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "eval"}
     adapter = load_file(run / "adapter.safetensors")
@@ -248,3 +249,32 @@ def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset):
     # one more epoch continues from the checkpoint instead of starting over
     assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone):
+    config = write_config(tmp_path, dataset, backbone, train={"epochs": 1, "mixup": 0.8, "cutmix": 1.0,
+                                                              "precision": "bf16"})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["top1"] <= 100
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)
+
+
+def test_mixed_targets_are_distributions_and_cutmix_pastes_the_weighted_area():
+    from aptune.engine.mixup import mix_batch
+
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 2, 8, 8).contiguous()
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, targets = mix_batch(clips, labels, 4, mixup=0.0, cutmix=1.0, smoothing=0.1, generator=generator)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+    for i in range(4):
+        own = (mixed[i] == clips[i]).float().mean().item()  # share of the clip left untouched
+        label_weight = (targets[i, labels[i]] - 0.1 / 4) / 0.9
+        assert abs(own - label_weight) < 1e-5 or torch.equal(mixed[i], clips[i])
+        # the same box on every frame
+        assert torch.equal(mixed[i, :, 0], mixed[i, :, 1])
+    mixed, targets = mix_batch(clips, labels, 4, mixup=0.4, cutmix=0.0, smoothing=0.0, generator=generator)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))

@@ -3,7 +3,7 @@
 import torch
 
 import aptune
-from aptune.models.pretrain import VideoMAEPretrainer, normalised_patches
+from aptune.models.pretrain import VideoMAEPretrainer, target_patches
 from aptune.models.vit import arch_config
 from helpers import TINY, tiny_clip
 
@@ -25,7 +25,7 @@ def test_tube_mask_hides_the_same_patches_in_every_frame():
 
 def test_targets_are_normalised_per_patch():
     config = arch_config(None, **TINY)
-    target = normalised_patches(tiny_clip(), config).view(2, config.num_patches, -1, 3)
+    target = target_patches(tiny_clip(), config).view(2, config.num_patches, -1, 3)
     torch.testing.assert_close(target.mean(dim=2), torch.zeros(2, config.num_patches, 3), atol=1e-4, rtol=0)
 
 
@@ -51,3 +51,15 @@ def test_loss_decreases_and_checkpoint_loads_into_create_model(tmp_path):
     tuned = aptune.create_model(None, num_classes=3, method="apt", num_prompts=2, pretrained=path, **TINY)
     torch.testing.assert_close(tuned.blocks[0].attn.qkv.weight, model.encoder.blocks[0].attn.qkv.weight)
     torch.testing.assert_close(tuned.patch_embed.proj.weight, model.encoder.patch_embed.proj.weight)
+
+
+def test_raw_pixel_targets_are_the_clip_pixels():
+    config = arch_config(None, **TINY)
+    clip = tiny_clip(batch=1)
+    target = target_patches(clip, config, normalize=False)
+    mean = torch.tensor(config.mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(config.std).view(1, 3, 1, 1, 1)
+    pixels = clip * std + mean
+    # first tubelet: frames 0-1, rows 0-15, cols 0-15, channels last
+    first = pixels[0, :, 0:2, 0:16, 0:16].permute(1, 2, 3, 0).reshape(-1)
+    torch.testing.assert_close(target[0, 0], first)

@@ -127,6 +127,7 @@ class PretrainConfig:
     decoder_dim: int = 96
     decoder_depth: int = 2
     decoder_heads: int = 3
+    normalize_target: bool = True  # per-patch normalised pixels (VideoMAE's default)
 
 
 @dataclass

@@ -92,14 +92,15 @@ def _merge(into: dict, update: dict) -> None:
 
 
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
-             methods: tuple[str, ...] = DEMO_METHODS, cache_dir: str | Path | None = None) -> list[dict]:
+             methods: tuple[str, ...] = DEMO_METHODS, cache_dir: str | Path | None = None,
+             backbone: str | Path | None = None) -> list[dict]:
     from aptune.engine.trainer import train
 
     output_dir = Path(output_dir)
     recipe = demo_recipe()
     dataset_spec = dict(recipe["dataset"], **(recipe.get("quick_dataset", {}) if quick else {}))
     dataset = target_dataset(Path(cache_dir) if cache_dir else output_dir / "cache", dataset_spec)
-    backbone = shipped_backbone()
+    backbone = Path(backbone) if backbone is not None else shipped_backbone()
     rows = []
     for method in methods:
         config = method_config(recipe, method, dataset, backbone, quick)

@@ -16,6 +16,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not minutes)")
     parser.add_argument("--methods", default="linear,vpt-deep,apt,full",
                         help="comma-separated subset of linear,vpt-deep,apt,full")
+    parser.add_argument("--backbone", help="another pretrained backbone with the demo architecture "
+                        "(default: the one shipped in the package)")
     parser.add_argument("--cache-dir", help="where the synthetic dataset is kept (default: OUTPUT/cache)")
     parser.set_defaults(func=run)
 
@@ -28,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown '{unknown[0]}' (valid: {', '.join(DEMO_METHODS)})")
-    run_demo(args.output_dir, quick=args.quick, methods=methods, cache_dir=args.cache_dir)
+    run_demo(args.output_dir, quick=args.quick, methods=methods, cache_dir=args.cache_dir,
+             backbone=args.backbone)
     return 0

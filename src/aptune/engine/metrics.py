@@ -59,12 +59,18 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classe
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON line per logged step or evaluation, appended and flushed."""
+    """``metrics.jsonl``: one JSON line per logged step or evaluation, appended and flushed.
+
+    When the ``tensorboard`` package is installed, the same numbers also go to
+    TensorBoard event files in ``tensorboard/`` beside it.
+    """
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
         self.start = time.time()
+        self._tensorboard = None
+        self._tensorboard_tried = False
 
     def write(self, kind: str, **values: Any) -> None:
         if not self.enabled:
@@ -72,11 +78,38 @@ class MetricsLog:
         record = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
         with open(self.path, "a") as f:
             f.write(json.dumps(_finite(record)) + "\n")
+        self._to_tensorboard(kind, values)
+
+    def _to_tensorboard(self, kind: str, values: dict[str, Any]) -> None:
+        writer = self._writer()
+        if writer is None or "step" not in values:
+            return
+        split = values.get("split", kind)
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                writer.add_scalar(f"{split}/{key}", value, values["step"])
+        writer.flush()
+
+    def _writer(self):
+        if not self._tensorboard_tried:
+            self._tensorboard_tried = True
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                return None
+            self._tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
+        return self._tensorboard
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill mid-write
+        return records
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the history is not doubled."""

@@ -63,7 +63,8 @@ def build_pretrainer(config: Config) -> VideoMAEPretrainer:
         raise ConfigError(str(exc)) from None
     p = config.pretrain
     return VideoMAEPretrainer(arch, decoder_dim=p.decoder_dim, decoder_depth=p.decoder_depth,
-                              decoder_heads=p.decoder_heads, mask_ratio=p.mask_ratio)
+                              decoder_heads=p.decoder_heads, mask_ratio=p.mask_ratio,
+                              normalize_target=p.normalize_target)
 
 
 def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:

@@ -59,12 +59,13 @@ class VideoMAEPretrainer(nn.Module):
     """Encoder + decoder; ``forward(clips)`` returns the reconstruction loss."""
 
     def __init__(self, config: ViTConfig, decoder_dim: int = 96, decoder_depth: int = 2,
-                 decoder_heads: int = 3, mask_ratio: float = 0.9) -> None:
+                 decoder_heads: int = 3, mask_ratio: float = 0.9, normalize_target: bool = True) -> None:
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.config = config
         self.mask_ratio = mask_ratio
+        self.normalize_target = normalize_target
         patch_dim = config.tubelet_size * config.patch_size**2 * config.in_chans
         decoder_config = replace(config, embed_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
                                  drop_path_rate=0.0)
@@ -109,7 +110,7 @@ class VideoMAEPretrainer(nn.Module):
         pos_hidden = torch.gather(pos, 1, hidden[..., None].expand(-1, -1, pos.shape[-1]))
         tokens = torch.cat([encoded + pos_visible, self.mask_token.to(encoded.dtype) + pos_hidden], dim=1)
         prediction = self.decoder(tokens, hidden.shape[1])
-        target = normalised_patches(clips, self.config)
+        target = target_patches(clips, self.config, self.normalize_target)
         target = torch.gather(target, 1, hidden[..., None].expand(-1, -1, target.shape[-1]))
         return ((prediction.float() - target) ** 2).mean()
 
@@ -118,8 +119,9 @@ class VideoMAEPretrainer(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
 
-def normalised_patches(clips: Tensor, config: ViTConfig) -> Tensor:
-    """(B, C, T, H, W) normalised clips -> (B, N, t*p*p*C) pixels, each tubelet normalised per channel."""
+def target_patches(clips: Tensor, config: ViTConfig, normalize: bool = True) -> Tensor:
+    """(B, C, T, H, W) normalised clips -> (B, N, t*p*p*C) pixels in [0, 1], or (``normalize``,
+    VideoMAE's default) each tubelet normalised per channel to zero mean and unit variance."""
     mean = torch.tensor(config.mean, device=clips.device).view(1, -1, 1, 1, 1)
     std = torch.tensor(config.std, device=clips.device).view(1, -1, 1, 1, 1)
     pixels = clips.float() * std + mean  # back to [0, 1]: the target is pixels, not the model's input
@@ -127,6 +129,8 @@ def normalised_patches(clips: Tensor, config: ViTConfig) -> Tensor:
     t, p = config.tubelet_size, config.patch_size
     pixels = pixels.view(batch, channels, frames // t, t, height // p, p, width // p, p)
     pixels = pixels.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(batch, -1, t * p * p, channels)
+    if not normalize:
+        return pixels.flatten(2)
     mean = pixels.mean(dim=-2, keepdim=True)
     var = pixels.var(dim=-2, unbiased=True, keepdim=True)
     return ((pixels - mean) / (var.sqrt() + 1e-6)).flatten(2)
