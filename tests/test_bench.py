@@ -34,9 +34,10 @@ def test_time_interleaved_is_round_robin_and_drops_warmup():
 
 def test_cases_switch_methods_on_one_backbone():
     model = tiny_model("full")
-    cases = build_cases(model, ["apt", "vpt-deep", "linear", "full"], [1, 4])
+    cases = build_cases(model, ["apt", "vpt-deep", "lora", "adaptformer", "linear", "full"],
+                        [1, 4])
     assert [c.label for c in cases] == ["apt/P=1", "apt/P=4", "vpt-deep/P=1", "vpt-deep/P=4",
-                                        "linear", "full"]
+                                        "lora", "adaptformer", "linear", "full"]
     for case in cases:
         options = {"num_prompts": case.num_prompts} if case.num_prompts is not None else {}
         reference = tiny_model(case.method, **options)
@@ -44,6 +45,9 @@ def test_cases_switch_methods_on_one_backbone():
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable == {n for n, p in reference.named_parameters() if p.requires_grad}
         assert aptune.count_parameters(model) == aptune.count_parameters(reference)
+        # only this case's modules are attached
+        assert (model.qkv_adapters is not None) == (case.method == "lora")
+        assert (model.mlp_adapters is not None) == (case.method == "adaptformer")
     with pytest.raises(ConfigError, match="cannot benchmark"):
         build_cases(model, ["nope"], [1])
 
@@ -95,6 +99,34 @@ def test_run_bench_rows():
     assert "vpt-shallow" in table and "linear       -" in table
 
 
+def test_run_bench_adapter_rows():
+    settings = BenchSettings(arch=None, methods=("lora", "adaptformer", "linear"), prompts=(1, 3),
+                             frames=4, img_size=32, num_classes=5, repeats=1, warmup=0,
+                             lora_rank=4, adapter_dim=6, arch_overrides=TINY_ARCH)
+    result = run_bench(settings, progress=False)
+    rows = result["rows"]
+    # one row each, whatever the prompt list says
+    assert [(r["method"], r["prompts"]) for r in rows] == [
+        ("lora", None), ("adaptformer", None), ("linear", None)]
+    config = tiny_model("linear").config
+    sizes = {"lora": {"lora_rank": 4}, "adaptformer": {"adapter_dim": 6}, "linear": {}}
+    for row in rows:
+        assert list(row) == list(ROW_KEYS)
+        expected = closed_form_macs(config, row["method"], **sizes[row["method"]])
+        assert row["gmacs"] == pytest.approx(expected / 1e9, abs=1e-6)
+        reference = tiny_model(row["method"], method_options=sizes[row["method"]])
+        assert (row["trainable_params"], row["total_params"]) == aptune.count_parameters(reference)
+    linear = rows[2]["trainable_params"]
+    depth, dim = TINY_ARCH["depth"], TINY_ARCH["embed_dim"]
+    assert rows[0]["trainable_params"] - linear == depth * (4 * dim + 3 * dim * 4)
+    assert rows[1]["trainable_params"] - linear == depth * (2 * dim * 6 + 6 + dim)
+    meta = result["meta"]
+    assert (meta["lora_rank"], meta["adapter_dim"], meta["lora_merged"]) == (4, 6, False)
+    with pytest.raises(ConfigError, match="lora_rank"):
+        run_bench(BenchSettings(arch=None, methods=("lora",), lora_rank=0,
+                                arch_overrides=TINY_ARCH), progress=False)
+
+
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     status = main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
@@ -105,5 +137,22 @@ def test_cli_writes_json(tmp_path, capsys):
     assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("apt", 2), ("full", None)]
     assert result["rows"][1]["train_step_ms_median"] is None  # no --train
     assert "GMACs" in capsys.readouterr().out
-    assert main(["bench", "--methods", "lora", "--arch", "vit_small_patch16_224", "--frames",
+    assert main(["bench", "--methods", "nope", "--arch", "vit_small_patch16_224", "--frames",
                  "2", "--img-size", "32", "--no-progress"]) == 2
+
+
+def test_cli_adapter_methods(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
+                   "--methods", "lora,adaptformer", "--prompts", "2,3", "--lora-rank", "4",
+                   "--adapter-dim", "16", "--repeats", "1", "--warmup", "0", "--no-progress",
+                   "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("lora", None),
+                                                                     ("adaptformer", None)]
+    assert (result["meta"]["lora_rank"], result["meta"]["adapter_dim"]) == (4, 16)
+    printed = capsys.readouterr().out
+    assert "lora r=4" in printed and "adaptformer d=16" in printed
+    with pytest.raises(SystemExit):
+        main(["bench", "--lora-rank", "0"])

@@ -47,6 +47,46 @@ def test_closed_form_terms():
         closed_form_macs(config, "nope")
 
 
+def test_closed_form_adapter_terms():
+    config = arch_config("vit_base_patch16_224")
+    layers, tokens, dim = 12, 1568, 768
+    base = closed_form_macs(config, "linear")
+    # LoRA r=8 on the fused qkv: x A^T (D r) then (.) B^T (r 3D), every token, every layer
+    lora = closed_form_macs(config, "lora", lora_rank=8)
+    assert lora - base == layers * tokens * (dim * 8 + 8 * 3 * dim)
+    assert closed_form_macs(config, "lora", lora_rank=8, merged=True) == base
+    assert closed_form_macs(config, "lora", 400, lora_rank=8) == lora  # prompts do not apply
+    # AdaptFormer d=64: down D -> d and up d -> D
+    adaptformer = closed_form_macs(config, "adaptformer", adapter_dim=64)
+    assert adaptformer - base == layers * tokens * 2 * dim * 64
+    late = closed_form_macs(config, "adaptformer", adapter_dim=64, prompt_start=4, prompt_end=7)
+    assert late - base == 4 * tokens * 2 * dim * 64
+    assert closed_form_macs(config, "full", merged=True) == base
+    for method in ("apt", "vpt-deep", "adaptformer"):
+        with pytest.raises(ConfigError, match="cannot be merged"):
+            closed_form_macs(config, method, 4, merged=True)
+    with pytest.raises(ConfigError, match="prompt range"):
+        closed_form_macs(config, "lora", prompt_start=5, prompt_end=2)
+
+
+ADAPTER_CASES = {
+    "lora": {"lora_rank": 4},
+    "lora-range": {"lora_rank": 3, "prompt_start": 1, "prompt_end": 1},
+    "adaptformer": {"adapter_dim": 6},
+    "adaptformer-range": {"adapter_dim": 5, "prompt_start": 2},
+}
+
+
+@pytest.mark.parametrize("case", ADAPTER_CASES)
+@pytest.mark.parametrize("meta", [True, False], ids=["meta", "cpu"])
+def test_counter_matches_closed_form_for_adapters(case, meta):
+    method, options = case.split("-")[0], ADAPTER_CASES[case]
+    model = tiny_model(method, method_options=options)
+    counted = count_macs(model, CLIP_SHAPE, meta=meta)
+    assert counted == closed_form_macs(model.config, method, **options)
+    assert counted > closed_form_macs(model.config, "linear")
+
+
 @pytest.mark.parametrize("method", ALL)
 @pytest.mark.parametrize("meta", [True, False], ids=["meta", "cpu"])
 def test_counter_matches_closed_form(method, meta):

@@ -1,11 +1,16 @@
 """Cost of every tuning method on one backbone: parameters, MACs, latency and peak memory.
 
 What ``aptune bench`` runs, as library functions.  All methods share one
-backbone (one set of weights in memory); switching method swaps the prompt
-modules and the ``requires_grad`` flags, which is cheap, so a measurement loop
+backbone (one set of weights in memory); switching method swaps the prompt or
+adapter modules and the ``requires_grad`` flags, which is cheap, so a measurement loop
 can visit every method in each repeat.  Timings are therefore interleaved
 (round-robin, the starting method rotating each repeat): a slow spell of a
 noisy machine hits all rows alike instead of one.
+
+LoRA and AdaptFormer give one row each, sized by ``lora_rank`` and
+``adapter_dim`` (prompt counts do not apply).  The LoRA row is the unmerged,
+training-time model: its low-rank branch runs beside the frozen qkv weight.
+Merged (``aptune merge``), LoRA costs exactly what the ``linear`` row does.
 
 Peak memory, in MiB, is what a process holding only this method would need:
 the bytes resident before the step (weights, buffers, optimizer state, the
@@ -33,7 +38,7 @@ from torch import Tensor, nn
 
 from aptune.errors import ConfigError
 from aptune.factory import create_model
-from aptune.flops import PROMPTED_METHODS, UNPROMPTED_METHODS, count_macs
+from aptune.flops import ADAPTER_METHODS, PROMPTED_METHODS, UNPROMPTED_METHODS, count_macs
 from aptune.methods import apply_method, build_method
 from aptune.models.vit import VisionTransformer, count_parameters
 
@@ -169,7 +174,8 @@ def resident_bytes(*objects: object) -> int:
 
 
 # ------------------------------------------------------------- method cases
-_VALID = ", ".join(PROMPTED_METHODS + UNPROMPTED_METHODS)
+BENCH_METHODS = PROMPTED_METHODS + UNPROMPTED_METHODS + ADAPTER_METHODS
+_VALID = ", ".join(BENCH_METHODS)
 
 
 @dataclass
@@ -180,6 +186,8 @@ class MethodCase:
     num_prompts: int | None
     kv_prompts: nn.Module | None = None
     token_prompts: nn.Module | None = None
+    qkv_adapters: nn.Module | None = None
+    mlp_adapters: nn.Module | None = None
     tuning_method: object = None
     trainable: frozenset[str] = frozenset()
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -189,20 +197,23 @@ class MethodCase:
         return self.method if self.num_prompts is None else f"{self.method}/P={self.num_prompts}"
 
     def activate(self, model: VisionTransformer) -> VisionTransformer:
-        """Put this method's prompt modules and trainable flags on the shared backbone."""
+        """Put this method's prompt/adapter modules and trainable flags on the shared backbone."""
         model.kv_prompts = self.kv_prompts
         model.token_prompts = self.token_prompts
+        model.qkv_adapters = self.qkv_adapters
+        model.mlp_adapters = self.mlp_adapters
         model.tuning_method = self.tuning_method
         for name, param in model.named_parameters():
             param.requires_grad_(name in self.trainable)
         return model
 
 
-def build_cases(model: VisionTransformer, methods: Sequence[str],
-                prompts: Sequence[int]) -> list[MethodCase]:
+def build_cases(model: VisionTransformer, methods: Sequence[str], prompts: Sequence[int], *,
+                lora_rank: int = 8, adapter_dim: int = 64) -> list[MethodCase]:
     """Attach each (method, prompt count) once, remember its modules and trainable set.
 
-    Methods without prompts (linear, full) give one case each.
+    Methods without prompts give one case each: linear and full, LoRA of rank
+    ``lora_rank`` and AdaptFormer of bottleneck ``adapter_dim``.
     """
     cases = []
     for method in methods:
@@ -210,14 +221,20 @@ def build_cases(model: VisionTransformer, methods: Sequence[str],
             settings = [(p, {"num_prompts": p}) for p in prompts]
         elif method in UNPROMPTED_METHODS:
             settings = [(None, {})]
+        elif method == "lora":
+            settings = [(None, {"lora_rank": lora_rank})]
+        elif method == "adaptformer":
+            settings = [(None, {"adapter_dim": adapter_dim})]
         else:
             raise ConfigError(f"cannot benchmark method '{method}' (valid: {_VALID})")
         for num_prompts, options in settings:
             model.kv_prompts = model.token_prompts = None
+            model.qkv_adapters = model.mlp_adapters = None
             apply_method(model, build_method(method, **options))
             trainable = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
             cases.append(MethodCase(method, num_prompts, model.kv_prompts, model.token_prompts,
-                                    model.tuning_method, trainable))
+                                    model.qkv_adapters, model.mlp_adapters, model.tuning_method,
+                                    trainable))
     return cases
 
 
@@ -254,7 +271,9 @@ def _activated(case: MethodCase, model: VisionTransformer, make_step: Callable,
 class BenchSettings:
     arch: str = "vit_base_patch16_224"
     methods: tuple[str, ...] = ("apt", "vpt-shallow", "vpt-deep", "linear", "full")
-    prompts: tuple[int, ...] = (1, 2, 100, 400)
+    prompts: tuple[int, ...] = (1, 2, 100, 400)  # for apt and vpt only
+    lora_rank: int = 8
+    adapter_dim: int = 64
     frames: int = 16
     img_size: int = 224
     batch: int = 1
@@ -272,7 +291,9 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     """Measure every case of ``settings``; returns {"meta": ..., "rows": [...]}."""
     if settings.repeats < 1 or settings.warmup < 0 or settings.batch < 1:
         raise ConfigError("repeats and batch must be >= 1 and warmup >= 0")
-    unknown = [m for m in settings.methods if m not in PROMPTED_METHODS + UNPROMPTED_METHODS]
+    if settings.lora_rank < 1 or settings.adapter_dim < 1:
+        raise ConfigError("lora_rank and adapter_dim must be >= 1")
+    unknown = [m for m in settings.methods if m not in BENCH_METHODS]
     if unknown:
         raise ConfigError(f"cannot benchmark method '{unknown[0]}' (valid: {_VALID})")
     if settings.threads:
@@ -285,7 +306,8 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     model = create_model(settings.arch, num_classes=settings.num_classes, method="full",
                          num_frames=settings.frames, img_size=settings.img_size,
                          **settings.arch_overrides).to(device)
-    cases = build_cases(model, settings.methods, settings.prompts)
+    cases = build_cases(model, settings.methods, settings.prompts,
+                        lora_rank=settings.lora_rank, adapter_dim=settings.adapter_dim)
     shape = (settings.batch, model.config.in_chans, settings.frames, settings.img_size,
              settings.img_size)
     view_shape = (1, *shape[1:])
@@ -397,6 +419,11 @@ def bench_metadata(settings: BenchSettings, device: torch.device) -> dict:
         "repeats": settings.repeats,
         "warmup": settings.warmup,
         "train": settings.train,
+        "lora_rank": settings.lora_rank,
+        "adapter_dim": settings.adapter_dim,
+        # the lora row runs the low-rank branch beside the frozen qkv (training-time form);
+        # merged with ``aptune merge`` it costs what the linear row does
+        "lora_merged": False,
         "gmacs_convention": "multiply-adds per view (batch 1): linears, patch-embedding conv, "
                             "attention matmuls; norms, softmax, GELU not counted",
         "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda"

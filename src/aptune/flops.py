@@ -13,11 +13,19 @@ Closed form per view, with N patch tokens, width D, depth L, P prompts::
     backbone     L * (12 N D^2 + 2 N^2 D) + N D (C t p^2) + D * classes
     APT          + (layers with prompts) * 2 N P D
     VPT          + (layers the prompt tokens pass through) * (12 P D^2 + 2 D (2 N P + P^2))
+    LoRA         + (adapted layers) * N (D r + r 3D)      (unmerged; merged: + 0)
+    AdaptFormer  + (adapted layers) * 2 N D d
 
 VPT's prompt tokens go through qkv, proj and the MLP (12 P D^2) and attention
 grows from N^2 to (N + P)^2 pairs; APT's prompts only add P keys and values that
 the N queries attend to.  VideoMAE ViT-B at 16x224 is 180.3 GMACs; APT with
 P = 400 is 191.9 and VPT-deep 240.4.
+
+LoRA of rank r on the fused qkv projection runs x -> x A^T (D r) -> (.) B^T (r 3D)
+beside the frozen weight while training (and in the unmerged model); once
+merged (``aptune merge``, :func:`aptune.methods.lora.merge_lora`) it costs
+exactly the backbone.  AdaptFormer's bottleneck (D -> d -> D) cannot be merged:
+it sits behind a ReLU.  Their scalings, biases and the ReLU are not counted.
 
 On CPU, ``scaled_dot_product_attention`` runs the fused kernel
 ``aten._scaled_dot_product_flash_attention_for_cpu`` (and its backward), which
@@ -37,12 +45,15 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from aptune.errors import ConfigError
+from aptune.methods.apt import resolve_layer_range
 from aptune.models.vit import ViTConfig
 
 aten = torch.ops.aten
 
 PROMPTED_METHODS = ("apt", "vpt-shallow", "vpt-deep")
 UNPROMPTED_METHODS = ("linear", "full")
+#: methods whose size is a rank / bottleneck width instead of a prompt count
+ADAPTER_METHODS = ("lora", "adaptformer")
 
 
 # ------------------------------------------------------------------ counter
@@ -141,16 +152,25 @@ def count_macs(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bo
 # --------------------------------------------------------------- closed form
 def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int = 0, *,
                      prompt_start: int = 0, prompt_end: int | None = None,
-                     num_classes: int | None = None) -> int:
+                     num_classes: int | None = None, lora_rank: int = 8, adapter_dim: int = 64,
+                     merged: bool = False) -> int:
     """Multiply-adds of one view through ``config`` tuned by ``method``, in the papers' convention.
 
     ``prompt_start``/``prompt_end`` follow the methods' options: APT adds keys and
     values in blocks [start, end]; VPT's tokens join before block ``start`` and,
-    deep or shallow, pass through every later block (deep only replaces them).
+    deep or shallow, pass through every later block (deep only replaces them);
+    LoRA and AdaptFormer adapt blocks [start, end].  ``lora_rank`` and
+    ``adapter_dim`` size those two (``num_prompts`` is ignored for them).
+    ``merged`` gives LoRA's cost after its update is folded into the qkv
+    weights, which is the backbone's; methods that cannot be merged (prompts,
+    AdaptFormer) raise.
     """
-    known = PROMPTED_METHODS + UNPROMPTED_METHODS
+    known = PROMPTED_METHODS + UNPROMPTED_METHODS + ADAPTER_METHODS
     if method not in known:
         raise ConfigError(f"unknown method '{method}' (valid: {', '.join(known)})")
+    if merged and method not in ("lora", *UNPROMPTED_METHODS):
+        raise ConfigError(f"method '{method}' cannot be merged into the backbone weights "
+                          "(only lora can; linear and full have nothing to merge)")
     depth, dim = config.depth, config.embed_dim
     tokens = config.num_patches
     hidden = int(dim * config.mlp_ratio)
@@ -165,6 +185,9 @@ def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int
     prompts = num_prompts if method in PROMPTED_METHODS else 0
     end = depth - 1 if prompt_end is None else prompt_end
     total = patch_embed + head
+    if method in ADAPTER_METHODS:
+        return total + depth * block_macs(tokens, tokens) + _adapter_macs(
+            method, tokens, dim, depth, prompt_start, prompt_end, lora_rank, adapter_dim, merged)
     for layer in range(depth):
         if prompts and method == "apt" and prompt_start <= layer <= end:
             total += block_macs(tokens, tokens + prompts)
@@ -173,3 +196,15 @@ def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int
         else:
             total += block_macs(tokens, tokens)
     return total
+
+
+def _adapter_macs(method: str, tokens: int, dim: int, depth: int, start: int, end: int | None,
+                  lora_rank: int, adapter_dim: int, merged: bool) -> int:
+    """LoRA / AdaptFormer's extra multiply-adds per view, over blocks [start, end]."""
+    start, end = resolve_layer_range(start, end, depth)
+    layers = end - start + 1
+    if method == "lora":
+        # x A^T: D -> r, then (x A^T) B^T: r -> 3D, for every token; nothing once merged
+        return 0 if merged else layers * tokens * (dim * lora_rank + lora_rank * 3 * dim)
+    # down D -> d and up d -> D, for every token (biases and the ReLU not counted)
+    return layers * tokens * 2 * dim * adapter_dim

@@ -18,6 +18,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'")
+    return value
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -31,9 +41,14 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--arch", default="vit_base_patch16_224", help="backbone preset")
     parser.add_argument("--methods", type=_name_list, default=("apt", "vpt-shallow", "vpt-deep",
-                        "linear", "full"), help="comma-separated (default: all five)")
+                        "linear", "full"), help="comma-separated, of apt, vpt-shallow, vpt-deep, "
+                        "linear, full, lora, adaptformer (default: the first five)")
     parser.add_argument("--prompts", type=_int_list, default=(1, 2, 100, 400),
                         help="prompt counts for apt/vpt (comma-separated, default 1,2,100,400)")
+    parser.add_argument("--lora-rank", type=_positive_int, default=8,
+                        help="rank of the lora row (one row; unmerged, training-time cost)")
+    parser.add_argument("--adapter-dim", type=_positive_int, default=64,
+                        help="bottleneck width of the adaptformer row (one row)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=1)
@@ -54,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         arch=args.arch, methods=tuple(args.methods), prompts=tuple(args.prompts),
+        lora_rank=args.lora_rank, adapter_dim=args.adapter_dim,
         frames=args.frames, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, device=args.device, train=args.train,
         repeats=args.repeats, warmup=args.warmup, threads=args.threads,
@@ -64,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{meta['arch']}  {meta['frames']}x{meta['img_size']}  batch {meta['batch']}  "
           f"{meta['device']} ({machine['cpu']}, {machine['torch_threads']} threads)  "
           f"torch {machine['torch']}  {meta['date']}")
+    sizes = []
+    if "lora" in args.methods:
+        sizes.append(f"lora r={meta['lora_rank']} (unmerged; merged = linear's cost)")
+    if "adaptformer" in args.methods:
+        sizes.append(f"adaptformer d={meta['adapter_dim']}")
+    if sizes:
+        print("  ".join(sizes))
     print(format_table(result["rows"]))
     if args.json_out:
         path = Path(args.json_out)

@@ -1,0 +1,130 @@
+"""``aptune merge``: an adapter and its backbone written out as one plain fine-tuned checkpoint.
+
+The output is a VideoMAE fine-tuned-layout ``.safetensors`` file (aptune's state-dict
+names: ``patch_embed.*``, ``blocks.*``, ``fc_norm.*``, ``head.*`` and the
+position table ``pos_embed``) that ``aptune.create_model(arch, method="linear"
+or "full", pretrained=OUT)`` -- or the original VideoMAE code -- loads with no
+extra modules.
+
+Which adapters can be merged:
+
+* ``lora``: the low-rank update is folded into each block's qkv weight
+  (:func:`aptune.methods.lora.merge_lora`); the result runs at the backbone's cost
+  and gives the adapter model's logits (up to float rounding).
+* ``linear`` and ``full``: nothing to fold; the checkpoint is the backbone with
+  the trained tensors (head, ``fc_norm``, or everything) in place.
+* ``apt``, ``vpt-*`` and ``adaptformer`` cannot be merged: prompts add keys,
+  values or tokens that no weight of the backbone can express, and AdaptFormer's
+  bottleneck sits behind a ReLU.  They raise :class:`~aptune.errors.CheckpointError`
+  in one line; use their adapter file with :func:`aptune.model_from_adapter`.
+
+The header metadata (strings) holds ``format`` (``aptune-merged``),
+``format_version``, ``aptune_version``, ``arch`` (JSON, everything needed to
+rebuild the backbone: pass it to ``create_model`` as arch overrides),
+``class_names`` (JSON), ``preprocess`` (JSON) and ``merged_from`` (JSON: the
+adapter's method options and file name).  The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from aptune.errors import CheckpointError, ConfigError
+
+MERGED_FORMAT = "aptune-merged"
+MERGED_FORMAT_VERSION = 1
+MERGEABLE_METHODS = ("lora", "linear", "full")
+
+
+def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
+                  output: str | Path) -> Path:
+    """Rebuild ``adapter``'s model on ``pretrained``, fold it in and write ``output``.
+
+    ``pretrained`` may be None only for a ``full`` adapter (which holds every
+    tensor); other adapters hold only what they trained.
+    """
+    from aptune.adapters import adapter_metadata, model_from_adapter, read_adapter
+    from aptune.methods import method_to_dict
+    from aptune.methods.lora import merge_lora
+
+    adapter, output = Path(adapter), Path(output)
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"{output}: the merged checkpoint is written as safetensors; "
+                          "name it *.safetensors")
+    _, meta = read_adapter(adapter)
+    method = (meta.get("method") or {}).get("name")
+    if method not in MERGEABLE_METHODS:
+        raise CheckpointError(f"{adapter}: a '{method}' adapter cannot be merged into the backbone "
+                              f"weights ({_why_not(method)}); load it with aptune.model_from_adapter")
+    if pretrained is None and method != "full":
+        raise ConfigError(f"{adapter}: a '{method}' adapter holds only its trained tensors; "
+                          "give the backbone it was trained on (--pretrained)")
+
+    model = model_from_adapter(adapter, pretrained=pretrained)
+    source = method_to_dict(model.tuning_method)
+    if method == "lora":
+        merge_lora(model)
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    state["pos_embed"] = model.pos_embed.detach().contiguous().cpu()  # a buffer outside state_dict
+    leftover = [name for name in state if name.startswith(("qkv_adapters.", "mlp_adapters.",
+                                                           "kv_prompts.", "token_prompts."))]
+    if leftover:  # a bug, not user input: the checkpoint would not load as a plain model
+        raise RuntimeError(f"merged state still holds method tensors: {leftover[:3]}")
+
+    metadata = adapter_metadata(model, meta.get("preprocess"))
+    metadata.pop("method")
+    metadata.update(format=MERGED_FORMAT, format_version=str(MERGED_FORMAT_VERSION),
+                    merged_from=json.dumps({"adapter": adapter.name, "method": source}))
+    _write_atomically(state, metadata, output)
+    return output
+
+
+def _why_not(method: str | None) -> str:
+    if method == "adaptformer":
+        return "its bottleneck adapters sit behind a ReLU, so no single weight equals them"
+    if method in ("apt", "vpt-shallow", "vpt-deep"):
+        return "prompts add keys, values or tokens that no backbone weight can express"
+    return f"mergeable methods: {', '.join(MERGEABLE_METHODS)}"
+
+
+def _write_atomically(state: dict, metadata: dict[str, str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="fold a LoRA adapter into its backbone and write one plain checkpoint",
+        description="Write an adapter and its backbone as one VideoMAE fine-tuned-layout "
+        ".safetensors checkpoint that loads with method linear or full. LoRA is folded into "
+        "the qkv weights; linear/full adapters are written as they are; prompt methods "
+        "(apt, vpt) and adaptformer cannot be merged. See docs/bench.md.",
+    )
+    parser.add_argument("--adapter", required=True, help="adapter .safetensors from aptune train")
+    parser.add_argument("--pretrained", help="the backbone the adapter was trained on "
+                        "(any format create_model reads; optional for a 'full' adapter)")
+    parser.add_argument("--output", required=True, help="where to write OUT.safetensors")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = merge_adapter(args.adapter, args.pretrained, args.output)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,108 @@
+"""aptune merge: a LoRA adapter folded into its backbone loads as a plain model with the same logits."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import aptune
+from aptune.cli import main
+from aptune.cli.merge import merge_adapter
+from aptune.errors import AptuneError, CheckpointError
+from helpers import TINY, randomize_, tiny_clip, tiny_model
+
+CLASSES = [f"class_{i}" for i in range(5)]
+
+
+@pytest.fixture
+def backbone(tmp_path):
+    """A random backbone in the original VideoMAE pre-training layout {"model": {"encoder.*"}}."""
+    model = tiny_model("full")
+    randomize_(model, seed=1)
+    encoder = {f"encoder.{name}": tensor for name, tensor in model.state_dict().items()
+               if name.startswith(("patch_embed.", "blocks."))}
+    encoder["encoder.norm.weight"] = torch.ones(TINY["embed_dim"])  # ignored by the loader
+    path = tmp_path / "pretrain.pth"
+    torch.save({"model": encoder}, path)
+    return path
+
+
+def trained_adapter(tmp_path, backbone, method, seed=2, **options):
+    """An adapter whose trained tensors are random (LoRA's up-projection is no longer zero)."""
+    model = tiny_model(method, pretrained=backbone, class_names=CLASSES, method_options=options)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return aptune.save_adapter(model, tmp_path / f"{method}.safetensors")
+
+
+def logits(model):
+    with torch.inference_mode():
+        return model.eval()(tiny_clip(batch=2))
+
+
+@pytest.mark.parametrize("options", [{}, {"lora_rank": 3, "prompt_start": 1, "prompt_end": 1}],
+                         ids=["all-blocks", "block-1"])
+def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
+    adapter = trained_adapter(tmp_path, backbone, "lora", **options)
+    output = tmp_path / "out" / "merged.safetensors"
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone),
+                 "--output", str(output)]) == 0
+    expected = logits(aptune.model_from_adapter(adapter, pretrained=backbone))
+
+    with safe_open(str(output), framework="pt") as f:
+        names, meta = set(f.keys()), f.metadata()
+    assert not any(n.startswith("qkv_adapters") for n in names)
+    assert {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias", "pos_embed",
+            "blocks.2.attn.qkv.weight", "patch_embed.proj.weight"} <= names
+    assert meta["format"] == "aptune-merged"
+    assert json.loads(meta["class_names"]) == CLASSES
+    assert json.loads(meta["merged_from"])["method"]["name"] == "lora"
+    arch = json.loads(meta["arch"])
+    assert {k: arch[k] for k in TINY} == TINY
+    assert list(output.parent.iterdir()) == [output]  # no temporary file left behind
+
+    for method in ("linear", "full"):
+        merged = aptune.create_model(None, method=method, pretrained=output, **TINY)
+        assert merged.qkv_adapters is None and merged.num_classes == len(CLASSES)
+        torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
+    # the LoRA update mattered: the same model without it gives other logits
+    unadapted = aptune.model_from_adapter(adapter, pretrained=backbone)
+    unadapted.qkv_adapters = None
+    assert not torch.allclose(logits(unadapted), expected, atol=1e-3)
+
+
+def test_linear_adapter_is_written_as_a_full_model(tmp_path, backbone):
+    adapter = trained_adapter(tmp_path, backbone, "linear")
+    output = merge_adapter(adapter, backbone, tmp_path / "linear_full.safetensors")
+    expected = logits(aptune.model_from_adapter(adapter, pretrained=backbone))
+    merged = aptune.create_model(None, method="full", pretrained=output, **TINY)
+    torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, options", [("apt", {"num_prompts": 2}),
+                                             ("vpt-deep", {"num_prompts": 2}),
+                                             ("adaptformer", {"adapter_dim": 4})])
+def test_unmergeable_adapters_are_one_line_errors(tmp_path, backbone, capsys, method, options):
+    adapter = trained_adapter(tmp_path, backbone, method, **options)
+    output = tmp_path / "merged.safetensors"
+    with pytest.raises(CheckpointError, match="cannot be merged"):
+        merge_adapter(adapter, backbone, output)
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone),
+                 "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "cannot be merged" in err and "\n" not in err
+    assert not output.exists()
+
+
+def test_merge_argument_errors(tmp_path, backbone):
+    adapter = trained_adapter(tmp_path, backbone, "lora")
+    with pytest.raises(AptuneError, match="--pretrained"):
+        merge_adapter(adapter, None, tmp_path / "merged.safetensors")
+    with pytest.raises(AptuneError, match="safetensors"):
+        merge_adapter(adapter, backbone, tmp_path / "merged.pth")
+    with pytest.raises(CheckpointError, match="no such adapter"):
+        merge_adapter(tmp_path / "missing.safetensors", backbone, tmp_path / "m.safetensors")
