@@ -84,6 +84,7 @@ class DataConfig:
     test_num_crop: int = 3
     rand_augment: str | None = "rand-m4-n2-mstd0.2-inc1"
     horizontal_flip: bool | None = None  # None: on, except for ssv2 whose labels say left/right
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the training random resized crop
     max_bad_fraction: float = 0.01
     sampling: str = "auto"  # auto: segment (TSN) for ssv2, dense windows otherwise | dense | segment
     decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
@@ -226,6 +227,9 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: data.split must be 1, 2 or 3, got {config.data.split}")
     if config.data.num_workers < 0:
         raise ConfigError(f"{source}: data.num_workers must be >= 0")
+    low, high = config.data.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")
     if not 0.0 <= config.method.prompt_dropout < 1.0:
         raise ConfigError(f"{source}: method.prompt_dropout must be in [0, 1)")
     if config.method.num_prompts < 0:
