@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from helpers import randomize_, reference_apt_logits, tiny_clip, tiny_model
 
 

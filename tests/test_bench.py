@@ -4,16 +4,23 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, tiny_model
 
 import aptune
 from aptune.bench import (
-    ROW_KEYS, BenchSettings, build_cases, format_table, peak_allocated_bytes, resident_bytes,
-    run_bench, spread, time_interleaved,
+    ROW_KEYS,
+    BenchSettings,
+    build_cases,
+    format_table,
+    peak_allocated_bytes,
+    resident_bytes,
+    run_bench,
+    spread,
+    time_interleaved,
 )
 from aptune.cli import main
 from aptune.errors import ConfigError
 from aptune.flops import closed_form_macs
-from helpers import TINY, tiny_model
 
 TINY_ARCH = {k: v for k, v in TINY.items() if k not in ("num_frames", "img_size")}
 

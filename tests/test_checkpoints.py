@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, randomize_, reference_apt_logits, tiny_clip, tiny_model
 
 import aptune
 from aptune.errors import CheckpointError
-from helpers import TINY, randomize_, reference_apt_logits, tiny_clip, tiny_model
 
 BACKBONE = ("patch_embed.", "blocks.")
 

@@ -9,8 +9,9 @@ from aptune.demo import DEMO_METHODS, shipped_backbone
 
 
 def test_shipped_backbone_is_a_pretrained_videomae_checkpoint():
-    import aptune
     from safetensors import safe_open
+
+    import aptune
 
     path = shipped_backbone()
     with safe_open(str(path), framework="pt") as f:

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from helpers import tiny_clip, tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from aptune.errors import ConfigError
 from aptune.flops import closed_form_macs, count_macs
 from aptune.models.vit import arch_config
-from helpers import tiny_clip, tiny_model
 
 PROMPTED = ("apt", "vpt-shallow", "vpt-deep")
 ALL = PROMPTED + ("linear", "full")

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import reference_apt_logits, tiny_clip
 from torch import nn
 
 import aptune
 from aptune.errors import CheckpointError, ConfigError
-from helpers import reference_apt_logits, tiny_clip
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from helpers import TINY, randomize_, tiny_clip, tiny_model
 from safetensors import safe_open
 
 import aptune
 from aptune.cli import main
 from aptune.cli.merge import merge_adapter
 from aptune.errors import AptuneError, CheckpointError
-from helpers import TINY, randomize_, tiny_clip, tiny_model
 
 CLASSES = [f"class_{i}" for i in range(5)]
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import randomize_, tiny_clip, tiny_model
 
 import aptune
 from aptune.methods import METHODS, build_method
-from helpers import randomize_, tiny_clip, tiny_model
 
 PROMPT_METHODS = {"apt", "vpt-shallow", "vpt-deep"}
 EXPECTED_PREFIXES = {

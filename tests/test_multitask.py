@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randomize_, tiny_clip, tiny_model
 
 import aptune
 from aptune.errors import CheckpointError, ConfigError
-from helpers import randomize_, tiny_clip, tiny_model
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """VideoMAE pre-training: tube masking, per-patch targets, and checkpoints create_model reads."""
 
 import torch
+from helpers import TINY, tiny_clip
 
 import aptune
 from aptune.models.pretrain import VideoMAEPretrainer, target_patches
 from aptune.models.vit import arch_config
-from helpers import TINY, tiny_clip
 
 
 def tiny_pretrainer(**kwargs):

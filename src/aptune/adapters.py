@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from aptune.errors import CheckpointError
+from aptune.fileio import save_safetensors_atomically
 from aptune.methods import method_from_dict, method_to_dict, trainable_state_dict
 
 log = logging.getLogger(__name__)
@@ -53,17 +51,7 @@ def save_adapter(model, path: str | Path, preprocess: dict[str, Any] | None = No
     state = injection.adapter_state() if injection else trainable_state_dict(model)
     metadata = injection.adapter_metadata(preprocess) if injection else adapter_metadata(model, preprocess)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_safetensors_atomically(tensors, path, metadata)
     return path
 
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from aptune.errors import CheckpointError, ConfigError
+from aptune.fileio import save_safetensors_atomically
 
 MERGED_FORMAT = "aptune-merged"
 MERGED_FORMAT_VERSION = 1
@@ -79,7 +78,7 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
     metadata.pop("method")
     metadata.update(format=MERGED_FORMAT, format_version=str(MERGED_FORMAT_VERSION),
                     merged_from=json.dumps({"adapter": adapter.name, "method": source}))
-    _write_atomically(state, metadata, output)
+    save_safetensors_atomically(state, output, metadata)
     return output
 
 
@@ -89,22 +88,6 @@ def _why_not(method: str | None) -> str:
     if method in ("apt", "vpt-shallow", "vpt-deep"):
         return "prompts add keys, values or tokens that no backbone weight can express"
     return f"mergeable methods: {', '.join(MERGEABLE_METHODS)}"
-
-
-def _write_atomically(state: dict, metadata: dict[str, str], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------- CLI

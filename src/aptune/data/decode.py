@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 __all__ = [
     "DecodeError",

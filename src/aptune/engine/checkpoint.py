@@ -7,9 +7,7 @@ the resolved config, so a run killed at any moment resumes exactly.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +15,13 @@ import numpy as np
 import torch
 
 from aptune.errors import CheckpointError
+from aptune.fileio import write_atomically
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """temporary file in the same folder, fsync, rename: a reader sees the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_states() -> dict[str, Any]:

@@ -70,10 +70,9 @@ def _records_of(run_dir: Path) -> list[dict]:
 def predict_videos(model, paths: list[str], preprocess: dict[str, Any], device: torch.device,
                    top_k: int = 5, batch_size: int = 8) -> list[dict[str, Any]]:
     """Top-k class names with probabilities per video, views averaged as in evaluation."""
-    from aptune.data import Sample, VideoEvalDataset
+    from aptune.data import Sample, VideoEvalDataset, build_loader
     from aptune.data.transforms import TestTransform
     from aptune.engine.loaders import VideoShardSampler
-    from aptune.data import build_loader
 
     transform = TestTransform(preprocess["input_size"], preprocess["short_side_size"],
                               preprocess.get("test_num_crop", 1))

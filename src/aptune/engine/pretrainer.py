@@ -34,6 +34,7 @@ from aptune.engine.trainer import (
     wrap_for_training,
 )
 from aptune.errors import ConfigError
+from aptune.fileio import save_safetensors_atomically
 from aptune.models.pretrain import VideoMAEPretrainer
 from aptune.models.vit import arch_config
 
@@ -125,21 +126,9 @@ def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> di
 
 def save_pretrained(model: VideoMAEPretrainer, path: Path, config: Config) -> None:
     """The whole pre-training state dict (encoder + decoder) with the arch and recipe in its header."""
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
     metadata = {"format": "videomae-pretrain", "arch": json.dumps(model.config.to_dict()),
                 "recipe": json.dumps(config.to_dict())}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(model.encoder_state_dict(), tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_safetensors_atomically(model.encoder_state_dict(), path, metadata)
 
 
 def _last_loss(metrics: MetricsLog) -> float | None:

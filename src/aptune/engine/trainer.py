@@ -350,7 +350,7 @@ def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scale
 
 def save_random_backbone(model, output_dir: Path) -> None:
     """Without model.pretrained the frozen weights are a random init: keep them with the run."""
-    from safetensors.torch import save_file
+    from aptune.fileio import save_safetensors_atomically
 
     path = output_dir / RANDOM_BACKBONE_NAME
     if not path.exists():
@@ -358,7 +358,7 @@ def save_random_backbone(model, output_dir: Path) -> None:
                     "(saved to %s so the adapter stays usable)", path)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                  if k.startswith(("patch_embed.", "blocks."))}
-        save_file(state, str(path))
+        save_safetensors_atomically(state, path)
 
 
 def restore(path: Path, model, optimizer, schedule, scaler) -> TrainState:
