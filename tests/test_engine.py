@@ -278,3 +278,38 @@ def test_mixed_targets_are_distributions_and_cutmix_pastes_the_weighted_area():
         assert torch.equal(mixed[i, :, 0], mixed[i, :, 1])
     mixed, targets = mix_batch(clips, labels, 4, mixup=0.4, cutmix=0.0, smoothing=0.0, generator=generator)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+
+
+def test_linear_probe_with_cached_features(tmp_path, dataset, backbone, capsys):
+    config = write_config(tmp_path, dataset, backbone, method={"name": "linear"},
+                          train={"epochs": 2, "cache_features": True})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "cached") == 0
+    metrics = json.loads((tmp_path / "cached" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["num_videos"] == 4
+    steps = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert max(s["step"] for s in steps) == 8  # 16 videos / batch 4 per epoch, as without the cache
+    assert set(load_file(tmp_path / "cached" / "adapter.safetensors")) == {
+        "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    capsys.readouterr()
+    bad = write_config(tmp_path, dataset, backbone, train={"cache_features": True})  # method apt
+    assert run_cli("train", "--config", bad, "--output-dir", tmp_path / "bad") == 2
+    assert "train.cache_features needs method.name=linear" in capsys.readouterr().err
+
+
+def test_cached_features_are_the_frozen_backbone_of_the_epoch0_clips(tmp_path, dataset, backbone):
+    from aptune.config import load_config
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.loaders import SeededItems, build_data, cache_train_features
+    from aptune.engine.trainer import build_model
+
+    config = load_config(write_config(tmp_path, dataset, backbone, method={"name": "linear"}))
+    data = build_data(config, DistInfo())
+    model = build_model(config, data.class_names).eval()
+    cached = cache_train_features(model, data, config, DistInfo(), torch.device("cpu"))
+    assert len(cached) == len(data.train) * config.data.num_sample
+    item = SeededItems(data.train, config.train.seed, epoch=0)[3]
+    with torch.no_grad():
+        expected = model.forward_pooled(item.clips)
+    torch.testing.assert_close(cached.features[6:8], expected, rtol=1e-5, atol=1e-5)
+    assert cached.labels[6].item() == item.label

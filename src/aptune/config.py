@@ -116,6 +116,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     compile: bool = False
+    cache_features: bool = False  # linear only: run the frozen backbone once per training clip
     log_every: int = 10
     device: str = "auto"
 
@@ -227,6 +228,10 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: data.split must be 1, 2 or 3, got {config.data.split}")
     if config.data.num_workers < 0:
         raise ConfigError(f"{source}: data.num_workers must be >= 0")
+    if config.train.cache_features and config.method.name != "linear":
+        raise ConfigError(f"{source}: train.cache_features needs method.name=linear (the backbone must be frozen whole)")
+    if config.train.cache_features and (config.train.mixup or config.train.cutmix):
+        raise ConfigError(f"{source}: train.cache_features cannot mix clips (set train.mixup and train.cutmix to 0)")
     low, high = config.data.crop_scale
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from aptune.config import Config
 from aptune.data import (
     BadVideoLog,
+    TrainItem,
     VideoEvalDataset,
     VideoTrainDataset,
     build_dataset,
@@ -97,7 +99,10 @@ def epoch_loader(data: DataBundle, config: Config, info, epoch: int) -> DataLoad
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch * 104729 + info.rank)
     # not persistent: each epoch's workers are seeded from (seed, epoch), which resuming needs
-    return DataLoader(items, batch_size=config.train.batch_size, sampler=sampler,
+    # cached features are single clips: a batch holds as many as batch_size videos would give
+    per_item = 1 if isinstance(data.train, CachedFeatures) else config.data.num_sample
+    batch_size = config.train.batch_size * config.data.num_sample // per_item
+    return DataLoader(items, batch_size=batch_size, sampler=sampler,
                       num_workers=config.data.num_workers, collate_fn=collate_train, drop_last=True,
                       generator=generator, persistent_workers=False, pin_memory=torch.cuda.is_available())
 
@@ -134,3 +139,56 @@ class VideoShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.videos) * self.views
+
+
+class CachedFeatures(Dataset):
+    """Pooled backbone features of fixed training clips, for a linear probe.
+
+    Each video's ``num_sample`` clips are decoded and augmented once (the epoch-0
+    draw) and sent through the frozen backbone once; every epoch then trains
+    ``fc_norm`` and ``head`` on these features.  The augmentation is therefore a
+    fixed pool per video, the price of not re-running the backbone.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> TrainItem:
+        return TrainItem(self.features[index][None], int(self.labels[index]), ())
+
+
+@torch.no_grad()
+def cache_train_features(model, data: DataBundle, config: Config, info, device: torch.device) -> CachedFeatures:
+    """Every rank extracts its share of the videos; the features are gathered on all ranks."""
+    from aptune.engine import distributed as dist_utils
+
+    items = SeededItems(data.train, config.train.seed, epoch=0)
+    shard = Subset(items, range(info.rank, len(items), info.world_size))
+    loader = DataLoader(shard, batch_size=config.train.batch_size, num_workers=config.data.num_workers,
+                        collate_fn=collate_train)
+    bad_videos = BadVideoLog(len(data.train), config.data.max_bad_fraction, "train")
+    was_training = model.training
+    model.eval()
+    rows = []
+    for batch in loader:
+        bad_videos.record(batch.failures)
+        pooled = model.forward_pooled(batch.clips.to(device)).float()
+        rows.append(torch.cat([pooled, batch.labels.to(device, pooled.dtype)[:, None]], dim=1))
+    model.train(was_training)
+    rows = dist_utils.gather_rows(torch.cat(rows)).cpu()
+    return CachedFeatures(rows[:, :-1].contiguous(), rows[:, -1].long())
+
+
+class HeadOnly(nn.Module):
+    """``fc_norm`` and ``head`` of a model, applied to cached pooled features."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.fc_norm(features))

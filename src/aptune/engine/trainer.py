@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,14 @@ from aptune.engine.checkpoint import (
     set_rng_states,
 )
 from aptune.engine.evaluate import evaluate, write_final_outputs
-from aptune.engine.loaders import DataBundle, build_data, epoch_loader, new_bad_video_log
+from aptune.engine.loaders import (
+    DataBundle,
+    HeadOnly,
+    build_data,
+    cache_train_features,
+    epoch_loader,
+    new_bad_video_log,
+)
 from aptune.engine.metrics import MetricsLog
 from aptune.engine.mixup import mix_batch
 from aptune.engine.optim import CosineSchedule, build_optimizer
@@ -110,7 +117,12 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         log.info("%s on %s: %s trainable of %s parameters, lr %.3g (total batch %d), %d steps/epoch",
                  config.method.name, device, f"{trainable:,}", f"{total:,}", lr, total_batch, steps_per_epoch)
 
-    runner = wrap_for_training(model, device, info, config.train.compile)
+    if config.train.cache_features:
+        log.info("caching the frozen backbone's features of %d training videos", len(data.train))
+        data = replace(data, train=cache_train_features(model, data, config, info, device))
+        runner = wrap_for_training(HeadOnly(model), device, info, config.train.compile)
+    else:
+        runner = wrap_for_training(model, device, info, config.train.compile)
     loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
                      ClassificationLoss(config, len(data.class_names)))
     for epoch in range(state.epoch, config.train.epochs):

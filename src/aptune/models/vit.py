@@ -276,6 +276,10 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled, normalised features (B, D)."""
+        return self.fc_norm(self.forward_pooled(x))
+
+    def forward_pooled(self, x: Tensor) -> Tensor:
+        """Mean of the patch tokens after the last block, before ``fc_norm`` (B, D)."""
         first_grad = 0
         if torch.is_grad_enabled() and not x.requires_grad:
             first_grad = self.first_block_needing_grad()
@@ -287,7 +291,7 @@ class VisionTransformer(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and index >= first_grad):
                 x = self._run_block(index, block, x, num_patches)
         # prompt tokens (VPT) are not part of the video: pool over patch tokens only
-        return self.fc_norm(x[:, :num_patches].mean(dim=1))
+        return x[:, :num_patches].mean(dim=1)
 
     def _run_block(self, index: int, block: Block, x: Tensor, num_patches: int) -> Tensor:
         if self.token_prompts is not None:
