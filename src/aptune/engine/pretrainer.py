@@ -22,15 +22,16 @@ from aptune.engine import distributed as dist_utils
 from aptune.engine.checkpoint import CHECKPOINT_NAME
 from aptune.engine.loaders import DataBundle
 from aptune.engine.metrics import MetricsLog
-from aptune.engine.optim import CosineSchedule, build_optimizer
 from aptune.engine.trainer import (
     TrainLoop,
     TrainState,
     autocast,
+    build_optimisation,
     pick_device,
     restore,
     save_training_checkpoint,
     seed_everything,
+    should_resume,
     wrap_for_training,
 )
 from aptune.errors import ConfigError
@@ -71,10 +72,7 @@ def build_pretrainer(config: Config) -> VideoMAEPretrainer:
 def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
     device = pick_device(config.train.device, info)
     checkpoint_path = output_dir / CHECKPOINT_NAME
-    if resume is True and not checkpoint_path.exists():
-        raise ConfigError(f"{output_dir}: --resume given but there is no {CHECKPOINT_NAME}")
-    if checkpoint_path.exists() and resume is False:
-        raise ConfigError(f"{output_dir}: holds a checkpoint already; use --resume or another --output-dir")
+    resuming = should_resume(checkpoint_path, resume)
     seed_everything(config.train.seed)
     train_set = build_dataset(config.data, "train")
     data = DataBundle(train_set, None, None, list(train_set.class_names))
@@ -83,17 +81,10 @@ def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> di
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
 
-    total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
-    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
-    steps_per_epoch = max(1, len(train_set) // (config.train.batch_size * info.world_size * config.train.accum_steps))
-    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
-                                config.optim.momentum, config.optim.betas)
-    schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
-                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(train_set), info)
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
     state = TrainState()
-    if checkpoint_path.exists() and resume is not False:
+    if resuming:
         state = restore(checkpoint_path, model, optimizer, schedule, scaler)
         metrics.truncate_after(state.step)
         log.info("resumed from %s at epoch %d", checkpoint_path, state.epoch)

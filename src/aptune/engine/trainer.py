@@ -62,7 +62,6 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
     train_seconds: float = 0.0
-    best_top1: float | None = None
 
 
 def train(config: Config, output_dir: str | Path, resume: bool | None = None) -> dict[str, Any]:
@@ -82,11 +81,7 @@ def train(config: Config, output_dir: str | Path, resume: bool | None = None) ->
 def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
     device = pick_device(config.train.device, info)
     checkpoint_path = output_dir / CHECKPOINT_NAME
-    if resume is True and not checkpoint_path.exists():
-        raise ConfigError(f"{output_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from")
-    resuming = checkpoint_path.exists() and resume is not False
-    if checkpoint_path.exists() and resume is False:
-        raise ConfigError(f"{output_dir}: holds a checkpoint already; use --resume or another --output-dir")
+    resuming = should_resume(checkpoint_path, resume)
 
     seed_everything(config.train.seed)  # identical model init on every rank
     data = build_data(config, info)
@@ -97,15 +92,7 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         if config.model.pretrained is None and config.method.name != "full":
             save_random_backbone(model, output_dir)
 
-    # VideoMAE's rule: repeated-augmentation samples do not count toward the lr-scaling batch
-    total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
-    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
-    steps_per_epoch = max(1, len(data.train) // (config.train.batch_size * info.world_size * config.train.accum_steps))
-    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
-                                config.optim.momentum, config.optim.betas)
-    schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
-                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(data.train), info)
     state = TrainState()
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
     if resuming:
@@ -114,8 +101,8 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         log.info("resumed from %s at epoch %d (step %d)", checkpoint_path, state.epoch, state.step)
     if info.is_main:
         trainable, total = count_trainable(model)
-        log.info("%s on %s: %s trainable of %s parameters, lr %.3g (total batch %d), %d steps/epoch",
-                 config.method.name, device, f"{trainable:,}", f"{total:,}", lr, total_batch, steps_per_epoch)
+        log.info("%s on %s: %s trainable of %s parameters, lr %.3g, %d steps/epoch", config.method.name,
+                 device, f"{trainable:,}", f"{total:,}", schedule.base_lr, steps_per_epoch)
 
     if config.train.cache_features:
         log.info("caching the frozen backbone's features of %d training videos", len(data.train))
@@ -265,6 +252,30 @@ def finish(config, model, data, device, state, output_dir, metrics, info) -> dic
 
 
 # ----------------------------------------------------------------- helpers
+def should_resume(checkpoint_path: Path, resume: bool | None) -> bool:
+    """--resume needs a checkpoint, --no-resume refuses one, the default takes one if present."""
+    exists = checkpoint_path.exists()
+    if resume is True and not exists:
+        raise ConfigError(f"{checkpoint_path.parent}: --resume given but there is no {checkpoint_path.name}")
+    if resume is False and exists:
+        raise ConfigError(f"{checkpoint_path.parent}: holds a checkpoint already; use --resume or another --output-dir")
+    return exists
+
+
+def build_optimisation(config: Config, model: nn.Module, num_items: int, info):
+    """Optimiser, per-step schedule, grad scaler and steps per epoch for ``num_items`` videos."""
+    # VideoMAE's rule: repeated-augmentation samples do not count toward the lr-scaling batch
+    total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
+    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
+    steps_per_epoch = max(1, num_items // total_batch)
+    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
+                                config.optim.momentum, config.optim.betas)
+    schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
+                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+    return optimizer, schedule, scaler, steps_per_epoch
+
+
 def build_model(config: Config, class_names: list[str]):
     from aptune.factory import create_model
     from aptune.methods import method_options
