@@ -65,3 +65,23 @@ def reference_apt_logits(model, x: torch.Tensor) -> torch.Tensor:
     pooled = F.layer_norm(tokens.mean(1), (dim,), model.fc_norm.weight, model.fc_norm.bias,
                           config.layer_norm_eps)
     return pooled @ model.head.weight.T + model.head.bias
+
+
+def tiny_hf_model(num_labels: int = 5, seed: int = 0):
+    """A small random transformers VideoMAEForVideoClassification with the TINY shape."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.VideoMAEConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+        image_size=32, patch_size=16, num_frames=4, tubelet_size=2, num_labels=num_labels,
+        id2label={i: f"action_{i}" for i in range(num_labels)},
+        label2id={f"action_{i}": i for i in range(num_labels)},
+    )
+    model = transformers.VideoMAEForVideoClassification(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
+    return model

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import TINY, randomize_, reference_apt_logits, tiny_clip, tiny_model
+from helpers import TINY, randomize_, reference_apt_logits, tiny_clip, tiny_hf_model, tiny_model
 
 import aptune
 from aptune.errors import CheckpointError
@@ -76,25 +76,8 @@ def test_official_apt_checkpoint_gives_the_official_logits(tmp_path):
     torch.testing.assert_close(loaded(x), reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
 
 
-def _tiny_hf_model(num_labels=5):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.VideoMAEConfig(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-        image_size=32, patch_size=16, num_frames=4, tubelet_size=2, num_labels=num_labels,
-        id2label={i: f"action_{i}" for i in range(num_labels)},
-        label2id={f"action_{i}": i for i in range(num_labels)},
-    )
-    model = transformers.VideoMAEForVideoClassification(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            offset = 1.0 if ("layernorm" in name or "norm" in name) and name.endswith("weight") else 0.0
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
-    return model
-
-
 def test_huggingface_directory_gives_the_same_logits(tmp_path):
-    hf = _tiny_hf_model()
+    hf = tiny_hf_model()
     hf.save_pretrained(tmp_path / "hf")
     model = aptune.create_model(pretrained=tmp_path / "hf", method="linear").eval()
     assert model.config.embed_dim == 32 and model.config.depth == 3
@@ -106,7 +89,7 @@ def test_huggingface_directory_gives_the_same_logits(tmp_path):
 
 
 def test_huggingface_legacy_bias_names_and_bin_weights(tmp_path):
-    hf = _tiny_hf_model()
+    hf = tiny_hf_model()
     folder = tmp_path / "legacy"
     hf.save_pretrained(folder)
     (folder / "model.safetensors").unlink()

@@ -8,29 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import reference_apt_logits, tiny_clip
+from helpers import reference_apt_logits, tiny_clip, tiny_hf_model
 from torch import nn
 
 import aptune
 from aptune.errors import CheckpointError, ConfigError
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_hf_model(num_labels: int = 5, seed: int = 0):
-    config = transformers.VideoMAEConfig(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-        image_size=32, patch_size=16, num_frames=4, tubelet_size=2, num_labels=num_labels,
-        id2label={i: f"action_{i}" for i in range(num_labels)},
-        label2id={f"action_{i}": i for i in range(num_labels)},
-    )
-    model = transformers.VideoMAEForVideoClassification(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
-    return model
 
 
 def randomize_trainable_(model, seed: int = 1) -> None:
