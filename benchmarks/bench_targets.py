@@ -12,7 +12,14 @@ Everything is timed round-robin in one process (``aptune.bench.time_interleaved`
 so a noisy spell hits every task alike.  Memory follows ``aptune.bench``: bytes
 resident (weights, optimizer state, clip) plus the profiler's peak of PyTorch
 allocations during the step.  A gradient-checkpointed training step is measured
-as well, as the memory/time trade-off the model already offers.
+as well, as the memory/time trade-off the model already offers, and so is APT with
+prompts in the last half of the blocks only (``prompt_start = depth // 2``), whose
+backward stops halfway.
+
+The training-time target is also set against arithmetic: ``train_macs_ratio`` is
+the multiply-adds of forward + backward over those of the forward (counted on the
+real kernels by ``FlopCounterMode``).  A step cannot take a smaller multiple of the
+inference time unless its backward runs faster per multiply-add than the forward.
 
     python benchmarks/bench_targets.py [--repeats 7] [--out benchmarks/results/targets.json]
 """
@@ -69,6 +76,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = create_model(ARCH, num_classes=400, method="full")
     backbone, apt = build_cases(model, ["linear", "apt"], [2])
+    half = len(model.blocks) // 2
+    (apt_half,) = build_cases(model, ["apt"], [2], prompt_start=half)
     clip = torch.randn(SHAPE)
     labels = torch.tensor([7])
     apt.activate(model)
@@ -78,11 +87,15 @@ def main() -> None:
         step = inference_step(model, clip)
         return lambda: (case.activate(model).eval(), step())
 
-    def train(checkpointing: bool):
-        step = training_step(model, clip, labels, optimizer)
+    half_optimizer = torch.optim.AdamW(
+        [p for p in apt_half.activate(model).parameters() if p.requires_grad], lr=1e-6)
+    apt.activate(model)
+
+    def train(checkpointing: bool, case=apt, case_optimizer=optimizer):
+        step = training_step(model, clip, labels, case_optimizer)
 
         def run():
-            apt.activate(model).train()
+            case.activate(model).train()
             model.grad_checkpointing = checkpointing
             try:
                 return step()
@@ -95,7 +108,9 @@ def main() -> None:
                        "apt2": infer(apt)}
     times = time_interleaved(inference_tasks, repeats=args.inference_repeats, warmup=args.warmup,
                              description="inference")
-    train_tasks = {"apt2_inference": infer(apt), "apt2_train": train(False)}
+    train_tasks = {"apt2_inference": infer(apt), "apt2_train": train(False),
+                   "apt2_half_inference": infer(apt_half),
+                   "apt2_half_train": train(False, apt_half, half_optimizer)}
     if not args.no_checkpointing:
         train_tasks["apt2_train_checkpointed"] = train(True)
     times.update(time_interleaved(train_tasks, repeats=args.repeats, warmup=args.warmup,
@@ -107,6 +122,10 @@ def main() -> None:
     backbone_macs = count_macs(model, SHAPE)
     apt.activate(model)
     apt_macs = count_macs(model, SHAPE)
+    # forward + backward on the real kernels, in training mode (the step's own graph)
+    apt_train_macs = count_macs(apt.activate(model).train(), clip, backward=True, meta=False)
+    half_train_macs = count_macs(apt_half.activate(model).train(), clip, backward=True, meta=False)
+    model.eval()
     mm_gflops = 2 * args.mm_size**3 / (stats["matmul"]["median"] / 1000) / 1e9
     mm_gflops_best = 2 * args.mm_size**3 / (stats["matmul"]["min"] / 1000) / 1e9
     infer_gflops = 2 * backbone_macs / (stats["backbone"]["median"] / 1000) / 1e9
@@ -117,6 +136,10 @@ def main() -> None:
     memory["apt2_inference"] = (held_infer, peak_allocated_bytes(tasks["apt2"]))
     held_train = resident_bytes(apt.activate(model), optimizer, clip, labels)
     memory["apt2_train"] = (held_train, peak_allocated_bytes(tasks["apt2_train"]))
+    memory["apt2_half_inference"] = (resident_bytes(apt_half.activate(model), clip),
+                                     peak_allocated_bytes(tasks["apt2_half_inference"]))
+    memory["apt2_half_train"] = (resident_bytes(apt_half.activate(model), half_optimizer, clip, labels),
+                                 peak_allocated_bytes(tasks["apt2_half_train"]))
     if "apt2_train_checkpointed" in tasks:
         memory["apt2_train_checkpointed"] = (
             held_train, peak_allocated_bytes(tasks["apt2_train_checkpointed"]))
@@ -161,6 +184,12 @@ def main() -> None:
             ratio(memory_mb["apt2_train"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]),
             None, 1.6),
     }
+    targets["half_prompted_train_step_vs_inference_latency (diagnostic)"] = target(
+        paired("apt2_half_train", "apt2_half_inference"),
+        best("apt2_half_train", "apt2_half_inference"), 2.3)
+    targets["half_prompted_train_vs_inference_peak_memory (diagnostic)"] = target(
+        ratio(memory_mb["apt2_half_train"]["peak_mb"], memory_mb["apt2_half_inference"]["peak_mb"]),
+        None, 1.6)
     if "apt2_train_checkpointed" in tasks:
         targets["checkpointed_train_step_vs_inference_latency (diagnostic)"] = target(
             paired("apt2_train_checkpointed", "apt2_inference"),
@@ -178,8 +207,14 @@ def main() -> None:
                   "ratios": "value: median over rounds of the ratio within a round (tasks timed "
                             "back to back); value_best_runs: ratio of the fastest runs",
                   "load_average_before": load_before, "matmul_size": args.mm_size,
-                  "optimizer": "AdamW", "interleaved": list(tasks)},
-        "gmacs": {"backbone": round(backbone_macs / 1e9, 3), "apt2": round(apt_macs / 1e9, 3)},
+                  "optimizer": "AdamW", "interleaved": list(tasks),
+                  "half_prompt_start": half},
+        "gmacs": {"backbone": round(backbone_macs / 1e9, 3), "apt2": round(apt_macs / 1e9, 3),
+                  "apt2_train": round(apt_train_macs / 1e9, 3),
+                  "apt2_half_train": round(half_train_macs / 1e9, 3)},
+        # the least multiple of the inference time a step can take at equal speed per MAC
+        "train_macs_ratio": {"apt2": round(apt_train_macs / apt_macs, 3),
+                             "apt2_half": round(half_train_macs / apt_macs, 3)},
         "latency_ms": {name: {k: round(v, 2) for k, v in s.items()} for name, s in stats.items()},
         "throughput_gflops": {"matmul_median": round(mm_gflops, 1),
                               "matmul_best": round(mm_gflops_best, 1),

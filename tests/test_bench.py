@@ -163,3 +163,33 @@ def test_cli_adapter_methods(tmp_path, capsys):
     assert "lora r=4" in printed and "adaptformer d=16" in printed
     with pytest.raises(SystemExit):
         main(["bench", "--lora-rank", "0"])
+
+
+def test_prompt_start_limits_prompted_blocks_and_macs(tmp_path):
+    settings = BenchSettings(arch=None, methods=("apt", "vpt-deep", "lora", "linear"), prompts=(3,),
+                             frames=4, img_size=32, num_classes=5, repeats=1, warmup=0,
+                             prompt_start=1, train=True, arch_overrides=TINY_ARCH)
+    result = run_bench(settings, progress=False)
+    assert result["meta"]["prompt_start"] == 1
+    rows = {r["method"]: r for r in result["rows"]}
+    config = tiny_model("linear").config
+    for method in ("apt", "vpt-deep"):
+        expected = closed_form_macs(config, method, 3, prompt_start=1)
+        assert rows[method]["gmacs"] == pytest.approx(expected / 1e9, abs=1e-6)
+        reference = tiny_model(method, num_prompts=3, prompt_start=1)
+        assert rows[method]["trainable_params"] == aptune.count_parameters(reference)[0]
+    all_blocks = tiny_model("apt", num_prompts=3)
+    assert rows["apt"]["trainable_params"] < aptune.count_parameters(all_blocks)[0]
+    # fewer blocks need a backward: less training work than prompting from block 0
+    full_settings = BenchSettings(**{**settings.__dict__, "prompt_start": 0, "methods": ("apt",)})
+    all_rows = run_bench(full_settings, progress=False)["rows"]
+    assert rows["apt"]["train_gmacs"] < all_rows[0]["train_gmacs"]
+    assert rows["linear"]["trainable_params"] == aptune.count_parameters(tiny_model("linear"))[0]
+    out = tmp_path / "b.json"
+    assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
+                 "--methods", "apt", "--prompts", "2", "--prompt-start", "11", "--repeats", "1",
+                 "--warmup", "0", "--no-progress", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["meta"]["prompt_start"] == 11
+    assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
+                 "--methods", "apt", "--prompts", "2", "--prompt-start", "12", "--repeats", "1",
+                 "--no-progress"]) == 2

@@ -209,11 +209,13 @@ class MethodCase:
 
 
 def build_cases(model: VisionTransformer, methods: Sequence[str], prompts: Sequence[int], *,
-                lora_rank: int = 8, adapter_dim: int = 64) -> list[MethodCase]:
+                lora_rank: int = 8, adapter_dim: int = 64, prompt_start: int = 0) -> list[MethodCase]:
     """Attach each (method, prompt count) once, remember its modules and trainable set.
 
     Methods without prompts give one case each: linear and full, LoRA of rank
-    ``lora_rank`` and AdaptFormer of bottleneck ``adapter_dim``.
+    ``lora_rank`` and AdaptFormer of bottleneck ``adapter_dim``.  ``prompt_start``
+    is the first block the prompt and adapter methods touch (earlier blocks stay
+    as they are and, in training, run without autograd).
     """
     cases = []
     for method in methods:
@@ -227,6 +229,8 @@ def build_cases(model: VisionTransformer, methods: Sequence[str], prompts: Seque
             settings = [(None, {"adapter_dim": adapter_dim})]
         else:
             raise ConfigError(f"cannot benchmark method '{method}' (valid: {_VALID})")
+        if method not in UNPROMPTED_METHODS:
+            settings = [(p, {**options, "prompt_start": prompt_start}) for p, options in settings]
         for num_prompts, options in settings:
             model.kv_prompts = model.token_prompts = None
             model.qkv_adapters = model.mlp_adapters = None
@@ -274,6 +278,7 @@ class BenchSettings:
     prompts: tuple[int, ...] = (1, 2, 100, 400)  # for apt and vpt only
     lora_rank: int = 8
     adapter_dim: int = 64
+    prompt_start: int = 0  # first block of apt/vpt/lora/adaptformer
     frames: int = 16
     img_size: int = 224
     batch: int = 1
@@ -307,7 +312,8 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
                          num_frames=settings.frames, img_size=settings.img_size,
                          **settings.arch_overrides).to(device)
     cases = build_cases(model, settings.methods, settings.prompts,
-                        lora_rank=settings.lora_rank, adapter_dim=settings.adapter_dim)
+                        lora_rank=settings.lora_rank, adapter_dim=settings.adapter_dim,
+                        prompt_start=settings.prompt_start)
     shape = (settings.batch, model.config.in_chans, settings.frames, settings.img_size,
              settings.img_size)
     view_shape = (1, *shape[1:])
@@ -421,6 +427,7 @@ def bench_metadata(settings: BenchSettings, device: torch.device) -> dict:
         "train": settings.train,
         "lora_rank": settings.lora_rank,
         "adapter_dim": settings.adapter_dim,
+        "prompt_start": settings.prompt_start,
         # the lora row runs the low-rank branch beside the frozen qkv (training-time form);
         # merged with ``aptune merge`` it costs what the linear row does
         "lora_merged": False,

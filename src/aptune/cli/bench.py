@@ -49,6 +49,9 @@ def add_parser(subparsers) -> None:
                         help="rank of the lora row (one row; unmerged, training-time cost)")
     parser.add_argument("--adapter-dim", type=_positive_int, default=64,
                         help="bottleneck width of the adaptformer row (one row)")
+    parser.add_argument("--prompt-start", type=int, default=0,
+                        help="first block that apt/vpt/lora/adaptformer touch (default 0: all); "
+                        "earlier blocks train without autograd")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=1)
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         arch=args.arch, methods=tuple(args.methods), prompts=tuple(args.prompts),
-        lora_rank=args.lora_rank, adapter_dim=args.adapter_dim,
+        lora_rank=args.lora_rank, adapter_dim=args.adapter_dim, prompt_start=args.prompt_start,
         frames=args.frames, img_size=args.img_size, batch=args.batch,
         num_classes=args.num_classes, device=args.device, train=args.train,
         repeats=args.repeats, warmup=args.warmup, threads=args.threads,
