@@ -69,6 +69,11 @@ def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
         merged = aptune.create_model(None, method=method, pretrained=output, **TINY)
         assert merged.qkv_adapters is None and merged.num_classes == len(CLASSES)
         torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
+    # the file's header alone rebuilds the model: architecture and class names
+    rebuilt = aptune.create_model(method="linear", pretrained=output)
+    assert {k: getattr(rebuilt.config, k) for k in TINY} == TINY
+    assert rebuilt.class_names == CLASSES
+    torch.testing.assert_close(logits(rebuilt), expected, atol=1e-5, rtol=1e-5)
     # the LoRA update mattered: the same model without it gives other logits
     unadapted = aptune.model_from_adapter(adapter, pretrained=backbone)
     unadapted.qkv_adapters = None
@@ -106,3 +111,16 @@ def test_merge_argument_errors(tmp_path, backbone):
         merge_adapter(adapter, backbone, tmp_path / "merged.pth")
     with pytest.raises(CheckpointError, match="no such adapter"):
         merge_adapter(tmp_path / "missing.safetensors", backbone, tmp_path / "m.safetensors")
+
+
+def test_broken_merged_header_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from aptune.errors import CheckpointError
+    from aptune.models.checkpoints import load_checkpoint
+
+    path = tmp_path / "merged.safetensors"
+    save_file({"head.weight": torch.zeros(2, 4)}, str(path), metadata={"format": "aptune-merged",
+                                                                         "arch": "{not json"})
+    with pytest.raises(CheckpointError, match="merged.safetensors: aptune-merged header needs 'arch'"):
+        load_checkpoint(path)

@@ -18,6 +18,7 @@ Pickles are only ever opened with ``weights_only=True``.  Every failure is a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ class LoadedCheckpoint:
     state_dict: dict[str, Tensor]
     source: str
     kind: str
-    arch: dict[str, Any] | None = None  # from a Hugging Face config.json
+    arch: dict[str, Any] | None = None  # from a Hugging Face config.json or an aptune-merged header
     class_names: list[str] | None = None
     prompts: dict[str, Any] | None = None  # APT prompt shapes found in the file
     ignored: list[str] = field(default_factory=list)
@@ -62,7 +63,33 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         return _load_huggingface_dir(path)
     raw = read_tensor_file(path)
     state_dict, kind, ignored, prompts = convert_state_dict(raw, str(path))
-    return LoadedCheckpoint(state_dict, str(path), kind, prompts=prompts, ignored=ignored)
+    arch, class_names = _merged_file_header(path) if path.suffix == ".safetensors" else (None, None)
+    return LoadedCheckpoint(state_dict, str(path), kind, arch=arch, class_names=class_names,
+                            prompts=prompts, ignored=ignored)
+
+
+def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """Architecture and class names from the header of an ``aptune merge`` output, so such a
+    file rebuilds its own model; (None, None) for any other safetensors file."""
+    from safetensors import safe_open
+
+    from aptune.models.vit import ViTConfig
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    if header.get("format") != "aptune-merged":
+        return None, None
+    try:
+        arch = json.loads(header["arch"])
+        class_names = json.loads(header.get("class_names", "null"))
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: aptune-merged header needs 'arch' and 'class_names' as JSON") from None
+    if not isinstance(arch, dict) or not (class_names is None or isinstance(class_names, list)):
+        raise CheckpointError(f"{path}: aptune-merged header 'arch' must be a JSON object and "
+                              "'class_names' a JSON list")
+    # the head's size comes from the weights; the name is only a label
+    fields = {f.name for f in dataclasses.fields(ViTConfig)} - {"num_classes", "name"}
+    return {k: v for k, v in arch.items() if k in fields}, class_names
 
 
 # ------------------------------------------------------------------ raw files
