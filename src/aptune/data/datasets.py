@@ -108,7 +108,20 @@ def _load_clip(
     return list(frames.split(num_frames))
 
 
-class VideoTrainDataset(Dataset):
+class _VideoDataset(Dataset):
+    """What training and evaluation sets share: the videos and how clips are sampled."""
+
+    def __init__(self, split: str, samples: Sequence[Sample], num_frames: int, sampling_rate: int,
+                 sampling: str, decode_threads: int, class_names: Sequence[str] | None) -> None:
+        if not samples:
+            raise DataError(f"the {split} split has no videos")
+        self.samples = [Sample(str(path), int(label)) for path, label in samples]
+        self.class_names = list(class_names or [])
+        self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
+        self.decode_threads = decode_threads
+
+
+class VideoTrainDataset(_VideoDataset):
     """One item per video: ``num_sample`` independently augmented copies of one random
     clip (repeated augmentation: one decode, several crops/flips/RandAugments)."""
 
@@ -125,14 +138,10 @@ class VideoTrainDataset(Dataset):
         max_attempts: int = 20,
         class_names: Sequence[str] | None = None,
     ):
-        if not samples:
-            raise DataError("the training split has no videos")
-        self.samples = [Sample(str(path), int(label)) for path, label in samples]
-        self.class_names = list(class_names or [])
-        self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
+        super().__init__("training", samples, num_frames, sampling_rate, sampling, decode_threads,
+                         class_names)
         self.transform = transform or TrainTransform()
         self.num_sample = num_sample
-        self.decode_threads = decode_threads
         self.max_attempts = max_attempts
 
     def __len__(self) -> int:
@@ -176,7 +185,7 @@ class VideoTrainDataset(Dataset):
                 return candidate
 
 
-class VideoEvalDataset(Dataset):
+class VideoEvalDataset(_VideoDataset):
     """One item per view (video, segment, crop), ordered video by video.
 
     All segments of a video are decoded in one pass and kept (resized, uint8) in a
@@ -197,15 +206,11 @@ class VideoEvalDataset(Dataset):
         decode_threads: int = 1,
         class_names: Sequence[str] | None = None,
     ):
-        if not samples:
-            raise DataError("the evaluation split has no videos")
-        self.samples = [Sample(str(path), int(label)) for path, label in samples]
-        self.class_names = list(class_names or [])
-        self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
+        super().__init__("evaluation", samples, num_frames, sampling_rate, sampling, decode_threads,
+                         class_names)
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
         self.num_crops = self.transform.num_crops
-        self.decode_threads = decode_threads
         self._cache: tuple[int, list[torch.Tensor] | Failure] | None = None
 
     @property
