@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from aptune.cli import main as cli_main
+from aptune.data import datasets as datasets_module
 
 TINY_CONFIG = {
     "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
@@ -67,7 +69,7 @@ def run_cli(*args: str) -> int:
     return cli_main([str(a) for a in args])
 
 
-def test_train_eval_predict(tmp_path, dataset, backbone, capsys):
+def test_train_eval_predict(tmp_path, dataset, backbone, capsys, monkeypatch):
     config = write_config(tmp_path, dataset, backbone)
     run = tmp_path / "run"
     assert run_cli("train", "--config", config, "--output-dir", run) == 0
@@ -100,6 +102,21 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys):
     top = answer[0]["top"]
     assert len(top) == 4 and {t["class"] for t in top} == set(metrics["class_names"])
     assert sum(t["probability"] for t in top) == pytest.approx(1.0, abs=1e-4)
+
+    # several adapters with the same preprocessing: one decode per video, the same answers
+    second = tmp_path / "second.safetensors"
+    shutil.copy(run / "adapter.safetensors", second)
+    decodes = []
+    original = datasets_module._load_clip
+    monkeypatch.setattr(datasets_module, "_load_clip",
+                        lambda path, *a, **k: decodes.append(path) or original(path, *a, **k))
+    capsys.readouterr()
+    assert run_cli("predict", video, "--adapter", run / "adapter.safetensors", "--adapter", second,
+                   "--pretrained", backbone, "--json") == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert list(answers) == [str(run / "adapter.safetensors"), str(second)]
+    assert answers[str(second)] == answers[str(run / "adapter.safetensors")] == answer
+    assert decodes == [str(video)]
 
 
 def test_same_seed_same_metrics(tmp_path, dataset, backbone):

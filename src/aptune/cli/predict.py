@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--run", help="a run folder written by aptune train")
     parser.add_argument("--adapter", action="append", default=[],
-                        help="adapter file; repeat to answer for several tasks")
+                        help="adapter file; repeat to answer for several tasks (adapters with the "
+                        "same preprocessing share one decode of every video)")
     parser.add_argument("--pretrained", help="backbone checkpoint the adapter was trained on "
                         "(default: the run's model.pretrained)")
     parser.add_argument("--top-k", type=int, default=5)
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from aptune.adapters import read_adapter
     from aptune.config import load_config
     from aptune.engine.distributed import DistInfo
-    from aptune.engine.inference import load_tuned_model, predict_videos
+    from aptune.engine.inference import load_tuned_model, predict_videos_for
     from aptune.engine.trainer import RANDOM_BACKBONE_NAME, pick_device
     from aptune.errors import ConfigError
 
@@ -45,12 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if not adapters:
         raise ConfigError("give --run RUN or --adapter FILE (with --pretrained for the backbone)")
     device = pick_device(args.device, DistInfo())
-    answers = {}
+    # adapters that read clips the same way share one decode of every video
+    groups: dict[str, list[Path]] = {}
     for adapter in adapters:
         _, meta = read_adapter(adapter)
-        model = load_tuned_model(adapter, pretrained, device)
-        answers[str(adapter)] = predict_videos(model, args.videos, meta.get("preprocess") or {}, device,
-                                               top_k=args.top_k)
+        groups.setdefault(json.dumps(meta.get("preprocess") or {}, sort_keys=True), []).append(adapter)
+    found = {}
+    for preprocess, members in groups.items():
+        models = {str(a): load_tuned_model(a, pretrained, device) for a in members}
+        found.update(predict_videos_for(models, args.videos, json.loads(preprocess), device,
+                                        top_k=args.top_k))
+    answers = {str(a): found[str(a)] for a in adapters}
     if args.json:
         print(json.dumps(answers if len(adapters) > 1 else next(iter(answers.values())), indent=2))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,15 @@ def _records_of(run_dir: Path) -> list[dict]:
 def predict_videos(model, paths: list[str], preprocess: dict[str, Any], device: torch.device,
                    top_k: int = 5, batch_size: int = 8) -> list[dict[str, Any]]:
     """Top-k class names with probabilities per video, views averaged as in evaluation."""
+    return predict_videos_for({"": model}, paths, preprocess, device, top_k, batch_size)[""]
+
+
+@torch.no_grad()
+def predict_videos_for(models: Mapping[str, torch.nn.Module], paths: list[str],
+                       preprocess: dict[str, Any], device: torch.device, top_k: int = 5,
+                       batch_size: int = 8) -> dict[str, list[dict[str, Any]]]:
+    """:func:`predict_videos` for several models that read clips the same way (one
+    ``preprocess``): every video is decoded once and its views go through each model."""
     from aptune.data import Sample, VideoEvalDataset, build_loader
     from aptune.data.transforms import TestTransform
     from aptune.engine.loaders import VideoShardSampler
@@ -84,16 +94,25 @@ def predict_videos(model, paths: list[str], preprocess: dict[str, Any], device: 
     views = dataset.views_per_video
     loader = build_loader(dataset, views * max(1, batch_size // views),
                           sampler=VideoShardSampler(len(paths), views))
-    sums = torch.zeros(len(paths), model.num_classes, dtype=torch.float64)
+    sums = {name: torch.zeros(len(paths), model.num_classes, dtype=torch.float64)
+            for name, model in models.items()}
     counts = torch.zeros(len(paths))
     errors: dict[int, str] = {}
     for batch in loader:
         for failure in batch.failures:
             errors[failure.video_index] = failure.reason
         if batch.clips.shape[0]:
-            probs = model(batch.clips.to(device)).float().softmax(-1).cpu().double()
-            sums.index_add_(0, batch.video_indices, probs)
+            clips = batch.clips.to(device)
+            for name, model in models.items():
+                probs = model(clips).float().softmax(-1).cpu().double()
+                sums[name].index_add_(0, batch.video_indices, probs)
             counts.index_add_(0, batch.video_indices, torch.ones(len(batch.video_indices)))
+    return {name: _top_k_answers(paths, sums[name], counts, errors, model, top_k)
+            for name, model in models.items()}
+
+
+def _top_k_answers(paths, sums: torch.Tensor, counts: torch.Tensor, errors: dict[int, str], model,
+                   top_k: int) -> list[dict[str, Any]]:
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     results = []
     for index, path in enumerate(paths):
