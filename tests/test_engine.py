@@ -119,6 +119,20 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys, monkeypatch):
     assert decodes == [str(video)]
 
 
+def test_clip_reading_keeps_only_what_decides_the_clips():
+    from aptune.engine.inference import clip_reading
+    from aptune.errors import CheckpointError
+
+    base = {"num_frames": 16, "sampling_rate": 2, "input_size": 64, "short_side_size": 64}
+    ucf = clip_reading({**base, "format": "ucf101"}, "a.safetensors")
+    hmdb = clip_reading({**base, "format": "hmdb51", "test_num_crop": 1, "sampling": "dense"},
+                        "b.safetensors")
+    assert ucf == hmdb  # the dataset format and explicit defaults do not split the decode
+    assert clip_reading({**base, "test_num_segment": 5}, "c") != ucf
+    with pytest.raises(CheckpointError, match="old.safetensors: adapter header 'preprocess' lacks"):
+        clip_reading({"num_frames": 16}, "old.safetensors")
+
+
 def test_same_seed_same_metrics(tmp_path, dataset, backbone):
     results = []
     for name in ("a", "b"):

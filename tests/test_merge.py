@@ -10,7 +10,7 @@ from safetensors import safe_open
 import aptune
 from aptune.cli import main
 from aptune.cli.merge import merge_adapter
-from aptune.errors import AptuneError, CheckpointError
+from aptune.errors import AptuneError, CheckpointError, ConfigError
 
 CLASSES = [f"class_{i}" for i in range(5)]
 
@@ -74,6 +74,8 @@ def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
     assert {k: getattr(rebuilt.config, k) for k in TINY} == TINY
     assert rebuilt.class_names == CLASSES
     torch.testing.assert_close(logits(rebuilt), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="merged.safetensors: the weights have embed_dim="):
+        aptune.create_model("vit_small_patch16_224", method="linear", pretrained=output)
     # the LoRA update mattered: the same model without it gives other logits
     unadapted = aptune.model_from_adapter(adapter, pretrained=backbone)
     unadapted.qkv_adapters = None
@@ -120,7 +122,16 @@ def test_broken_merged_header_is_a_one_line_error(tmp_path):
     from aptune.models.checkpoints import load_checkpoint
 
     path = tmp_path / "merged.safetensors"
-    save_file({"head.weight": torch.zeros(2, 4)}, str(path), metadata={"format": "aptune-merged",
-                                                                         "arch": "{not json"})
-    with pytest.raises(CheckpointError, match="merged.safetensors: aptune-merged header needs 'arch'"):
-        load_checkpoint(path)
+    for arch, message in (("{not json", "header 'arch' is not valid JSON"),
+                          ('{"depth": "2"}', "header 'arch' key 'depth' is '2', expected a int"),
+                          ("[1]", "header 'arch' must be a JSON dict")):
+        save_file({"head.weight": torch.zeros(2, 4)}, str(path),
+                  metadata={"format": "aptune-merged", "arch": arch})
+        with pytest.raises(CheckpointError, match=f"merged.safetensors: aptune-merged {message}"):
+            load_checkpoint(path)
+    # training-only settings do not travel with the weights; other safetensors files have no header
+    save_file({"head.weight": torch.zeros(2, 4)}, str(path),
+              metadata={"format": "aptune-merged", "arch": '{"depth": 2, "drop_path_rate": 0.3}'})
+    assert load_checkpoint(path).arch == {"depth": 2}
+    save_file({"head.weight": torch.zeros(2, 4)}, str(path))
+    assert load_checkpoint(path).arch is None and load_checkpoint(path).class_names is None

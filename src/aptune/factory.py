@@ -38,8 +38,8 @@ def create_model(
     """Build a VideoMAE ViT, load ``pretrained`` weights and attach a tuning method.
 
     ``arch`` is a preset name (``vit_small_patch16_224`` ...) and may be omitted
-    when ``pretrained`` is a Hugging Face directory, whose ``config.json`` then
-    gives the architecture.  Prompt options left as None take the method's
+    when ``pretrained`` is a Hugging Face directory or an ``aptune merge`` output,
+    whose ``config.json`` or header then gives the architecture.  Prompt options left as None take the method's
     defaults, or the values found in an APT checkpoint.  Everything the method
     does not train is frozen.
     """
@@ -55,7 +55,7 @@ def create_model(
     if not arch_given and (checkpoint is None or checkpoint.arch is None):
         raise ConfigError(
             "arch is required (a preset name, or embed_dim/depth/num_heads overrides) unless "
-            "pretrained is a Hugging Face directory with a config.json"
+            "pretrained is a Hugging Face directory with a config.json or an aptune-merged file"
         )
 
     config = _resolve_arch(arch, checkpoint, arch_overrides, num_classes, class_names)
@@ -82,7 +82,14 @@ def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, nu
                   class_names) -> ViTConfig:
     values: dict[str, Any] = {}
     if checkpoint is not None and checkpoint.arch is not None:
-        values.update(checkpoint.arch)  # the weights' own config beats a preset name
+        if arch is not None:
+            preset = arch_config(arch)
+            for key in ("embed_dim", "depth", "num_heads", "patch_size", "tubelet_size"):
+                if key in checkpoint.arch and checkpoint.arch[key] != getattr(preset, key):
+                    raise ConfigError(
+                        f"{checkpoint.source}: the weights have {key}={checkpoint.arch[key]} but arch "
+                        f"'{arch}' has {getattr(preset, key)}; pass arch=None to use the file's own")
+        values.update(checkpoint.arch)  # the file's own config (frames, size, eps) beats the preset's
     values.update(overrides)
     if num_classes is None:
         if class_names:

@@ -20,7 +20,7 @@ Which adapters can be merged:
 
 The header metadata (strings) holds ``format`` (``aptune-merged``),
 ``format_version``, ``aptune_version``, ``arch`` (JSON, everything needed to
-rebuild the backbone: pass it to ``create_model`` as arch overrides),
+rebuild the backbone: ``create_model(pretrained=OUT)`` reads it, so no arch is needed),
 ``class_names`` (JSON), ``preprocess`` (JSON) and ``merged_from`` (JSON: the
 adapter's method options and file name).  The file is written atomically.
 """

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from aptune.adapters import read_adapter
     from aptune.config import load_config
     from aptune.engine.distributed import DistInfo
-    from aptune.engine.inference import load_tuned_model, predict_videos_for
+    from aptune.engine.inference import clip_reading, load_tuned_model, predict_videos_for
     from aptune.engine.trainer import RANDOM_BACKBONE_NAME, pick_device
     from aptune.errors import ConfigError
 
@@ -46,15 +46,16 @@ def run(args: argparse.Namespace) -> int:
     if not adapters:
         raise ConfigError("give --run RUN or --adapter FILE (with --pretrained for the backbone)")
     device = pick_device(args.device, DistInfo())
+    adapters = list(dict.fromkeys(adapters))
     # adapters that read clips the same way share one decode of every video
     groups: dict[str, list[Path]] = {}
     for adapter in adapters:
         _, meta = read_adapter(adapter)
-        groups.setdefault(json.dumps(meta.get("preprocess") or {}, sort_keys=True), []).append(adapter)
+        groups.setdefault(json.dumps(clip_reading(meta.get("preprocess"), adapter)), []).append(adapter)
     found = {}
-    for preprocess, members in groups.items():
+    for reading, members in groups.items():
         models = {str(a): load_tuned_model(a, pretrained, device) for a in members}
-        found.update(predict_videos_for(models, args.videos, json.loads(preprocess), device,
+        found.update(predict_videos_for(models, args.videos, json.loads(reading), device,
                                         top_k=args.top_k))
     answers = {str(a): found[str(a)] for a in adapters}
     if args.json:

@@ -74,6 +74,22 @@ def predict_videos(model, paths: list[str], preprocess: dict[str, Any], device: 
     return predict_videos_for({"": model}, paths, preprocess, device, top_k, batch_size)[""]
 
 
+def clip_reading(preprocess: dict[str, Any] | None, source: str | Path) -> dict[str, Any]:
+    """The settings that decide which frames and pixels a model sees, with defaults filled
+    in; adapters with equal readings can share one decode."""
+    preprocess = preprocess or {}
+    missing = [k for k in ("num_frames", "sampling_rate", "input_size", "short_side_size")
+               if k not in preprocess]
+    if missing:
+        raise CheckpointError(f"{source}: adapter header 'preprocess' lacks '{missing[0]}' "
+                              "(needed to read videos the way the model was trained)")
+    return {"num_frames": preprocess["num_frames"], "sampling_rate": preprocess["sampling_rate"],
+            "sampling": preprocess.get("sampling", "dense"),
+            "input_size": preprocess["input_size"], "short_side_size": preprocess["short_side_size"],
+            "test_num_segment": preprocess.get("test_num_segment", 1),
+            "test_num_crop": preprocess.get("test_num_crop", 1)}
+
+
 @torch.no_grad()
 def predict_videos_for(models: Mapping[str, torch.nn.Module], paths: list[str],
                        preprocess: dict[str, Any], device: torch.device, top_k: int = 5,

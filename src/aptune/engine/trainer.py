@@ -279,6 +279,7 @@ def build_optimisation(config: Config, model: nn.Module, num_items: int, info):
 def build_model(config: Config, class_names: list[str]):
     from aptune.factory import create_model
     from aptune.methods import method_options
+    from aptune.models.checkpoints import brings_own_architecture
 
     num_classes = config.model.num_classes or len(class_names)
     if num_classes != len(class_names):
@@ -287,9 +288,9 @@ def build_model(config: Config, class_names: list[str]):
     options = {k: v for k, v in vars(config.method).items() if k in valid}
     arch = config.model.arch
     overrides = config.model.arch_overrides()
-    if config.model.pretrained and Path(config.model.pretrained).is_dir() and not overrides.keys() - {
-            "drop_path_rate", "head_dropout"}:
-        arch = None  # a Hugging Face folder brings its own architecture
+    if config.model.pretrained and brings_own_architecture(config.model.pretrained) and not (
+            overrides.keys() - {"drop_path_rate", "head_dropout"}):
+        arch = None  # a Hugging Face folder or a merged file brings its own architecture
     model = create_model(arch, num_classes=num_classes, method=config.method.name,
                          pretrained=config.model.pretrained, class_names=class_names,
                          method_options=options, **overrides)

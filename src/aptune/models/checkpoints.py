@@ -68,6 +68,23 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
                             prompts=prompts, ignored=ignored)
 
 
+def brings_own_architecture(path: str | Path) -> bool:
+    """True for checkpoints that describe their own shape: a Hugging Face folder
+    (config.json) or an ``aptune merge`` output (its header)."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == "aptune-merged"
+    except (SafetensorError, OSError):
+        return False  # load_checkpoint reports the broken file
+
+
 def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | None]:
     """Architecture and class names from the header of an ``aptune merge`` output, so such a
     file rebuilds its own model; (None, None) for any other safetensors file."""
@@ -79,17 +96,47 @@ def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | 
         header = handle.metadata() or {}
     if header.get("format") != "aptune-merged":
         return None, None
+    arch = _header_json(header, "arch", path, dict, required=True)
+    class_names = _header_json(header, "class_names", path, list, required=False)
+    # the shape only: the head's size comes from the weights, the name is a label, and
+    # regularisation (drop path, dropout, head init) belongs to whoever trains the model next
+    defaults = ViTConfig()
+    shape = {f.name for f in dataclasses.fields(ViTConfig)} - {
+        "num_classes", "name", "drop_path_rate", "head_dropout", "head_init_scale"}
+    arch = {k: v for k, v in arch.items() if k in shape}
+    for key, value in arch.items():
+        if not _same_kind(value, getattr(defaults, key)):
+            raise CheckpointError(f"{path}: aptune-merged header 'arch' key '{key}' is {value!r}, "
+                                  f"expected a {type(getattr(defaults, key)).__name__}")
+    return arch, class_names
+
+
+def _header_json(header: dict[str, str], key: str, path: Path, kind: type, required: bool):
+    if key not in header:
+        if required:
+            raise CheckpointError(f"{path}: aptune-merged header lacks '{key}'")
+        return None
     try:
-        arch = json.loads(header["arch"])
-        class_names = json.loads(header.get("class_names", "null"))
-    except (KeyError, ValueError):
-        raise CheckpointError(f"{path}: aptune-merged header needs 'arch' and 'class_names' as JSON") from None
-    if not isinstance(arch, dict) or not (class_names is None or isinstance(class_names, list)):
-        raise CheckpointError(f"{path}: aptune-merged header 'arch' must be a JSON object and "
-                              "'class_names' a JSON list")
-    # the head's size comes from the weights; the name is only a label
-    fields = {f.name for f in dataclasses.fields(ViTConfig)} - {"num_classes", "name"}
-    return {k: v for k, v in arch.items() if k in fields}, class_names
+        value = json.loads(header[key])
+    except ValueError:
+        raise CheckpointError(f"{path}: aptune-merged header '{key}' is not valid JSON") from None
+    if not (isinstance(value, kind) or (value is None and not required)):
+        raise CheckpointError(f"{path}: aptune-merged header '{key}' must be a JSON {kind.__name__}")
+    return value
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if default is None:  # optional floats (fc_norm_eps)
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and len(value) == len(default)
+    return isinstance(value, type(default))
 
 
 # ------------------------------------------------------------------ raw files
