@@ -78,8 +78,9 @@ def _cpu_flash_forward_flops(query, key, value, *args, out_shape=None, **kwargs)
 
 def _cpu_flash_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
     # grad of (q k^T): dq and dk, one matmul each; grad of (weights v): d(weights) and dv.
-    # Twice the forward -- the same convention as PyTorch's formula for the CUDA kernels
-    # (the kernel's recomputation of the scores is not counted).
+    # Twice the forward: the gradient matmuls only, as the math path counts on meta tensors.
+    # The fused kernel also recomputes q k^T (PyTorch's own formula for the CUDA kernels
+    # counts that fifth matmul); docs/bench.md adds it where it matters.
     return 2 * _attention_flops(query, key, value)
 
 
