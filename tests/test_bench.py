@@ -185,6 +185,12 @@ def test_prompt_start_limits_prompted_blocks_and_macs(tmp_path):
     all_rows = run_bench(full_settings, progress=False)["rows"]
     assert rows["apt"]["train_gmacs"] < all_rows[0]["train_gmacs"]
     assert rows["linear"]["trainable_params"] == aptune.count_parameters(tiny_model("linear"))[0]
+    lora = tiny_model("lora", method_options={"prompt_start": 1})
+    assert rows["lora"]["trainable_params"] == aptune.count_parameters(lora)[0]
+    assert rows["lora"]["gmacs"] == pytest.approx(
+        closed_form_macs(config, "lora", prompt_start=1) / 1e9, abs=1e-6)
+    with pytest.raises(ConfigError, match="prompt_start=9 must be a block index"):
+        run_bench(BenchSettings(**{**settings.__dict__, "prompt_start": 9}), progress=False)
     out = tmp_path / "b.json"
     assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
                  "--methods", "apt", "--prompts", "2", "--prompt-start", "11", "--repeats", "1",

@@ -311,6 +311,9 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     model = create_model(settings.arch, num_classes=settings.num_classes, method="full",
                          num_frames=settings.frames, img_size=settings.img_size,
                          **settings.arch_overrides).to(device)
+    if not 0 <= settings.prompt_start < len(model.blocks):
+        raise ConfigError(f"prompt_start={settings.prompt_start} must be a block index of this "
+                          f"backbone (0..{len(model.blocks) - 1})")
     cases = build_cases(model, settings.methods, settings.prompts,
                         lora_rank=settings.lora_rank, adapter_dim=settings.adapter_dim,
                         prompt_start=settings.prompt_start)

@@ -28,6 +28,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
+    return value
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -49,7 +59,7 @@ def add_parser(subparsers) -> None:
                         help="rank of the lora row (one row; unmerged, training-time cost)")
     parser.add_argument("--adapter-dim", type=_positive_int, default=64,
                         help="bottleneck width of the adaptformer row (one row)")
-    parser.add_argument("--prompt-start", type=int, default=0,
+    parser.add_argument("--prompt-start", type=_non_negative_int, default=0,
                         help="first block that apt/vpt/lora/adaptformer touch (default 0: all); "
                         "earlier blocks train without autograd")
     parser.add_argument("--frames", type=int, default=16)
