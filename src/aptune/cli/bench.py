@@ -18,24 +18,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{text}'")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'")
+        return value
+    return parse
 
 
 def _name_list(text: str) -> tuple[str, ...]:
@@ -55,11 +47,11 @@ def add_parser(subparsers) -> None:
                         "linear, full, lora, adaptformer (default: the first five)")
     parser.add_argument("--prompts", type=_int_list, default=(1, 2, 100, 400),
                         help="prompt counts for apt/vpt (comma-separated, default 1,2,100,400)")
-    parser.add_argument("--lora-rank", type=_positive_int, default=8,
+    parser.add_argument("--lora-rank", type=_int_at_least(1), default=8,
                         help="rank of the lora row (one row; unmerged, training-time cost)")
-    parser.add_argument("--adapter-dim", type=_positive_int, default=64,
+    parser.add_argument("--adapter-dim", type=_int_at_least(1), default=64,
                         help="bottleneck width of the adaptformer row (one row)")
-    parser.add_argument("--prompt-start", type=_non_negative_int, default=0,
+    parser.add_argument("--prompt-start", type=_int_at_least(0), default=0,
                         help="first block that apt/vpt/lora/adaptformer touch (default 0: all); "
                         "earlier blocks train without autograd")
     parser.add_argument("--frames", type=int, default=16)
