@@ -176,10 +176,7 @@ def write_outputs(rows: list[dict], output_dir: Path, quick: bool) -> None:
 
 
 def plot_demo(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from aptune.engine.plots import plt, save_figure
 
     colours = {"linear": "tab:gray", "vpt-deep": "tab:orange", "apt": "tab:blue", "full": "tab:green"}
     fig, (ax_params, ax_flops) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -198,7 +195,4 @@ def plot_demo(rows: list[dict], path: Path) -> Path:
     ax_flops.set(ylabel="GFLOPs per view (multiply-adds)", title="Inference cost (labels: top-1)")
     for ax in (ax_params, ax_flops):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -10,6 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and free ``fig`` (figures are never shown)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(records: list[dict], path: Path) -> Path:
     steps = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval" and r.get("top1") is not None]
@@ -25,10 +33,7 @@ def plot_curves(records: list[dict], path: Path) -> Path:
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Path) -> Path:
@@ -41,10 +46,7 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: Pat
         ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion (row-normalised)")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_per_class(accuracy: list[float | None], class_names: list[str], path: Path) -> Path:
@@ -54,7 +56,4 @@ def plot_per_class(accuracy: list[float | None], class_names: list[str], path: P
     ax.barh([class_names[i] for i in order], [accuracy[i] or 0.0 for i in order], color="tab:blue")
     ax.set(xlabel="top-1 accuracy (%)", title="Per-class accuracy", xlim=(0, 100))
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
