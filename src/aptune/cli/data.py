@@ -37,14 +37,17 @@ def add_parser(subparsers) -> None:
     synth.add_argument(
         "--format", default="list", choices=("list", "ucf101", "hmdb51", "ssv2", "kinetics")
     )
-    synth.add_argument("--classes", type=int, default=10, help="number of classes (max 16)")
+    synth.add_argument("--classes", type=int, default=10, help="number of classes: the first N motions (default 10)")
     synth.add_argument("--motions", help="comma-separated motion names to use as classes "
-                       "(instead of the first --classes); see aptune.data.synth.MOTIONS")
+                       "(instead of the first --classes), e.g. right,left or red_moves,blue_moves; "
+                       "see aptune.data.synth.MOTIONS")
     synth.add_argument("--per-class", type=int, default=20, help="videos per class")
     synth.add_argument("--frames", type=int, default=32, help="frames per video")
     synth.add_argument("--size", default="64x64", help="HxW, e.g. 112x112")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--fps", type=float, default=25.0)
+    synth.add_argument("--workers", type=int, default=1,
+                       help="processes that render and encode (the files do not depend on it)")
     synth.add_argument(
         "--gop", type=int, default=None, help="keyframe interval (default: the encoder's)"
     )
@@ -85,8 +88,8 @@ def run_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--motions {args.motions!r}: use names from {', '.join(known)}")
     if motions is None and not 1 <= args.classes <= len(MOTIONS):
         raise ConfigError(f"--classes must be between 1 and {len(MOTIONS)}, got {args.classes}")
-    if args.per_class < 1 or args.frames < 1:
-        raise ConfigError("--per-class and --frames must be >= 1")
+    if args.per_class < 1 or args.frames < 1 or args.workers < 1:
+        raise ConfigError("--per-class, --frames and --workers must be >= 1")
     dataset = make_synthetic_dataset(
         args.out,
         format=args.format,
@@ -98,6 +101,7 @@ def run_synth(args: argparse.Namespace) -> int:
         fps=args.fps,
         gop=args.gop,
         motions=motions,
+        workers=args.workers,
     )
     print(
         f"wrote {dataset.num_videos} {args.format} videos of {len(dataset.class_names)} classes "

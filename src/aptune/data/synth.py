@@ -53,6 +53,18 @@ MOTIONS: tuple[tuple[str, str], ...] = (
     ("up_left", "moving up left"),
     ("down_left", "moving down left"),
     ("up_right", "moving up right"),
+    # "which object moves": three plain objects of palette colours, only the named one travels
+    ("red_moves", "the red object moves"),
+    ("green_moves", "the green object moves"),
+    ("blue_moves", "the blue object moves"),
+    ("yellow_moves", "the yellow object moves"),
+    ("magenta_moves", "the magenta object moves"),
+    ("cyan_moves", "the cyan object moves"),
+    # palette scenes of 2-4 objects, each travelling or still by a coin flip: a source
+    # domain for pre-training that looks like the "which object moves" task
+    ("two_objects", "two objects"),
+    ("three_objects", "three objects"),
+    ("four_objects", "four objects"),
 )
 _DIRECTIONS = {
     "right": (1, 0),
@@ -64,6 +76,16 @@ _DIRECTIONS = {
     "down_left": (-1, 1),
     "up_right": (1, -1),
 }
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 70, 230),
+    "yellow": (235, 220, 50),
+    "magenta": (210, 50, 210),
+    "cyan": (50, 210, 220),
+}
+PALETTE_TRAVEL = (0.4, 0.9)  # path length of a travelling palette object, in frame sides
+_SCENE_SIZES = {"two_objects": 2, "three_objects": 3, "four_objects": 4}
 FORMAT_EXTENSIONS = {
     "list": ".avi",
     "ucf101": ".avi",
@@ -190,6 +212,15 @@ def render_motion_video(
     motion: str, num_frames: int, size: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
     """One video of ``motion`` with random appearance, uint8 ``(T, H, W, 3)``."""
+    if motion.endswith("_moves") and motion[: -len("_moves")] in PALETTE:
+        mover = motion[: -len("_moves")]
+        others = [name for name in PALETTE if name != mover]
+        colours = [mover, *rng.choice(others, size=2, replace=False)]
+        return render_palette_scene(colours, [True, False, False], num_frames, size, rng)
+    if motion in _SCENE_SIZES:
+        colours = list(rng.choice(list(PALETTE), size=_SCENE_SIZES[motion], replace=False))
+        moving = [bool(rng.random() < 0.5) for _ in colours]
+        return render_palette_scene(colours, moving, num_frames, size, rng)
     height, width = size
     side = min(height, width)
     tau = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]  # (T,1,1) time
@@ -299,6 +330,52 @@ def render_motion_video(
     return np.clip(video, 0, 255).astype(np.uint8)
 
 
+def render_palette_scene(
+    colours: Sequence[str],
+    moving: Sequence[bool],
+    num_frames: int,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Plain objects of :data:`PALETTE` colours on a grey background, uint8 ``(T, H, W, 3)``.
+
+    Object k travels in a straight line of random direction (bouncing off the frame's
+    edges) when ``moving[k]``, else stays put.  Colours are jittered and the shape is a
+    disc or a square, so the colour name, not the exact pixel value, is what objects share.
+    """
+    height, width = size
+    side = min(height, width)
+    tau = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    ys, xs = ys[None], xs[None]
+    grey = rng.uniform(60, 160) + rng.uniform(-15, 15, size=3)
+    video = np.broadcast_to(grey.astype(np.float32), (num_frames, height, width, 3)).copy()
+    for name, travels in zip(colours, moving):
+        radius = rng.uniform(0.11, 0.15) * side
+        cx = rng.uniform(radius, width - radius)
+        cy = rng.uniform(radius, height - radius)
+        if travels:
+            heading = rng.uniform(0, 2 * math.pi)
+            length = rng.uniform(*PALETTE_TRAVEL) * side
+            cx = _bounce(cx + math.cos(heading) * length * tau, radius, width - radius)
+            cy = _bounce(cy + math.sin(heading) * length * tau, radius, height - radius)
+        u, v = (xs - cx) / radius, (ys - cy) / radius
+        square = rng.random() < 0.5
+        inside = np.maximum(np.abs(u), np.abs(v)) < 0.85 if square else u * u + v * v < 1.0
+        colour = np.asarray(PALETTE[name], np.float32) + rng.uniform(-12, 12, size=3).astype(np.float32)
+        shading = (1 + 0.075 * u)[..., None]  # lit from one side, so the object is not flat
+        video += inside[..., None] * (colour * shading - video)
+    video += rng.uniform(0, 2) * rng.standard_normal(video.shape, dtype=np.float32)
+    return np.clip(video, 0, 255).astype(np.uint8)
+
+
+def _bounce(position: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Fold a straight path back into [low, high], as a ball bouncing between two walls."""
+    span = high - low
+    folded = np.mod(position - low, 2 * span)
+    return (low + np.where(folded > span, 2 * span - folded, folded)).astype(np.float32)
+
+
 def _start(rng: np.random.Generator, extent: float, radius: float, travel: float) -> float:
     low = radius - min(0.0, travel)
     high = extent - radius - max(0.0, travel)
@@ -322,6 +399,7 @@ def make_synthetic_dataset(
     variable_frame_rate: bool = False,
     rotation: int = 0,
     motions: list[str] | tuple[str, ...] | None = None,
+    workers: int = 1,
 ) -> SyntheticDataset:
     """Write a synthetic dataset in the layout of ``format`` under ``out``.
 
@@ -333,6 +411,7 @@ def make_synthetic_dataset(
     display-rotated, for testing the decoder on such files.  AVI can store neither a
     variable frame rate nor a display matrix, so with those options the formats that
     normally use .avi (list, ucf101, hmdb51) write .mp4 files instead.
+    ``workers`` > 1 renders in that many processes; the files do not depend on it.
     """
     if format not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
@@ -358,12 +437,10 @@ def make_synthetic_dataset(
         base = 1.0 / fps
         write_kwargs["frame_durations"] = [base * 0.6, base * 1.4, base * 0.8, base * 1.2]
 
-    def render(label: int, index: int, path: Path) -> None:
-        rng = np.random.default_rng([seed, label, index])
-        video = render_motion_video(motions[label], frames, size, rng)
-        if grey:
-            video = video.mean(axis=-1).astype(np.uint8)
-        write_video(path, video, **write_kwargs)
+    jobs: list[tuple] = []
+
+    def render(label: int, index: int, path: Path) -> None:  # deferred: see _render_jobs
+        jobs.append((motions[label], frames, size, (seed, label, index), grey, write_kwargs, path))
 
     writer = {
         "list": _write_list,
@@ -374,7 +451,32 @@ def make_synthetic_dataset(
     }[format]
     dataset = SyntheticDataset(root=root, format=format, class_names=[])
     writer(root, readable, per_class, extension, render, dataset, seed)
+    _render_jobs(jobs, workers)
     return dataset
+
+
+def _render_jobs(jobs: list[tuple], workers: int) -> None:
+    """Render and encode every video; each is seeded by its own (seed, label, index), so the
+    files are the same whatever the number of worker processes."""
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            _render_one(*job)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # spawn, not fork: the caller may hold torch threads, which fork would copy mid-flight
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for future in [pool.submit(_render_one, *job) for job in jobs]:
+            future.result()
+
+
+def _render_one(motion: str, frames: int, size: tuple[int, int], seed: tuple[int, int, int], grey: bool,
+                write_kwargs: dict, path: Path) -> None:
+    video = render_motion_video(motion, frames, size, np.random.default_rng(list(seed)))
+    if grey:
+        video = video.mean(axis=-1).astype(np.uint8)
+    write_video(path, video, **write_kwargs)
 
 
 def _split_of(index: int, per_class: int) -> str:
