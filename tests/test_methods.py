@@ -187,3 +187,75 @@ def test_merged_lora_gives_the_same_logits():
     merge_lora(model)
     assert model.qkv_adapters is None
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+def _block_activations(model, x):
+    """Every block's input tokens and its per-head keys/values, read with hooks (no prompts attached)."""
+    seen = []
+
+    def capture(block, args):
+        keys, values = block.attn.project_qkv(block.norm1(args[0]))[1:]
+        seen.append((args[0].flatten(0, 1), keys.flatten(0, 2), values.flatten(0, 2)))
+
+    hooks = [block.register_forward_pre_hook(capture) for block in model.blocks]
+    with torch.no_grad():
+        model.forward_pooled(x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def _is_row_of(rows, table):
+    gaps = (rows[:, None, :] - table[None, :, :]).abs().amax(dim=-1)  # exact, unlike cdist's matmul path
+    return gaps.min(dim=1).values.max().item() < 1e-5
+
+
+def test_token_init_copies_real_keys_values_and_tokens_layer_by_layer():
+    x = tiny_clip(batch=2)
+    backbone = tiny_model("linear").eval()
+    randomize_(backbone)
+    activations = _block_activations(backbone, x)
+    for method in ("apt", "vpt-deep"):
+        model = tiny_model(method, num_prompts=5, prompt_init="tokens", prompt_start=1)
+        model.load_state_dict(backbone.state_dict(), strict=False)
+        model.tuning_method.init_from_clips(model, x, torch.Generator().manual_seed(0))
+        for layer in (1, 2):
+            inputs, keys, values = activations[layer]
+            if method == "apt":
+                assert _is_row_of(model.kv_prompts.keys[layer - 1], keys)
+                assert _is_row_of(model.kv_prompts.values[layer - 1], values)
+                assert not _is_row_of(model.kv_prompts.keys[layer - 1], activations[0][1])
+            else:
+                assert _is_row_of(model.token_prompts.tokens[layer - 1], inputs)
+        assert model.training  # the init ran in eval mode and put the mode back
+
+
+def test_token_init_prompts_get_attention_that_uniform_ones_do_not():
+    """On a backbone with sharp attention, uniform prompts receive almost none of it."""
+    x = tiny_clip(batch=2)
+    shares = {}
+    for init in ("uniform", "tokens"):
+        model = tiny_model("apt", num_prompts=4, prompt_init=init).eval()
+        randomize_(model)
+        with torch.no_grad():
+            for block in model.blocks:  # large q/k weights: logits of tens, as in a collapsed backbone
+                block.attn.qkv.weight[: 2 * 32].mul_(8)
+            model.kv_prompts.scales.fill_(1.0)
+        model.tuning_method.init_from_clips(model, x, torch.Generator().manual_seed(0))
+        block = model.blocks[1]
+        seen = {}
+        block.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("x", a[0]))
+        with torch.no_grad():
+            model(x)
+            q, k, _ = block.attn.project_qkv(block.norm1(seen["x"]))
+            prompt_keys = model.kv_prompts.keys[1][None, None]
+            logits = torch.cat((q @ k.transpose(-1, -2), q @ prompt_keys.transpose(-1, -2)), -1) / 8**0.5
+            shares[init] = logits.softmax(-1)[..., -4:].sum(-1).mean().item()
+    assert shares["uniform"] < 1e-3 < 0.05 < shares["tokens"]
+
+
+def test_prompt_init_must_be_known():
+    from aptune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prompt_init 'data' is not one of: uniform, tokens"):
+        tiny_model("apt", num_prompts=2, prompt_init="data")

@@ -32,6 +32,7 @@ def create_model(
     prompt_end: int | None = None,
     prompt_dropout: float | None = None,
     reparam: bool | None = None,
+    prompt_init: str | None = None,
     method_options: dict[str, Any] | None = None,
     **arch_overrides: Any,
 ) -> VisionTransformer:
@@ -64,7 +65,7 @@ def create_model(
 
     options = {
         "num_prompts": num_prompts, "prompt_start": prompt_start, "prompt_end": prompt_end,
-        "prompt_dropout": prompt_dropout, "reparam": reparam,
+        "prompt_dropout": prompt_dropout, "reparam": reparam, "prompt_init": prompt_init,
     }
     options = {k: v for k, v in options.items() if v is not None}
     options.update(method_options or {})

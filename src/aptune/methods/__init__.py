@@ -4,7 +4,9 @@ A method is a dataclass of its options with two methods:
 
 * ``attach(model)`` adds the method's modules to a :class:`VisionTransformer`
   (through its ``kv_prompts`` / ``token_prompts`` slots, or its own submodules);
-* ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix.
+* ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix;
+* optionally ``init_from_clips(model, clips, generator)``, which the trainer calls once
+  with a batch of training clips before the first step (prompts started from data).
 
 :func:`apply_method` attaches a method and freezes everything else, so which
 tensors train is decided in exactly one place per method.

@@ -9,6 +9,10 @@ multiply-adds per layer, against VPT-deep's 12*P*D^2 + 2*D*(2NP + P^2).
 Reparameterisation: a learnable scale s_l of shape (2, P), initialised to one,
 multiplies each prompt row by max(s, 1).  This is the official formula, kept
 exactly so checkpoints trained with the official code give the same logits.
+
+``prompt_init="uniform"`` is the paper's start (small uniform noise);
+``"tokens"`` copies keys and values of random training tokens (see
+:mod:`aptune.methods.prompt_init` for why a sharp backbone needs it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor, nn
 
 from aptune.errors import ConfigError
 from aptune.methods import register
+from aptune.methods.prompt_init import PROMPT_INITS, sample_block_tokens
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
@@ -59,6 +64,10 @@ class APT:
     prompt_end: int | None = None  # inclusive; None = last block
     prompt_dropout: float = 0.0
     reparam: bool = True
+    prompt_init: str = "uniform"
+
+    def __post_init__(self) -> None:
+        check_prompt_init(self.prompt_init)
 
     def attach(self, model: VisionTransformer) -> None:
         if self.num_prompts == 0:
@@ -77,6 +86,23 @@ class APT:
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("kv_prompts.", "fc_norm.", "head.")
+
+    @torch.no_grad()
+    def init_from_clips(self, model: VisionTransformer, clips: Tensor, generator: torch.Generator) -> None:
+        """With ``prompt_init="tokens"``: every layer's prompts become real keys/values of ``clips``."""
+        prompts = model.kv_prompts
+        if self.prompt_init != "tokens" or prompts is None:
+            return
+        samples = sample_block_tokens(model, clips, self.num_prompts, generator)
+        for layer in range(prompts.first_layer, prompts.last_layer + 1):
+            index = layer - prompts.first_layer
+            prompts.keys[index].copy_(samples[layer].keys)
+            prompts.values[index].copy_(samples[layer].values)
+
+
+def check_prompt_init(value: str) -> None:
+    if value not in PROMPT_INITS:
+        raise ConfigError(f"prompt_init '{value}' is not one of: {', '.join(PROMPT_INITS)}")
 
 
 def resolve_layer_range(start: int, end: int | None, depth: int) -> tuple[int, int]:

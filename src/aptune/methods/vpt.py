@@ -5,6 +5,9 @@ prompted block (shallow) or replaced before every block of the range (deep).
 They take part in attention as queries, keys and values, which is what makes
 VPT cost 12*P*D^2 + 2*D*(2NP + P^2) extra multiply-adds per layer.  They are
 excluded from the mean pooling.
+
+``prompt_init="tokens"`` starts each layer's prompts as copies of random training
+tokens entering that layer, the counterpart of APT's option of the same name.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from aptune.methods import register
-from aptune.methods.apt import resolve_layer_range
+from aptune.methods.apt import check_prompt_init, resolve_layer_range
+from aptune.methods.prompt_init import sample_block_tokens
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
@@ -44,8 +48,12 @@ class _VPT:
     prompt_start: int = 0
     prompt_end: int | None = None  # deep only: last block that gets fresh prompts
     prompt_dropout: float = 0.0
+    prompt_init: str = "uniform"
 
     deep = False
+
+    def __post_init__(self) -> None:
+        check_prompt_init(self.prompt_init)
 
     def attach(self, model: VisionTransformer) -> None:
         if self.num_prompts == 0:
@@ -65,6 +73,16 @@ class _VPT:
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("token_prompts.", "fc_norm.", "head.")
+
+    @torch.no_grad()
+    def init_from_clips(self, model: VisionTransformer, clips: Tensor, generator: torch.Generator) -> None:
+        """With ``prompt_init="tokens"``: every layer's prompts become real tokens of ``clips``."""
+        prompts = model.token_prompts
+        if self.prompt_init != "tokens" or prompts is None:
+            return
+        samples = sample_block_tokens(model, clips, self.num_prompts, generator)
+        for layer in range(prompts.first_layer, prompts.last_layer + 1):
+            prompts.tokens[layer - prompts.first_layer].copy_(samples[layer].inputs)
 
 
 @register("vpt-shallow")

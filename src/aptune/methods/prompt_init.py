@@ -1,0 +1,63 @@
+"""Starting prompts from the frozen model's own activations on training clips.
+
+The papers start prompts as small uniform noise (VPT's init, kept by APT).  An APT key
+that small gets an attention logit near zero, but the frozen keys of a backbone with
+sharp attention reach logits of tens: such a prompt then receives ~e^-40 of every
+query's attention, hence almost no gradient, and stays useless for hundreds of steps.
+Copying the keys and values (APT) or the block inputs (VPT) of random training tokens
+starts every prompt where real tokens live, so it is attended from the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PROMPT_INITS = ("uniform", "tokens")
+
+
+@dataclass
+class SampledTokens:
+    """``count`` random patch tokens of one block: its inputs, keys and values (one head each)."""
+
+    inputs: Tensor  # (count, D)
+    keys: Tensor  # (count, head_dim)
+    values: Tensor  # (count, head_dim)
+
+
+@torch.no_grad()
+def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Generator) -> list[SampledTokens]:
+    """Run the frozen backbone, without any prompts, on ``clips`` and sample ``count`` tokens per block.
+
+    Keys and values are drawn from random (clip, head, token) triples: APT's prompts are
+    shared by all heads, so a real key of any head is a plausible start.  Only the samples
+    are kept, never a block's full activations.
+    """
+    saved = model.kv_prompts, model.token_prompts
+    model.kv_prompts = model.token_prompts = None
+    samples: list[SampledTokens] = []
+
+    def capture(block, args) -> None:
+        tokens = args[0]  # (B, N, D): without prompts, every row is a patch token
+        keys, values = block.attn.project_qkv(block.norm1(tokens))[1:]  # (B, H, N, head_dim)
+        pick = torch.randint(tokens.shape[0] * tokens.shape[1], (count,), generator=generator)
+        pick_kv = torch.randint(keys.shape[0] * keys.shape[1] * keys.shape[2], (count,), generator=generator)
+        samples.append(SampledTokens(
+            inputs=tokens.flatten(0, 1)[pick.to(tokens.device)].clone(),
+            keys=keys.flatten(0, 2)[pick_kv.to(keys.device)].clone(),
+            values=values.flatten(0, 2)[pick_kv.to(values.device)].clone(),
+        ))
+
+    hooks = [block.register_forward_pre_hook(capture) for block in model.blocks]
+    was_training = model.training
+    try:
+        model.eval()
+        model.forward_pooled(clips)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.kv_prompts, model.token_prompts = saved
+        model.train(was_training)
+    return samples
