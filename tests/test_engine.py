@@ -344,3 +344,32 @@ def test_cached_features_are_the_frozen_backbone_of_the_epoch0_clips(tmp_path, d
         expected = model.forward_pooled(item.clips)
     torch.testing.assert_close(cached.features[6:8], expected, rtol=1e-5, atol=1e-5)
     assert cached.labels[6].item() == item.label
+
+
+@pytest.mark.parametrize("method", ["apt", "vpt-deep"])
+def test_token_prompt_init_starts_from_a_training_batch(tmp_path, dataset, backbone, method):
+    from aptune.config import load_config
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.loaders import build_data
+    from aptune.engine.trainer import build_model, start_from_data
+
+    def prompts_after_start(init: str) -> torch.Tensor:
+        config = load_config(write_config(tmp_path, dataset, backbone,
+                                          method={"name": method, "prompt_init": init}))
+        info = DistInfo()
+        data = build_data(config, info, splits=("train",))
+        torch.manual_seed(0)
+        model = build_model(config, data.class_names)
+        prompts = [p for name, p in model.named_parameters() if name.endswith(("keys", "values", "tokens"))]
+        before = torch.cat([p.detach().flatten().clone() for p in prompts])
+        start_from_data(model, data, config, info, torch.device("cpu"))
+        return before, torch.cat([p.detach().flatten() for p in prompts])
+
+    before, after = prompts_after_start("uniform")
+    assert torch.equal(before, after)  # the papers' init: nothing to do
+    before, after = prompts_after_start("tokens")
+    assert not torch.equal(before, after) and torch.isfinite(after).all()
+    assert torch.equal(prompts_after_start("tokens")[1], after)  # a seeded batch: same start every run
+    config = write_config(tmp_path, dataset, backbone, method={"name": method, "prompt_init": "tokens"},
+                          train={"epochs": 1})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0

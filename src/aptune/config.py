@@ -62,6 +62,7 @@ class MethodConfig:
     prompt_end: int | None = None
     prompt_dropout: float = 0.0
     reparam: bool = True
+    prompt_init: str = "uniform"  # apt / vpt: "uniform" (the papers') or "tokens" (copies of real ones)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     adapter_dim: int = 64
@@ -95,6 +96,7 @@ class OptimConfig:
     name: str = "adamw"
     lr: float | None = None  # absolute lr; when None, base_lr * total_batch / 256
     base_lr: float = 0.05
+    head_lr: float | None = None  # peak lr of fc_norm and head; None: the same as lr
     weight_decay: float = 1e-5
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
@@ -116,6 +118,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     compile: bool = False
+    standardize_features: bool = False  # start fc_norm so features reach the head standardised
     cache_features: bool = False  # linear only: run the frozen backbone once per training clip
     log_every: int = 10
     device: str = "auto"
@@ -151,6 +154,7 @@ _CHOICES = {
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
+    ("method", "prompt_init"): ("uniform", "tokens"),
 }
 
 
@@ -237,6 +241,8 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")
     if not 0.0 <= config.method.prompt_dropout < 1.0:
         raise ConfigError(f"{source}: method.prompt_dropout must be in [0, 1)")
+    if config.optim.head_lr is not None and config.optim.head_lr <= 0:
+        raise ConfigError(f"{source}: optim.head_lr must be > 0 (or left out to use optim.lr)")
     if config.method.num_prompts < 0:
         raise ConfigError(f"{source}: method.num_prompts must be >= 0")
     if not 0.0 < config.pretrain.mask_ratio < 1.0:

@@ -12,24 +12,28 @@ import math
 import torch
 from torch import nn
 
+HEAD_PREFIXES = ("fc_norm.", "head.")
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+
+def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable tensors by (decayed or not) x (classifier or not); ``lr_scale`` rides on each group."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        # APT stores every layer's per-prompt scales in one (layers, 2, P) tensor: still scales
+        decays = not (param.ndim <= 1 or name.endswith((".bias", ".scales")))
+        groups.setdefault((decays, name.startswith(HEAD_PREFIXES)), []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             "lr_scale": head_lr_scale if in_head else 1.0}
+            for (decays, in_head), params in sorted(groups.items(), reverse=True)]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, weight_decay)
+                    momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
+                    head_lr: float | None = None) -> torch.optim.Optimizer:
+    """``head_lr``: the classifier's (``fc_norm``, ``head``) own peak lr; None: ``lr``."""
+    groups = parameter_groups(model, weight_decay, 1.0 if head_lr is None else head_lr / lr)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "adamw":
@@ -50,7 +54,7 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, base_lr: 
 
 
 class CosineSchedule:
-    """Sets every group's lr from the step count; its state is just that count."""
+    """Sets every group's lr (times its ``lr_scale``) from the step count; its state is that count."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
                  base_lr: float, min_lr: float) -> None:
@@ -73,7 +77,7 @@ class CosineSchedule:
     def _apply(self) -> None:
         lr = self.lr()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count}

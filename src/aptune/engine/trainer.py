@@ -92,6 +92,8 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         if config.model.pretrained is None and config.method.name != "full":
             save_random_backbone(model, output_dir)
 
+    if not resuming:
+        start_from_data(model, data, config, info, device)
     optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(data.train), info)
     state = TrainState()
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
@@ -252,6 +254,51 @@ def finish(config, model, data, device, state, output_dir, metrics, info) -> dic
 
 
 # ----------------------------------------------------------------- helpers
+def start_from_data(model: nn.Module, data: DataBundle, config: Config, info, device) -> None:
+    """Initialisations that look at training clips, before the first step.
+
+    * a method's ``init_from_clips`` (e.g. ``prompt_init: tokens``) sees one batch;
+    * ``train.standardize_features`` rescales ``fc_norm`` so that, over a few batches, every
+      feature reaches the head with zero mean and unit variance: MAE's linear-probing
+      BatchNorm, folded into a layer that every export format already has.
+
+    Every rank computes the same from the same seeded batches; DDP then broadcasts rank 0's anyway.
+    """
+    method = model.tuning_method
+    wants_prompts = getattr(method, "prompt_init", "uniform") != "uniform" and hasattr(method, "init_from_clips")
+    if not (wants_prompts or config.train.standardize_features):
+        return
+    loader = epoch_loader(data, config, replace(info, rank=0, world_size=1), epoch=-1)
+    batches = iter(loader)
+    first = next(batches).clips.to(device)
+    if wants_prompts:
+        method.init_from_clips(model, first, torch.Generator().manual_seed(config.train.seed))
+        if info.is_main:
+            log.info("%s prompts started from %d training clips' tokens", method.name, first.shape[0])
+    if config.train.standardize_features:
+        clips = [first] + [batch.clips.to(device) for _, batch in zip(range(_STANDARDIZE_BATCHES - 1), batches)]
+        standardize_head_inputs(model, clips)
+        if info.is_main:
+            log.info("fc_norm set to standardise the features of %d training clips", sum(len(c) for c in clips))
+
+
+_STANDARDIZE_BATCHES = 4
+
+
+@torch.no_grad()
+def standardize_head_inputs(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Fold the per-feature mean and std of ``fc_norm``'s outputs on ``batches`` into fc_norm."""
+    was_training = model.training
+    model.eval()
+    try:
+        features = torch.cat([model.forward_features(clips) for clips in batches])
+    finally:
+        model.train(was_training)
+    mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    model.fc_norm.weight.div_(std)
+    model.fc_norm.bias.sub_(mean).div_(std)
+
+
 def should_resume(checkpoint_path: Path, resume: bool | None) -> bool:
     """--resume needs a checkpoint, --no-resume refuses one, the default takes one if present."""
     exists = checkpoint_path.exists()
@@ -269,7 +316,7 @@ def build_optimisation(config: Config, model: nn.Module, num_items: int, info):
     lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
     steps_per_epoch = max(1, num_items // total_batch)
     optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
-                                config.optim.momentum, config.optim.betas)
+                                config.optim.momentum, config.optim.betas, config.optim.head_lr)
     schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
                               int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
