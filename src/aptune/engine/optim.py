@@ -23,10 +23,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float
             continue
         # APT stores every layer's per-prompt scales in one (layers, 2, P) tensor: still scales
         decays = not (param.ndim <= 1 or name.endswith((".bias", ".scales")))
-        groups.setdefault((decays, name.startswith(HEAD_PREFIXES)), []).append(param)
+        # without a head lr the head shares the groups: the same two as before head_lr existed
+        own_lr = head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES)
+        groups.setdefault((decays, own_lr), []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
-             "lr_scale": head_lr_scale if in_head else 1.0}
-            for (decays, in_head), params in sorted(groups.items(), reverse=True)]
+             "lr_scale": head_lr_scale if own_lr else 1.0}
+            for (decays, own_lr), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,

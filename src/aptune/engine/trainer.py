@@ -218,7 +218,7 @@ class TrainLoop:
         self.schedule.step()
 
     def log_step(self, epoch, state, index, batches, loss, clips_per_second, progress) -> None:
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.schedule.lr()  # the peak-lr schedule; a head with its own lr follows it scaled
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_second:.1f}")
         every = self.config.train.log_every
         if state.step % every == 0 or index + 1 == batches:
