@@ -1,9 +1,10 @@
 """``aptune demo``: APT against its alternatives on a laptop CPU, from a shipped pretrained backbone.
 
 The backbone (``assets/demo_backbone.safetensors``) was pre-trained with our own
-``aptune pretrain`` (VideoMAE, tube masking 0.9) on a synthetic *source* set of
-motions; the recipe that made it is ``recipes/demo_pretrain.yaml`` and its header.
-The demo tunes it on a synthetic *target* task of other motions with ``linear``,
+``aptune pretrain`` (VideoMAE, tube masking) on synthetic *source* scenes of coloured
+objects that move or stay at random; the recipe that made it is
+``recipes/demo_pretrain.yaml`` and its header.  The demo tunes it on the *target*
+task "which object moves" (``recipes/demo.yaml``) with ``linear``,
 ``vpt-deep``, ``apt`` (as many prompts as VPT) and ``full``, evaluates each with
 all test views, times inference interleaved in one process, and writes a table
 (Markdown, JSON) and a bar chart.
@@ -15,6 +16,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -58,7 +60,7 @@ def target_dataset(cache_dir: Path, spec: dict[str, Any]) -> Path:
     done = root / ".complete"
     if not done.exists():
         log.info("writing the synthetic target dataset to %s", root)
-        make_synthetic_dataset(root, **_synth_arguments(spec))
+        make_synthetic_dataset(root, workers=min(2, os.cpu_count() or 1), **_synth_arguments(spec))
         done.write_text(json.dumps(spec))
     return root
 
