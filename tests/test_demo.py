@@ -35,6 +35,7 @@ def test_quick_demo_prints_and_writes_the_table(tmp_path, capsys):
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     rows = {row["method"]: row for row in summary["rows"]}
     assert set(rows) == set(DEMO_METHODS)
+    assert abs(summary["chance_top1"] - 100 / 6) < 1e-9  # six "which object moves" classes
     for row in rows.values():
         for key in ("top1", "top5", "trainable_params", "gflops_per_view", "latency_ms", "train_seconds"):
             assert row[key] is not None, key

@@ -124,7 +124,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     latencies = measure_latency(output_dir, methods, backbone, repeats=5 if quick else 20)
     for row in rows:
         row.update(latencies[row["method"]])
-    write_outputs(rows, output_dir, quick)
+    num_classes = len(dataset_spec["motions"]) if dataset_spec.get("motions") else dataset_spec.get("num_classes", 10)
+    write_outputs(rows, output_dir, quick, chance=100.0 / num_classes)
     return rows
 
 
@@ -161,23 +162,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[dict], output_dir: Path, quick: bool) -> None:
+def write_outputs(rows: list[dict], output_dir: Path, quick: bool, chance: float | None = None) -> None:
     from aptune.bench import machine_description
 
     table = format_table(rows)
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     machine = machine_description()
-    summary = {"date": stamp, "machine": machine, "quick": quick, "rows": rows}
+    summary = {"date": stamp, "machine": machine, "quick": quick, "chance_top1": chance, "rows": rows}
     (output_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "demo.md").write_text(
         f"# aptune demo ({stamp}{', quick' if quick else ''})\n\n{table}\n\n![demo](demo.png)\n"
     )
-    plot_demo(rows, output_dir / "demo.png")
+    plot_demo(rows, output_dir / "demo.png", chance)
     print(table)
     print(f"\nwritten: {output_dir / 'demo.md'}, {output_dir / 'demo.json'}, {output_dir / 'demo.png'}")
 
 
-def plot_demo(rows: list[dict], path: Path) -> Path:
+def plot_demo(rows: list[dict], path: Path, chance: float | None = None) -> Path:
     from aptune.engine.plots import plt, save_figure
 
     colours = {"linear": "tab:gray", "vpt-deep": "tab:orange", "apt": "tab:blue", "full": "tab:green"}
@@ -187,6 +188,11 @@ def plot_demo(rows: list[dict], path: Path) -> Path:
         ax_params.scatter(row["trainable_params"], row["top1"], s=90, color=colour, label=row["method"])
         ax_params.annotate(row["method"], (row["trainable_params"], row["top1"]), textcoords="offset points",
                            xytext=(6, -10), fontsize=9)
+    if chance is not None:
+        ax_params.axhline(chance, color="black", linestyle=":", linewidth=1)
+        ax_params.annotate(f"chance {chance:.1f}%", (0.02, chance), xycoords=("axes fraction", "data"),
+                           textcoords="offset points", xytext=(0, 3), fontsize=8)
+        ax_params.set_ylim(bottom=0)
     ax_params.set(xscale="log", xlabel="trainable parameters (log)", ylabel="top-1 accuracy (%)",
                   title="Accuracy vs trainable parameters")
     names = [r["method"] for r in rows]
