@@ -373,3 +373,11 @@ def test_token_prompt_init_starts_from_a_training_batch(tmp_path, dataset, backb
     config = write_config(tmp_path, dataset, backbone, method={"name": method, "prompt_init": "tokens"},
                           train={"epochs": 1})
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0
+
+
+def test_data_dependent_starts_need_a_full_batch(tmp_path, dataset, backbone, capsys):
+    config = write_config(tmp_path, dataset, backbone, method={"name": "apt", "prompt_init": "tokens"},
+                          train={"epochs": 1, "batch_size": 64})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "need one training batch" in err[-1] and "train.batch_size=64" in err[-1]

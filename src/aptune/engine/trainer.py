@@ -270,7 +270,11 @@ def start_from_data(model: nn.Module, data: DataBundle, config: Config, info, de
         return
     loader = epoch_loader(data, config, replace(info, rank=0, world_size=1), epoch=-1)
     batches = iter(loader)
-    first = next(batches).clips.to(device)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError(f"method.prompt_init / train.standardize_features need one training batch, but "
+                          f"{len(data.train)} training videos do not fill train.batch_size={config.train.batch_size}")
+    first = first.clips.to(device)
     if wants_prompts:
         method.init_from_clips(model, first, torch.Generator().manual_seed(config.train.seed))
         if info.is_main:
