@@ -45,3 +45,20 @@ def test_quick_demo_prints_and_writes_the_table(tmp_path, capsys):
     assert rows["apt"]["prompts"] == rows["vpt-deep"]["prompts"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
     assert "| apt |" in (tmp_path / "demo" / "demo.md").read_text()
+
+
+def test_a_demo_run_of_another_recipe_is_started_over(tmp_path):
+    from aptune.demo import demo_recipe, method_config, start_over_if_recipe_changed
+
+    config = method_config(demo_recipe(), "apt", tmp_path / "data", shipped_backbone(), quick=True)
+    run = tmp_path / "apt"
+    run.mkdir()
+    from aptune.config import save_config
+
+    save_config(config, run / "config.yaml")
+    (run / "checkpoint.pt").write_bytes(b"same recipe: resumed")
+    start_over_if_recipe_changed(run, config)
+    assert (run / "checkpoint.pt").exists()
+    config.method.num_prompts += 1  # e.g. an older demo with another number of prompts
+    start_over_if_recipe_changed(run, config)
+    assert not run.exists()

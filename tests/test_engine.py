@@ -227,6 +227,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, dataset, backbone):
     ("train.batch_size=many", "train.batch_size expects an integer"),
     ("optimizer.lr=1", "unknown section 'optimizer'"),
     ("data.test_num_crop=2", "data.test_num_crop must be 1 or 3"),
+    ("method.prompt_init=data", "method.prompt_init='data' is not one of: uniform, tokens"),
+    ("optim.head_lr=0", "optim.head_lr must be > 0"),
 ])
 def test_bad_config_values_are_one_line_errors(tmp_path, dataset, capsys, override, message):
     config = write_config(tmp_path, dataset)
@@ -381,3 +383,21 @@ def test_data_dependent_starts_need_a_full_batch(tmp_path, dataset, backbone, ca
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "need one training batch" in err[-1] and "train.batch_size=64" in err[-1]
+
+
+def test_resume_across_a_head_lr_change_is_a_one_line_error_and_keeps_the_configs_scale(
+        tmp_path, dataset, backbone, capsys):
+    run = tmp_path / "run"
+    first = write_config(tmp_path, dataset, backbone, train={"epochs": 1})
+    assert run_cli("train", "--config", first, "--output-dir", run) == 0
+    capsys.readouterr()
+    more = write_config(tmp_path, dataset, backbone, train={"epochs": 2}, optim={"head_lr": 0.001})
+    assert run_cli("train", "--config", more, "--output-dir", run) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optimiser groups hold" in err and "optim.head_lr" in err and "\n" not in err
+
+
+def test_prompt_init_needs_a_prompt_method(tmp_path, dataset, capsys):
+    config = write_config(tmp_path, dataset, method={"name": "linear", "prompt_init": "tokens"})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "r") == 2
+    assert "needs a prompt method" in capsys.readouterr().err

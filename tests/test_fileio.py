@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from aptune import fileio
 from aptune.fileio import write_atomically
 
 
@@ -22,11 +23,23 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["adapter.safetensors"]
 
 
-def test_written_files_get_the_umask_mode_not_the_temporary_files_0600(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        path = write_atomically(tmp_path / "sub" / "a.bin", lambda tmp: open(tmp, "wb").write(b"new"))
-    finally:
-        os.umask(previous)
+def _write(path, data):
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    return write_atomically(path, write)
+
+
+def test_written_files_get_the_umask_mode_not_the_temporary_files_0600(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileio, "_UMASK", 0o022)
+    path = _write(tmp_path / "sub" / "a.bin", b"new")
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_replaced_file_keeps_the_mode_its_owner_gave_it(tmp_path):
+    path = _write(tmp_path / "a.bin", b"old")
+    os.chmod(path, 0o600)
+    _write(path, b"new")
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o600

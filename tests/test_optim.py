@@ -62,4 +62,4 @@ def test_standardized_fc_norm_gives_features_of_zero_mean_and_unit_std():
         after = torch.cat([model.eval().forward_features(b) for b in batches])
     assert before.std(dim=0).sub(1).abs().max() > 0.1  # there was something to correct
     torch.testing.assert_close(after.mean(dim=0), torch.zeros(32), atol=1e-4, rtol=0)
-    torch.testing.assert_close(after.std(dim=0), torch.ones(32), atol=1e-4, rtol=0)
+    torch.testing.assert_close(after.std(dim=0), torch.ones(32), atol=1e-3, rtol=0)  # BatchNorm eps

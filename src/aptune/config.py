@@ -243,6 +243,11 @@ def validate(config: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: method.prompt_dropout must be in [0, 1)")
     if config.optim.head_lr is not None and config.optim.head_lr <= 0:
         raise ConfigError(f"{source}: optim.head_lr must be > 0 (or left out to use optim.lr)")
+    if config.optim.head_lr is not None and not (config.optim.lr or config.optim.base_lr) > 0:
+        raise ConfigError(f"{source}: optim.head_lr needs a positive optim.lr (or base_lr)")
+    if config.method.prompt_init != "uniform" and config.method.name not in ("apt", "vpt-shallow", "vpt-deep"):
+        raise ConfigError(f"{source}: method.prompt_init={config.method.prompt_init!r} needs a prompt method "
+                          f"(apt, vpt-shallow, vpt-deep), not {config.method.name}")
     if config.method.num_prompts < 0:
         raise ConfigError(f"{source}: method.num_prompts must be >= 0")
     if not 0.0 < config.pretrain.mask_ratio < 1.0:

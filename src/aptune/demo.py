@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     for method in methods:
         config = method_config(recipe, method, dataset, backbone, quick)
         log.info("== %s", method)
+        start_over_if_recipe_changed(output_dir / method, config)
         started = time.time()
         metrics = train(config, output_dir / method, resume=None)
         run_metrics = json.loads((output_dir / method / "metrics.json").read_text())
@@ -127,6 +129,18 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     num_classes = len(dataset_spec["motions"]) if dataset_spec.get("motions") else dataset_spec.get("num_classes", 10)
     write_outputs(rows, output_dir, quick, chance=100.0 / num_classes)
     return rows
+
+
+def start_over_if_recipe_changed(run_dir: Path, config) -> None:
+    """A finished or interrupted demo run resumes; one made by another recipe (an older aptune,
+    another backbone) is the demo's own stale output and is removed rather than resumed."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as in the saved YAML
+    if yaml.safe_load(saved.read_text()) != current:
+        log.warning("%s was made by another recipe: starting it over", run_dir)
+        shutil.rmtree(run_dir)
 
 
 def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> dict[str, dict]:

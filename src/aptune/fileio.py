@@ -22,8 +22,7 @@ def write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        _give_ordinary_mode(tmp, path)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     finally:
@@ -32,10 +31,22 @@ def write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+def _give_ordinary_mode(tmp: str, path: Path) -> None:
+    """mkstemp makes a private (0600) file: give it the target's mode, or what open() would."""
+    try:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
+    except OSError:
+        pass  # file systems without POSIX modes: the file is still written
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back (once, at import)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def save_safetensors_atomically(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -411,7 +411,8 @@ def make_synthetic_dataset(
     display-rotated, for testing the decoder on such files.  AVI can store neither a
     variable frame rate nor a display matrix, so with those options the formats that
     normally use .avi (list, ucf101, hmdb51) write .mp4 files instead.
-    ``workers`` > 1 renders in that many processes; the files do not depend on it.
+    ``workers`` > 1 renders in that many spawned processes (the files do not depend on it);
+    a script that uses it must guard its entry point with ``if __name__ == "__main__":``.
     """
     if format not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
@@ -467,8 +468,13 @@ def _render_jobs(jobs: list[tuple], workers: int) -> None:
 
     # spawn, not fork: the caller may hold torch threads, which fork would copy mid-flight
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for future in [pool.submit(_render_one, *job) for job in jobs]:
-            future.result()
+        futures = [pool.submit(_render_one, *job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # do not render the rest before raising
+            raise
 
 
 def _render_one(motion: str, frames: int, size: tuple[int, int], seed: tuple[int, int, int], grey: bool,

@@ -280,13 +280,20 @@ def start_from_data(model: nn.Module, data: DataBundle, config: Config, info, de
         if info.is_main:
             log.info("%s prompts started from %d training clips' tokens", method.name, first.shape[0])
     if config.train.standardize_features:
-        clips = [first] + [batch.clips.to(device) for _, batch in zip(range(_STANDARDIZE_BATCHES - 1), batches)]
+        clips = [first]
+        while sum(len(c) for c in clips) < _STANDARDIZE_CLIPS:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            clips.append(batch.clips.to(device))
+        if sum(len(c) for c in clips) < 2:
+            raise ConfigError("train.standardize_features needs at least 2 training clips per batch")
         standardize_head_inputs(model, clips)
         if info.is_main:
             log.info("fc_norm set to standardise the features of %d training clips", sum(len(c) for c in clips))
 
 
-_STANDARDIZE_BATCHES = 4
+_STANDARDIZE_CLIPS = 64  # enough for a per-feature std; a few batches of a typical run
 
 
 @torch.no_grad()
@@ -298,7 +305,8 @@ def standardize_head_inputs(model: nn.Module, batches: list[torch.Tensor]) -> No
         features = torch.cat([model.forward_features(clips) for clips in batches])
     finally:
         model.train(was_training)
-    mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    # BatchNorm's eps: a feature that barely varies is not blown up a millionfold
+    mean, std = features.mean(dim=0), (features.var(dim=0) + 1e-5).sqrt()
     model.fc_norm.weight.div_(std)
     model.fc_norm.bias.sub_(mean).div_(std)
 
@@ -441,8 +449,22 @@ def restore(path: Path, model, optimizer, schedule, scaler) -> TrainState:
     missing = set(k for k, p in model.named_parameters() if p.requires_grad) - set(payload["trainable"])
     if missing:
         raise ConfigError(f"{path}: checkpoint lacks '{sorted(missing)[0]}': was it made with another method?")
+    own = dict(model.named_parameters())
+    for key, tensor in payload["trainable"].items():
+        if key in own and own[key].shape != tensor.shape:
+            raise ConfigError(f"{path}: the checkpoint's '{key}' has shape {tuple(tensor.shape)}, this run's "
+                              f"{tuple(own[key].shape)}: it was made by another recipe; use another --output-dir")
     model.load_state_dict(payload["trainable"], strict=False)
+    saved = [len(group["params"]) for group in payload["optimizer"]["param_groups"]]
+    current = [len(group["params"]) for group in optimizer.param_groups]
+    if saved != current:
+        raise ConfigError(f"{path}: the checkpoint's optimiser groups hold {saved} tensors, this run's {current} "
+                          "(optim.head_lr switched on or off, or a checkpoint from before APT's scales left "
+                          "weight decay); resume with the settings that wrote it or use another --output-dir")
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     optimizer.load_state_dict(payload["optimizer"])
+    for group, scale in zip(optimizer.param_groups, scales):
+        group["lr_scale"] = scale  # the config's head_lr, not the one the checkpoint was made with
     schedule.load_state_dict(payload["schedule"])
     scaler.load_state_dict(payload["scaler"])
     set_rng_states(payload["rng"])
