@@ -259,3 +259,10 @@ def test_prompt_init_must_be_known():
 
     with pytest.raises(ConfigError, match="prompt_init 'data' is not one of: uniform, tokens"):
         tiny_model("apt", num_prompts=2, prompt_init="data")
+
+
+def test_an_adapter_with_an_unknown_prompt_init_still_loads():
+    from aptune.methods import method_from_dict
+
+    method = method_from_dict({"name": "apt", "num_prompts": 2, "prompt_init": "from-a-newer-version"})
+    assert method.prompt_init == "uniform" and method.num_prompts == 2

@@ -20,6 +20,7 @@ import yaml
 from aptune.errors import ConfigError
 
 METHOD_NAMES = ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer")
+PROMPT_INITS = ("uniform", "tokens")  # how prompt methods start their prompts (methods/prompt_init.py)
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -154,7 +155,7 @@ _CHOICES = {
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
-    ("method", "prompt_init"): ("uniform", "tokens"),
+    ("method", "prompt_init"): PROMPT_INITS,
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from aptune.config import PROMPT_INITS
 from aptune.errors import ConfigError
 
 
@@ -70,7 +71,7 @@ def method_from_dict(values: dict[str, Any]) -> TuningMethod:
     values = dict(values)
     name = values.pop("name")
     valid = method_options(name)
-    if values.get("prompt_init", "uniform") not in ("uniform", "tokens"):
+    if values.get("prompt_init", "uniform") not in PROMPT_INITS:
         values["prompt_init"] = "uniform"  # a training-time choice: a newer file's value must not block loading
     return build_method(name, **{k: v for k, v in values.items() if k in valid})
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from aptune.errors import ConfigError
 from aptune.methods import register
-from aptune.methods.prompt_init import PROMPT_INITS, sample_block_tokens
+from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
@@ -98,11 +98,6 @@ class APT:
             index = layer - prompts.first_layer
             prompts.keys[index].copy_(samples[layer].keys)
             prompts.values[index].copy_(samples[layer].values)
-
-
-def check_prompt_init(value: str) -> None:
-    if value not in PROMPT_INITS:
-        raise ConfigError(f"prompt_init '{value}' is not one of: {', '.join(PROMPT_INITS)}")
 
 
 def resolve_layer_range(start: int, end: int | None, depth: int) -> tuple[int, int]:

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PROMPT_INITS = ("uniform", "tokens")
+from aptune.config import PROMPT_INITS
+from aptune.errors import ConfigError
+
+
+def check_prompt_init(value: str) -> None:
+    if value not in PROMPT_INITS:
+        raise ConfigError(f"prompt_init '{value}' is not one of: {', '.join(PROMPT_INITS)}")
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from aptune.methods import register
-from aptune.methods.apt import check_prompt_init, resolve_layer_range
-from aptune.methods.prompt_init import sample_block_tokens
+from aptune.methods.apt import resolve_layer_range
+from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
