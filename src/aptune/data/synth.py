@@ -1,10 +1,13 @@
 """Synthetic video datasets whose classes need temporal reasoning, written as real encoded
 files in the exact on-disk layout of each annotation format.
 
-Every class is a motion (left vs right, up vs down, clockwise vs counter-clockwise,
+Most classes are a motion (left vs right, up vs down, clockwise vs counter-clockwise,
 growing vs shrinking, approaching vs separating, fading in vs out, diagonals); every
 video draws its own colours, texture, shape, size, start position, speed and
-background noise, so a single frame cannot tell the class.  Deterministic by seed.
+background noise, so a single frame cannot tell the class.  Palette scenes add
+"which object moves" (the colour of the one travelling object among still ones) and
+unlabelled-in-spirit scenes of 2-4 objects that move or not, the demo's pre-training
+source.  Deterministic by seed.
 
 Used by the tests, by ``aptune data synth`` and by the demo; also writes the
 frame-counter videos the decoder tests and the decode benchmark rely on.
