@@ -177,6 +177,33 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, dataset, ba
         assert torch.equal(value, reference_adapter[key]), key
 
 
+
+def test_a_crash_while_saving_the_last_epoch_never_leaves_a_stale_adapter(tmp_path, dataset, backbone,
+                                                                           monkeypatch):
+    from aptune.engine import trainer
+
+    config = write_config(tmp_path, dataset, backbone)
+    reference = tmp_path / "reference"
+    assert run_cli("train", "--config", config, "--output-dir", reference) == 0
+
+    run = tmp_path / "crashed"
+    original, saves = trainer.save_adapter, []
+
+    def crash_on_the_last_save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:  # epochs=2: the second save is the final one
+            raise RuntimeError("killed while saving")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_adapter", crash_on_the_last_save)
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        run_cli("train", "--config", config, "--output-dir", run)
+    monkeypatch.setattr(trainer, "save_adapter", original)
+    assert run_cli("train", "--config", config, "--output-dir", run) == 0
+    expected = load_file(reference / "adapter.safetensors")
+    for key, value in load_file(run / "adapter.safetensors").items():
+        assert torch.equal(value, expected[key]), key
+
 RANK_CHECK = """
 import sys, torch, torch.distributed as dist
 from aptune.config import load_config

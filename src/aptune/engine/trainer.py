@@ -413,8 +413,15 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scaler, state: TrainState,
                              config: Config, info, extra: dict | None = None, artifacts=None) -> None:
-    """Rank 0 writes checkpoint.pt atomically, then the run's artifacts (adapter, backbone)."""
+    """Rank 0 writes the run's artifacts (adapter, encoder), then checkpoint.pt, both atomically.
+
+    The checkpoint goes last because it is what a resume trusts: a kill between the two then
+    repeats the epoch and rewrites both, where the other order could leave a finished run whose
+    checkpoint is current and whose adapter is an epoch old.
+    """
     if info.is_main:
+        if artifacts is not None:
+            artifacts()
         payload = {
             "trainable": {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(),
@@ -426,8 +433,6 @@ def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scale
             **(extra or {}),
         }
         atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
-        if artifacts is not None:
-            artifacts()
     dist_utils.barrier()
 
 
