@@ -63,3 +63,19 @@ def test_raw_pixel_targets_are_the_clip_pixels():
     # first tubelet: frames 0-1, rows 0-15, cols 0-15, channels last
     first = pixels[0, :, 0:2, 0:16, 0:16].permute(1, 2, 3, 0).reshape(-1)
     torch.testing.assert_close(target[0, 0], first)
+
+
+def test_pretrain_refuses_classifier_options_instead_of_ignoring_them():
+    import pytest
+
+    from aptune.config import Config
+    from aptune.engine.pretrainer import refuse_classifier_options
+    from aptune.errors import ConfigError
+
+    refuse_classifier_options(Config())  # defaults pass
+    for section, key, value in (("optim", "head_lr", 0.01), ("train", "standardize_features", True),
+                                ("train", "cache_features", True)):
+        config = Config()
+        setattr(getattr(config, section), key, value)
+        with pytest.raises(ConfigError, match=f"{section}.{key} is a classifier option"):
+            refuse_classifier_options(config)

@@ -69,7 +69,19 @@ def build_pretrainer(config: Config) -> VideoMAEPretrainer:
                               normalize_target=p.normalize_target)
 
 
+def refuse_classifier_options(config: Config, source: str = "config") -> None:
+    """Options of `train` that a pre-trainer (no fc_norm, no head) would silently ignore."""
+    ignored = {"optim.head_lr": config.optim.head_lr is not None,
+               "train.standardize_features": config.train.standardize_features,
+               "train.cache_features": config.train.cache_features}
+    for key, is_set in ignored.items():
+        if is_set:
+            raise ConfigError(f"{source}: {key} is a classifier option; aptune pretrain has no classifier "
+                              "to apply it to: remove it from the pre-training config")
+
+
 def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
+    refuse_classifier_options(config)
     device = pick_device(config.train.device, info)
     checkpoint_path = output_dir / CHECKPOINT_NAME
     resuming = should_resume(checkpoint_path, resume)
