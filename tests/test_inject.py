@@ -292,3 +292,79 @@ def test_real_timm_vit():
     assert all(n.startswith(("kv_prompts.", "head.", "norm.", "fc_norm.")) for n in trainable)
     F.cross_entropy(model(images), torch.tensor([0, 2])).backward()
     assert model.kv_prompts.scales.grad is not None
+
+
+# ------------------------------------------------------- prompts started from real tokens
+def _heads(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H*d) projections -> every (clip, head, token) row, as (B*H*N, d)."""
+    batch, tokens, width = rows.shape
+    return rows.view(batch, tokens, num_heads, width // num_heads).transpose(1, 2).reshape(-1, width // num_heads)
+
+
+def _row_indices(prompt_rows: torch.Tensor, real_rows: torch.Tensor) -> torch.Tensor:
+    """Index of the real row each prompt row copies; fails if one is not a copy."""
+    distance, index = torch.cdist(prompt_rows, real_rows, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1)
+    assert distance.max() < 1e-5, "a prompt is not a copy of a real token"
+    return index
+
+
+def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_dir, tmp_path):
+    pixel_values = tiny_clip(batch=2).permute(0, 2, 1, 3, 4)
+    plain = load_hf(hf_dir)
+    inputs = {}
+    for index, layer in enumerate(plain.videomae.encoder.layer):
+        layer.attention.attention.register_forward_pre_hook(
+            lambda module, args, index=index: inputs.__setitem__(index, args[0]))
+    with torch.no_grad():
+        plain(pixel_values=pixel_values)
+
+    model = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS).train()
+    aptune.init_prompts_from_clips(model, pixel_values, seed=3)
+    assert model.training  # the mode is given back
+    prompts = model.kv_prompts
+    for layer in (1, 2):  # the prompted range of APT_OPTIONS
+        attention = model.videomae.encoder.layer[layer].attention.attention
+        with torch.no_grad():
+            keys = _heads(attention.key(inputs[layer]), 4)
+            values = attention._project(inputs[layer], attention.value, attention.v_bias).transpose(1, 2)
+            values = values.reshape(2, -1, 32)
+        picked = _row_indices(prompts.keys[layer - 1], keys)
+        # each prompt's value is the value of the very token (and head) its key came from
+        torch.testing.assert_close(prompts.values[layer - 1], _heads(values, 4)[picked])
+
+    again = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS)
+    aptune.init_prompts_from_clips(again, pixel_values, seed=3)
+    assert torch.equal(again.kv_prompts.keys, prompts.keys)
+    _, meta = aptune.read_adapter(aptune.save_adapter(model, tmp_path / "tokens.safetensors"))
+    assert meta["method"]["prompt_init"] == "tokens"
+
+    vpt = aptune.inject(load_hf(hf_dir), "vpt-deep", num_prompts=2)
+    with pytest.raises(ConfigError, match="supports 'apt', not 'vpt-deep'"):
+        aptune.init_prompts_from_clips(vpt, pixel_values)
+    with pytest.raises(ConfigError, match="needs a model with prompts"):
+        aptune.init_prompts_from_clips(load_hf(hf_dir), pixel_values)
+
+
+def test_injected_timm_prompt_keys_are_copied_after_k_norm():
+    torch.manual_seed(0)
+    model = aptune.inject(TinyTimmViT(qk_norm=True).eval(), "apt", num_prompts=3, prompt_start=1)
+    captured = {}
+    model.blocks[1].attn.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0]))
+    images = torch.randn(2, 3, 32, 32)
+    aptune.init_prompts_from_clips(model, images, seed=0)
+    attention = model.blocks[1].attn
+    with torch.no_grad():  # block 1's input does not depend on any prompt (block 0 has none)
+        qkv = attention.qkv(captured["x"]).reshape(2, -1, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        normed_keys = attention.k_norm(qkv[1]).reshape(-1, 8)
+    _row_indices(model.kv_prompts.keys[0], normed_keys)
+    assert torch.cdist(model.kv_prompts.keys[0], qkv[1].reshape(-1, 8)).min(dim=1).values.max() > 1e-3
+
+
+def test_native_model_takes_the_same_call():
+    from helpers import tiny_model
+
+    model = tiny_model("apt", num_prompts=2)
+    before = model.kv_prompts.keys.clone()
+    aptune.init_prompts_from_clips(model, tiny_clip(), seed=0)
+    assert model.tuning_method.prompt_init == "tokens"
+    assert not torch.equal(model.kv_prompts.keys, before)

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 from aptune.adapters import load_adapter, model_from_adapter, read_adapter, save_adapter
 from aptune.factory import create_model
-from aptune.interop import inject
+from aptune.interop import init_prompts_from_clips, inject
 from aptune.methods import METHODS, build_method
 from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, count_parameters
 from aptune.multitask import MultiAdapterModel
@@ -29,6 +29,7 @@ __all__ = [
     "build_method",
     "count_parameters",
     "create_model",
+    "init_prompts_from_clips",
     "inject",
     "load_adapter",
     "model_from_adapter",

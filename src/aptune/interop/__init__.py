@@ -5,6 +5,6 @@
 only when a model of that library is injected.
 """
 
-from aptune.interop.inject import Injection, inject
+from aptune.interop.inject import Injection, init_prompts_from_clips, inject
 
-__all__ = ["Injection", "inject"]
+__all__ = ["Injection", "init_prompts_from_clips", "inject"]

@@ -34,6 +34,7 @@ from transformers.models.videomae.modeling_videomae import VideoMAEEncoder, Vide
 
 from aptune.errors import ConfigError
 from aptune.interop.inject import Injection, build_prompt_modules
+from aptune.methods.prompt_init import layer_prompts
 from aptune.models.attention import append_kv
 
 
@@ -64,7 +65,7 @@ class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
         q = self._project(hidden_states, self.query, self.q_bias)
         k = self._project(hidden_states, self.key, None)
         v = self._project(hidden_states, self.value, self.v_bias)
-        extra_kv = self.prompts(self.layer_index)
+        extra_kv = layer_prompts(self.prompts, self.layer_index, k, v)
         if extra_kv is not None:
             k, v = append_kv(k, v, extra_kv)
         dropout = self.dropout_prob if self.training else 0.0

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import build_method, method_to_dict
+from aptune.methods.prompt_init import KeyValueSampler
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,48 @@ def inject(model: nn.Module, method: str = "apt", *, num_prompts: int | None = N
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(prefixes))
     return model
+
+
+@torch.no_grad()
+def init_prompts_from_clips(model: nn.Module, inputs: Tensor, seed: int = 0) -> None:
+    """Start every prompted layer's prompts from real tokens of ``inputs`` (``prompt_init: tokens``).
+
+    ``inputs`` is one batch as the model's forward takes it: ``pixel_values`` of shape
+    (B, T, C, H, W) for a Hugging Face VideoMAE, images or clips for a timm ViT, and
+    (B, C, T, H, W) clips for aptune's own model.  The frozen model runs once without prompts;
+    each layer's prompt keys and values become copies of keys and values of random tokens of
+    that layer (after timm's ``k_norm``), so a backbone with sharp attention attends to them
+    from the first step.  The adapter records ``prompt_init: tokens``.  Call it once, before
+    training; it is deterministic for a given ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    injection = injection_of(model)
+    method = injection.method if injection is not None else getattr(model, "tuning_method", None)
+    if method is None or not hasattr(method, "init_from_clips"):
+        raise ConfigError("init_prompts_from_clips needs a model with prompts: aptune.create_model(..., "
+                          "method='apt' or 'vpt-*') or aptune.inject(model, 'apt')")
+    method.prompt_init = "tokens"
+    if injection is None:
+        method.init_from_clips(model, inputs, generator)
+        return
+    prompts = getattr(model, "kv_prompts", None)
+    if prompts is None:
+        raise ConfigError(f"init_prompts_from_clips on an injected model supports 'apt', not '{method.name}'")
+    sampler = KeyValueSampler(prompts.keys.shape[1], generator)
+    was_training = model.training
+    prompts.sampler = sampler
+    try:
+        model.eval()
+        if injection.family == "videomae":
+            model(pixel_values=inputs)
+        else:
+            model(inputs)
+    finally:
+        del prompts.sampler
+        model.train(was_training)
+    for layer, (keys, values) in sampler.samples.items():
+        prompts.keys[layer - prompts.first_layer].copy_(keys)
+        prompts.values[layer - prompts.first_layer].copy_(values)
 
 
 def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int,

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from aptune.errors import ConfigError
 from aptune.interop.inject import Injection, build_prompt_modules
+from aptune.methods.prompt_init import layer_prompts
 from aptune.models.attention import append_kv
 
 
@@ -62,7 +63,7 @@ class PromptedTimmAttention(nn.Module):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        extra_kv = self.prompts(self.layer_index)
+        extra_kv = layer_prompts(self.prompts, self.layer_index, k, v)
         if extra_kv is not None:
             k, v = append_kv(k, v, extra_kv)
             if attn_mask is not None:

@@ -67,3 +67,31 @@ def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Gener
         model.kv_prompts, model.token_prompts = saved
         model.train(was_training)
     return samples
+
+
+class KeyValueSampler:
+    """Stands in for a prompt module's prompts while an injected model runs on clips.
+
+    Installed as ``prompts.sampler``; the injected attentions (``aptune.inject``) then hand
+    it each prompted layer's keys and values, exactly where prompts would be appended (for
+    timm after ``k_norm``), and run that layer without prompts.
+    """
+
+    def __init__(self, count: int, generator: torch.Generator) -> None:
+        self.count, self.generator = count, generator
+        self.samples: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, layer: int, keys: Tensor, values: Tensor) -> None:
+        pick = torch.randint(keys.shape[0] * keys.shape[1] * keys.shape[2], (self.count,), generator=self.generator)
+        pick = pick.to(keys.device)
+        self.samples[layer] = (keys.flatten(0, 2)[pick].clone(), values.flatten(0, 2)[pick].clone())
+
+
+def layer_prompts(prompts, layer: int, keys: Tensor, values: Tensor):
+    """The (keys, values) to append in ``layer``, or None; a sampler, when installed, sees the real ones."""
+    sampler = getattr(prompts, "sampler", None)
+    if sampler is not None:
+        if prompts.first_layer <= layer <= prompts.last_layer:
+            sampler(layer, keys, values)
+        return None
+    return prompts(layer)
