@@ -319,9 +319,13 @@ def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_d
         plain(pixel_values=pixel_values)
 
     model = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS).train()
+    model.videomae.eval()  # a mix of modes, given back as it was
     aptune.init_prompts_from_clips(model, pixel_values, seed=3)
-    assert model.training  # the mode is given back
+    assert model.training and not model.videomae.training and not model.videomae.encoder.training
     prompts = model.kv_prompts
+    assert not hasattr(prompts, "sampler")  # later passes use the prompts again
+    model.eval()
+    assert not torch.allclose(hf_logits(model, tiny_clip(batch=2)), hf_logits(plain, tiny_clip(batch=2)), atol=1e-4)
     for layer in (1, 2):  # the prompted range of APT_OPTIONS
         attention = model.videomae.encoder.layer[layer].attention.attention
         with torch.no_grad():
@@ -341,6 +345,15 @@ def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_d
     vpt = aptune.inject(load_hf(hf_dir), "vpt-deep", num_prompts=2)
     with pytest.raises(ConfigError, match="supports 'apt', not 'vpt-deep'"):
         aptune.init_prompts_from_clips(vpt, pixel_values)
+    assert vpt.aptune_injection.method.prompt_init == "uniform"
+
+    failed = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS)
+    uniform = failed.kv_prompts.keys.clone()
+    with pytest.raises(Exception):
+        aptune.init_prompts_from_clips(failed, pixel_values[:, :, :2])  # two colour channels
+    assert not hasattr(failed.kv_prompts, "sampler") and torch.equal(failed.kv_prompts.keys, uniform)
+    _, meta = aptune.read_adapter(aptune.save_adapter(failed, tmp_path / "failed.safetensors"))
+    assert meta["method"]["prompt_init"] == "uniform"
     with pytest.raises(ConfigError, match="needs a model with prompts"):
         aptune.init_prompts_from_clips(load_hf(hf_dir), pixel_values)
 
@@ -363,8 +376,14 @@ def test_injected_timm_prompt_keys_are_copied_after_k_norm():
 def test_native_model_takes_the_same_call():
     from helpers import tiny_model
 
+    from aptune.methods.prompt_init import sample_block_tokens
+
     model = tiny_model("apt", num_prompts=2)
-    before = model.kv_prompts.keys.clone()
+    with pytest.raises(Exception):
+        aptune.init_prompts_from_clips(model, tiny_clip()[:, :2])  # two colour channels
+    assert model.tuning_method.prompt_init == "uniform"
     aptune.init_prompts_from_clips(model, tiny_clip(), seed=0)
     assert model.tuning_method.prompt_init == "tokens"
-    assert not torch.equal(model.kv_prompts.keys, before)
+    expected = sample_block_tokens(model, tiny_clip(), 2, torch.Generator().manual_seed(0))
+    for layer, sample in enumerate(expected):  # the same draw as the trainer's prompt_init: tokens
+        assert torch.equal(model.kv_prompts.keys[layer], sample.keys)

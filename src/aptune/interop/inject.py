@@ -169,38 +169,61 @@ def init_prompts_from_clips(model: nn.Module, inputs: Tensor, seed: int = 0) -> 
     (B, C, T, H, W) clips for aptune's own model.  The frozen model runs once without prompts;
     each layer's prompt keys and values become copies of keys and values of random tokens of
     that layer (after timm's ``k_norm``), so a backbone with sharp attention attends to them
-    from the first step.  The adapter records ``prompt_init: tokens``.  Call it once, before
-    training; it is deterministic for a given ``seed``.
+    from the first step; on timm the class and register tokens are among those drawn.  Only
+    when every prompted layer was filled does the adapter record ``prompt_init: tokens``.
+    Call it once, before training and before any DistributedDataParallel wrapping; it is
+    deterministic for a given ``seed``.
     """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ConfigError("call init_prompts_from_clips before wrapping the model in DistributedDataParallel "
+                          "(DDP then broadcasts rank 0's prompts to every rank)")
     generator = torch.Generator().manual_seed(seed)
     injection = injection_of(model)
     method = injection.method if injection is not None else getattr(model, "tuning_method", None)
     if method is None or not hasattr(method, "init_from_clips"):
         raise ConfigError("init_prompts_from_clips needs a model with prompts: aptune.create_model(..., "
                           "method='apt' or 'vpt-*') or aptune.inject(model, 'apt')")
-    method.prompt_init = "tokens"
     if injection is None:
-        method.init_from_clips(model, inputs, generator)
+        previous, method.prompt_init = method.prompt_init, "tokens"
+        try:
+            method.init_from_clips(model, inputs, generator)
+        except BaseException:
+            method.prompt_init = previous  # the adapter must not claim a start that did not happen
+            raise
         return
+    if method.name != "apt":
+        raise ConfigError(f"init_prompts_from_clips on an injected model supports 'apt', not '{method.name}'")
     prompts = getattr(model, "kv_prompts", None)
     if prompts is None:
-        raise ConfigError(f"init_prompts_from_clips on an injected model supports 'apt', not '{method.name}'")
+        raise ConfigError("init_prompts_from_clips: this model has no prompt keys and values (num_prompts=0)")
+    sampler = _sample_without_prompts(model, injection.family, prompts, inputs, generator)
+    expected = set(range(prompts.first_layer, prompts.last_layer + 1))
+    if set(sampler.samples) != expected:
+        raise ConfigError(f"init_prompts_from_clips: the forward pass reached prompted layers "
+                          f"{sorted(sampler.samples)}, not all of {sorted(expected)}")
+    for layer, (keys, values) in sampler.samples.items():
+        prompts.keys[layer - prompts.first_layer].copy_(keys)
+        prompts.values[layer - prompts.first_layer].copy_(values)
+    method.prompt_init = "tokens"
+
+
+def _sample_without_prompts(model: nn.Module, family: str, prompts: nn.Module, inputs: Tensor,
+                            generator: torch.Generator) -> KeyValueSampler:
+    """One eval-mode forward pass in which the injected attentions hand their keys/values to a sampler."""
     sampler = KeyValueSampler(prompts.keys.shape[1], generator)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # the caller's mix, restored as it was
     prompts.sampler = sampler
     try:
         model.eval()
-        if injection.family == "videomae":
+        if family == "videomae":
             model(pixel_values=inputs)
         else:
             model(inputs)
     finally:
         del prompts.sampler
-        model.train(was_training)
-    for layer, (keys, values) in sampler.samples.items():
-        prompts.keys[layer - prompts.first_layer].copy_(keys)
-        prompts.values[layer - prompts.first_layer].copy_(values)
-
+        for module, training in modes.items():
+            module.training = training
+    return sampler
 
 def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int,
                          device: torch.device) -> tuple[nn.Module | None, nn.Module | None]:
