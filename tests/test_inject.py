@@ -349,7 +349,7 @@ def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_d
 
     failed = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS)
     uniform = failed.kv_prompts.keys.clone()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # transformers checks the channel count
         aptune.init_prompts_from_clips(failed, pixel_values[:, :, :2])  # two colour channels
     assert not hasattr(failed.kv_prompts, "sampler") and torch.equal(failed.kv_prompts.keys, uniform)
     _, meta = aptune.read_adapter(aptune.save_adapter(failed, tmp_path / "failed.safetensors"))
@@ -379,7 +379,7 @@ def test_native_model_takes_the_same_call():
     from aptune.methods.prompt_init import sample_block_tokens
 
     model = tiny_model("apt", num_prompts=2)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):  # the patch embedding expects 3 channels
         aptune.init_prompts_from_clips(model, tiny_clip()[:, :2])  # two colour channels
     assert model.tuning_method.prompt_init == "uniform"
     aptune.init_prompts_from_clips(model, tiny_clip(), seed=0)
