@@ -204,6 +204,24 @@ def test_a_crash_while_saving_the_last_epoch_never_leaves_a_stale_adapter(tmp_pa
     for key, value in load_file(run / "adapter.safetensors").items():
         assert torch.equal(value, expected[key]), key
 
+
+def test_resuming_a_finished_run_rewrites_its_adapter_from_the_checkpoint(tmp_path, dataset, backbone):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = write_config(tmp_path, dataset, backbone)
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", config, "--output-dir", run) == 0
+    adapter = run / "adapter.safetensors"
+    good = load_file(adapter)
+    with safe_open(str(adapter), framework="pt") as f:
+        metadata = f.metadata()
+    # what a kill between the two writes could leave under the old save order: a stale adapter
+    save_file({k: torch.zeros_like(v) for k, v in good.items()}, adapter, metadata=metadata)
+    assert run_cli("train", "--config", config, "--output-dir", run) == 0
+    for key, value in load_file(adapter).items():
+        assert torch.equal(value, good[key]), key
+
 RANK_CHECK = """
 import sys, torch, torch.distributed as dist
 from aptune.config import load_config
@@ -309,6 +327,12 @@ def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset):
     # one more epoch continues from the checkpoint instead of starting over
     assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    # a finished run resumed again writes its encoder from the checkpoint, here after it was lost
+    final = load_file(run / "pretrained.safetensors")
+    (run / "pretrained.safetensors").unlink()
+    assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
+    again = load_file(run / "pretrained.safetensors")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
 
 
 def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone):

@@ -107,6 +107,8 @@ def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> di
     def write_encoder() -> None:
         save_pretrained(model, output_dir / PRETRAINED_NAME, config)
 
+    if state.epoch >= config.train.epochs and info.is_main:
+        write_encoder()  # resumed after the last save: the encoder is rewritten from the checkpoint
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()
         loop.run_epoch(epoch, state, steps_per_epoch)

@@ -114,6 +114,14 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         runner = wrap_for_training(model, device, info, config.train.compile)
     loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
                      ClassificationLoss(config, len(data.class_names)))
+
+    def write_adapter() -> None:
+        save_adapter(model, output_dir / "adapter.safetensors", preprocess=data.preprocess)
+
+    if state.epoch >= config.train.epochs and info.is_main:
+        # resumed after the last save: the adapter is rewritten from the checkpoint, which runs
+        # saved before artifacts were written first could hold one epoch older
+        write_adapter()
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()
         loop.run_epoch(epoch, state, steps_per_epoch)
@@ -130,9 +138,7 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
                 log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
         if last or state.epoch % config.train.save_every == 0:
             save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
-                                     extra={"class_names": list(data.class_names)},
-                                     artifacts=lambda: save_adapter(model, output_dir / "adapter.safetensors",
-                                                                    preprocess=data.preprocess))
+                                     extra={"class_names": list(data.class_names)}, artifacts=write_adapter)
     return finish(config, model, data, device, state, output_dir, metrics, info)
 
 
