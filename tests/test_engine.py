@@ -307,7 +307,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, ba
         assert all(torch.isfinite(v).all() for v in state["trainable"].values())
 
 
-def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset):
+def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset, capsys):
     import aptune
 
     config = write_config(tmp_path, dataset, train={"epochs": 1, "batch_size": 4},
@@ -327,6 +327,10 @@ def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset):
     # one more epoch continues from the checkpoint instead of starting over
     assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert run_cli("pretrain", "--config", config, "--set", "optim.head_lr=0.01", "--output-dir",
+                   tmp_path / "refused") == 2
+    assert f"error: {config}: optim.head_lr is a classifier option" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
     # a finished run resumed again writes its encoder from the checkpoint, here after it was lost
     final = load_file(run / "pretrained.safetensors")
     (run / "pretrained.safetensors").unlink()

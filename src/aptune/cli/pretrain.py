@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from aptune.config import load_config
-    from aptune.engine.pretrainer import pretrain
+    from aptune.engine.pretrainer import pretrain, refuse_classifier_options
 
-    pretrain(load_config(args.config, args.overrides), args.output_dir, resume=args.resume)
+    config = load_config(args.config, args.overrides)
+    refuse_classifier_options(config, source=args.config)  # the error names the file
+    pretrain(config, args.output_dir, resume=args.resume)
     return 0
