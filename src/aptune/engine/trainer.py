@@ -119,8 +119,8 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         save_adapter(model, output_dir / "adapter.safetensors", preprocess=data.preprocess)
 
     if state.epoch >= config.train.epochs and info.is_main:
-        # resumed after the last save: the adapter is rewritten from the checkpoint, which runs
-        # saved before artifacts were written first could hold one epoch older
+        # resumed after the last save: rewrite the adapter from the checkpoint, since a run folder
+        # saved before artifacts were written first can hold one an epoch old
         write_adapter()
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()

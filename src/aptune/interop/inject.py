@@ -225,6 +225,7 @@ def _sample_without_prompts(model: nn.Module, family: str, prompts: nn.Module, i
             module.training = training
     return sampler
 
+
 def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int,
                          device: torch.device) -> tuple[nn.Module | None, nn.Module | None]:
     """(kv_prompts, token_prompts) exactly as the method builds them for our own backbone.
