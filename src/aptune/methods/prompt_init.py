@@ -33,6 +33,25 @@ class SampledTokens:
     values: Tensor  # (count, head_dim)
 
 
+class KeyValueSampler:
+    """Keeps ``count`` random (clip, head, token) rows of each layer's keys and values.
+
+    :func:`sample_block_tokens` feeds it from hooks on aptune's own blocks.  For models given
+    to ``aptune.inject`` it is installed as ``prompts.sampler``: the injected attentions then
+    hand it each prompted layer's keys and values, exactly where prompts would be appended
+    (for timm after ``k_norm``), and run that layer without prompts.
+    """
+
+    def __init__(self, count: int, generator: torch.Generator) -> None:
+        self.count, self.generator = count, generator
+        self.samples: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, layer: int, keys: Tensor, values: Tensor) -> None:
+        pick = torch.randint(keys.shape[0] * keys.shape[1] * keys.shape[2], (self.count,), generator=self.generator)
+        pick = pick.to(keys.device)
+        self.samples[layer] = (keys.flatten(0, 2)[pick].clone(), values.flatten(0, 2)[pick].clone())
+
+
 @torch.no_grad()
 def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Generator) -> list[SampledTokens]:
     """Run the frozen backbone, without any prompts, on ``clips`` and sample ``count`` tokens per block.
@@ -44,17 +63,15 @@ def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Gener
     saved = model.kv_prompts, model.token_prompts
     model.kv_prompts = model.token_prompts = None
     samples: list[SampledTokens] = []
+    key_values = KeyValueSampler(count, generator)
 
     def capture(block, args) -> None:
         tokens = args[0]  # (B, N, D): without prompts, every row is a patch token
         keys, values = block.attn.project_qkv(block.norm1(tokens))[1:]  # (B, H, N, head_dim)
         pick = torch.randint(tokens.shape[0] * tokens.shape[1], (count,), generator=generator)
-        pick_kv = torch.randint(keys.shape[0] * keys.shape[1] * keys.shape[2], (count,), generator=generator)
-        samples.append(SampledTokens(
-            inputs=tokens.flatten(0, 1)[pick.to(tokens.device)].clone(),
-            keys=keys.flatten(0, 2)[pick_kv.to(keys.device)].clone(),
-            values=values.flatten(0, 2)[pick_kv.to(values.device)].clone(),
-        ))
+        layer = len(samples)
+        key_values(layer, keys, values)
+        samples.append(SampledTokens(tokens.flatten(0, 1)[pick.to(tokens.device)].clone(), *key_values.samples[layer]))
 
     hooks = [block.register_forward_pre_hook(capture) for block in model.blocks]
     was_training = model.training
@@ -67,24 +84,6 @@ def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Gener
         model.kv_prompts, model.token_prompts = saved
         model.train(was_training)
     return samples
-
-
-class KeyValueSampler:
-    """Stands in for a prompt module's prompts while an injected model runs on clips.
-
-    Installed as ``prompts.sampler``; the injected attentions (``aptune.inject``) then hand
-    it each prompted layer's keys and values, exactly where prompts would be appended (for
-    timm after ``k_norm``), and run that layer without prompts.
-    """
-
-    def __init__(self, count: int, generator: torch.Generator) -> None:
-        self.count, self.generator = count, generator
-        self.samples: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def __call__(self, layer: int, keys: Tensor, values: Tensor) -> None:
-        pick = torch.randint(keys.shape[0] * keys.shape[1] * keys.shape[2], (self.count,), generator=self.generator)
-        pick = pick.to(keys.device)
-        self.samples[layer] = (keys.flatten(0, 2)[pick].clone(), values.flatten(0, 2)[pick].clone())
 
 
 def layer_prompts(prompts, layer: int, keys: Tensor, values: Tensor):
