@@ -7,7 +7,7 @@ import torch
 from helpers import randomize_, tiny_clip, tiny_model
 
 from aptune.engine.optim import CosineSchedule, build_optimizer, cosine_with_warmup
-from aptune.engine.trainer import standardize_head_inputs
+from aptune.engine.trainer import classifier_lr, standardize_head_inputs
 
 
 def _groups_by_tensor(optimizer):
@@ -32,6 +32,7 @@ def test_no_decay_on_one_dimensional_tensors_and_the_head_has_its_own_lr():
     half = cosine_with_warmup(5, 10, 0, 0.05, 0.0)
     assert groups[id(named["head.weight"])]["lr"] == pytest.approx(half * 0.01 / 0.05)
     assert groups[id(named["kv_prompts.keys"])]["lr"] == pytest.approx(half)
+    assert classifier_lr(optimizer) == pytest.approx(half * 0.01 / 0.05)  # what the progress log shows
 
 
 def test_without_head_lr_every_group_follows_lr():
@@ -39,6 +40,7 @@ def test_without_head_lr_every_group_follows_lr():
     optimizer = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0)
     CosineSchedule(optimizer, total_steps=4, warmup_steps=2, base_lr=0.1, min_lr=0.0)
     assert [group["lr"] for group in optimizer.param_groups] == [pytest.approx(0.05)] * 2  # decayed or not
+    assert classifier_lr(optimizer) is None  # the log then shows one lr
 
 
 def test_schedule_warms_up_linearly_then_decays_to_min_lr():

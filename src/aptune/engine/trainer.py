@@ -103,8 +103,9 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         log.info("resumed from %s at epoch %d (step %d)", checkpoint_path, state.epoch, state.step)
     if info.is_main:
         trainable, total = count_trainable(model)
-        log.info("%s on %s: %s trainable of %s parameters, lr %.3g, %d steps/epoch", config.method.name,
-                 device, f"{trainable:,}", f"{total:,}", schedule.base_lr, steps_per_epoch)
+        head = "" if config.optim.head_lr is None else f" (classifier {config.optim.head_lr:.3g})"
+        log.info("%s on %s: %s trainable of %s parameters, lr %.3g%s, %d steps/epoch", config.method.name,
+                 device, f"{trainable:,}", f"{total:,}", schedule.base_lr, head, steps_per_epoch)
 
     if config.train.cache_features:
         log.info("caching the frozen backbone's features of %d training videos", len(data.train))
@@ -140,6 +141,14 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
             save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
                                      extra={"class_names": list(data.class_names)}, artifacts=write_adapter)
     return finish(config, model, data, device, state, output_dir, metrics, info)
+
+
+def classifier_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The current lr of the classifier groups when ``optim.head_lr`` gave them their own, else None."""
+    for group in optimizer.param_groups:
+        if group.get("lr_scale", 1.0) != 1.0:
+            return group["lr"]
+    return None
 
 
 class ClassificationLoss:
@@ -224,15 +233,19 @@ class TrainLoop:
         self.schedule.step()
 
     def log_step(self, epoch, state, index, batches, loss, clips_per_second, progress) -> None:
-        lr = self.schedule.lr()  # the peak-lr schedule; a head with its own lr follows it scaled
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_second:.1f}")
+        lr = self.schedule.lr()
+        head_lr = classifier_lr(self.optimizer)
+        lrs = {"lr": lr} if head_lr is None else {"lr": lr, "head_lr": head_lr}
+        progress.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()},
+                             clips_s=f"{clips_per_second:.1f}")
         every = self.config.train.log_every
         if state.step % every == 0 or index + 1 == batches:
             self.metrics.write("train", epoch=epoch + 1, epoch_float=epoch + (index + 1) / batches,
-                               step=state.step, loss=loss, lr=lr, clips_per_second=clips_per_second)
+                               step=state.step, loss=loss, **lrs, clips_per_second=clips_per_second)
             if progress.disable and self.info.is_main:
-                log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f clips/s", epoch + 1, index + 1,
-                         batches, loss, lr, clips_per_second)
+                shown = " ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in lrs.items())
+                log.info("epoch %d step %d/%d loss %.4f %s %.1f clips/s", epoch + 1, index + 1,
+                         batches, loss, shown, clips_per_second)
 
     def report_bad_videos(self, epoch: int, state: TrainState, bad_videos) -> None:
         counts = torch.tensor([bad_videos.num_bad, bad_videos.skipped], dtype=torch.float64)
