@@ -19,3 +19,7 @@ class CheckpointError(AptuneError):
 
 class DataError(AptuneError):
     """A bad annotation file, split or video dataset."""
+
+
+class OutputError(AptuneError):
+    """A file or folder that cannot be written (full disk, read-only, no permission, bad name)."""

@@ -1,22 +1,36 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one.
+"""Writing files safely: atomic replacement, and one-line errors for paths that cannot be written.
 
 Write to a temporary file in the same folder, fsync it, rename it over the target,
-fsync the folder.  Every checkpoint, adapter and merged model goes through here.
+fsync the folder.  Every checkpoint, adapter, metrics file and merged model goes
+through here, so a reader (or a run killed mid-write) sees the old file or the new
+one, and a full disk, a read-only file system or a missing permission is an
+:class:`~aptune.errors.OutputError` naming the path and the reason, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from aptune.errors import OutputError
+
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(temporary_path)``, then move the finished file to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    make_folder(path.parent)
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     os.close(handle)
     try:
         write(tmp)
@@ -25,10 +39,99 @@ def write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:
         _give_ordinary_mode(tmp, path)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    except Exception as exc:
+        # torch.save (RuntimeError) and safetensors (SafetensorError) wrap a failed write in their own types
+        if _looks_like_a_full_disk(exc) or _disk_is_full(path.parent):
+            raise output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    return write_atomically(path, write)
+
+
+def write_json_atomically(path: str | Path, value: Any) -> Path:
+    """Strict JSON (NaN and infinities become null, which every parser accepts), atomically."""
+    return write_text_atomically(path, json.dumps(finite_json(value), indent=2) + "\n")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def make_folder(folder: str | Path) -> Path:
+    """``mkdir -p`` with a one-line error (a file in the way, no permission, a full disk)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{folder}: cannot create this folder: a file of that name is in the way") from None
+    except OSError as exc:
+        raise output_error(folder, exc) from None
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: cannot create this folder: a file of that name is in the way")
+    return folder
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    elif exc.errno == errno.EROFS:
+        reason = "the file system is read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = "permission denied"
+    elif exc.errno == errno.ENAMETOOLONG:
+        reason = "the name is too long"
+    elif exc.errno == errno.ENOTDIR:
+        reason = "a part of the path is a file, not a folder"
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed atomic write left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for candidate in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if candidate.is_file():
+            try:
+                candidate.unlink()
+                removed.append(candidate)
+            except OSError:
+                pass  # someone else's file or a read-only folder: leaving it is harmless
+    return removed
+
+
+def _looks_like_a_full_disk(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "no space left" in text or "enospc" in text or "file write failed" in text
+
+
+def _disk_is_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20  # under 1 MiB left: the write ran out of room
 
 
 def _give_ordinary_mode(tmp: str, path: Path) -> None:
