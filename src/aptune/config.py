@@ -9,6 +9,8 @@ before anything heavy starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from aptune.errors import ConfigError
+from aptune.fileio import write_text_atomically
 
 METHOD_NAMES = ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer")
 PROMPT_INITS = ("uniform", "tokens")  # how prompt methods start their prompts (methods/prompt_init.py)
@@ -94,13 +97,26 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """The official recipe's rules by default (VideoMAE/APT ``run_class_*.py``, ``optim_factory.py``).
+
+    ``base_lr`` and ``min_lr`` are scaled by total batch / 256 (total batch = ``train.batch_size``
+    x ``train.accum_steps`` x ranks; repeated-augmentation samples do not count), the lr warms
+    up as ``linspace(0, peak, W)`` over W steps and then follows a half cosine to ``min_lr``, and
+    every trainable tensor of more than one dimension that is not a bias is weight-decayed.
+    """
+
     name: str = "adamw"
-    lr: float | None = None  # absolute lr; when None, base_lr * total_batch / 256
-    base_lr: float = 0.05
-    head_lr: float | None = None  # peak lr of fc_norm and head; None: the same as lr
+    lr: float | None = None  # absolute peak lr (an aptune option): then min_lr is absolute too
+    base_lr: float = 0.05  # peak lr = base_lr * total batch / 256 when lr is not given
+    head_lr: float | None = None  # departure: fc_norm and head's own absolute peak lr (needs lr)
+    head_base_lr: float | None = None  # departure: the same, scaled like base_lr (needs base_lr)
     weight_decay: float = 1e-5
+    weight_decay_end: float | None = None  # cosine schedule of the decay to this value; None: constant
+    decay_prompt_scales: bool = True  # the official code decays APT's (layers, 2, P) scales; false: not
+    layer_decay: float = 1.0  # layer-wise lr decay (VideoMAE full fine-tuning); 1.0: off
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     warmup_epochs: float = 10.0
     min_lr: float = 1e-6
     clip_grad: float | None = None
@@ -166,16 +182,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, what="config file")
     for item in overrides:
         section, key, value = _parse_override(item)
         raw.setdefault(section, {})
@@ -183,6 +190,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: section '{section}' must be a mapping")
         raw[section][key] = value
     return config_from_dict(raw, source=source)
+
+
+def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with one-line errors for every way it can be unreadable."""
+    if not path.exists():
+        raise ConfigError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} is not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: {what} is binary, not YAML text")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested too deeply to be a recipe") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -210,58 +247,171 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     return config
 
 
+# (section, key): (lowest, highest, lowest allowed?, highest allowed?); None = unbounded.
+# Every number a recipe can hold is checked here, once, before anything is built or written.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
+    ("model", "num_classes"): (1, None, True, False),
+    ("model", "embed_dim"): (1, None, True, False),
+    ("model", "depth"): (1, None, True, False),
+    ("model", "num_heads"): (1, None, True, False),
+    ("model", "mlp_ratio"): (0, None, False, False),
+    ("model", "patch_size"): (1, None, True, False),
+    ("model", "tubelet_size"): (1, None, True, False),
+    ("model", "num_frames"): (1, None, True, False),
+    ("model", "img_size"): (1, None, True, False),
+    ("model", "drop_path_rate"): (0, 1, True, False),
+    ("model", "head_dropout"): (0, 1, True, False),
+    ("method", "num_prompts"): (0, None, True, False),
+    ("method", "prompt_start"): (0, None, True, False),
+    ("method", "prompt_end"): (0, None, True, False),
+    ("method", "prompt_dropout"): (0, 1, True, False),
+    ("method", "lora_rank"): (1, None, True, False),
+    ("method", "lora_alpha"): (0, None, False, False),
+    ("method", "adapter_dim"): (1, None, True, False),
+    ("method", "adapter_scale"): (None, None, False, False),
+    ("data", "num_frames"): (1, None, True, False),
+    ("data", "sampling_rate"): (1, None, True, False),
+    ("data", "input_size"): (1, None, True, False),
+    ("data", "short_side_size"): (1, None, True, False),
+    ("data", "num_workers"): (0, None, True, False),
+    ("data", "num_sample"): (1, None, True, False),
+    ("data", "test_num_segment"): (1, None, True, False),
+    ("data", "max_bad_fraction"): (0, 1, True, True),
+    ("data", "decode_threads"): (0, None, True, False),
+    ("optim", "lr"): (0, None, False, False),
+    ("optim", "base_lr"): (0, None, False, False),
+    ("optim", "head_lr"): (0, None, False, False),
+    ("optim", "head_base_lr"): (0, None, False, False),
+    ("optim", "weight_decay"): (0, None, True, False),
+    ("optim", "weight_decay_end"): (0, None, True, False),
+    ("optim", "layer_decay"): (0, 1, False, True),
+    ("optim", "momentum"): (0, 1, True, False),
+    ("optim", "eps"): (0, None, False, False),
+    ("optim", "warmup_epochs"): (0, None, True, False),
+    ("optim", "min_lr"): (0, None, True, False),
+    ("optim", "clip_grad"): (0, None, False, False),
+    ("train", "epochs"): (1, None, True, False),
+    ("train", "batch_size"): (1, None, True, False),
+    ("train", "accum_steps"): (1, None, True, False),
+    ("train", "seed"): (0, 2**32 - 1, True, True),
+    ("train", "save_every"): (1, None, True, False),
+    ("train", "eval_every"): (1, None, True, False),
+    ("train", "label_smoothing"): (0, 1, True, False),
+    ("train", "mixup"): (0, None, True, False),
+    ("train", "cutmix"): (0, None, True, False),
+    ("train", "log_every"): (1, None, True, False),
+    ("pretrain", "mask_ratio"): (0, 1, False, False),
+    ("pretrain", "decoder_dim"): (1, None, True, False),
+    ("pretrain", "decoder_depth"): (1, None, True, False),
+    ("pretrain", "decoder_heads"): (1, None, True, False),
+}
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def validate(config: Config, source: str = "config") -> None:
+    """Every choice, range and combination of the recipe; the first problem is a ConfigError."""
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(
                 f"{source}: {section}.{key}={value!r} is not one of: {', '.join(choices)}"
             )
-    positive = [
-        ("train", "epochs"), ("train", "batch_size"), ("train", "accum_steps"),
-        ("data", "num_frames"), ("data", "sampling_rate"), ("data", "input_size"),
-        ("data", "short_side_size"), ("data", "num_sample"), ("data", "test_num_segment"),
-        ("data", "test_num_crop"), ("train", "save_every"), ("train", "eval_every"),
-    ]
-    for section, key in positive:
-        value = getattr(getattr(config, section), key)
-        if value < 1:
-            raise ConfigError(f"{source}: {section}.{key} must be >= 1, got {value}")
-    if config.data.test_num_crop not in (1, 3):
-        raise ConfigError(f"{source}: data.test_num_crop must be 1 or 3, got {config.data.test_num_crop}")
-    if config.data.split not in (1, 2, 3):
-        raise ConfigError(f"{source}: data.split must be 1, 2 or 3, got {config.data.split}")
-    if config.data.num_workers < 0:
-        raise ConfigError(f"{source}: data.num_workers must be >= 0")
-    if config.train.cache_features and config.method.name != "linear":
-        raise ConfigError(f"{source}: train.cache_features needs method.name=linear (the backbone must be frozen whole)")
-    if config.train.cache_features and (config.train.mixup or config.train.cutmix):
-        raise ConfigError(f"{source}: train.cache_features cannot mix clips (set train.mixup and train.cutmix to 0)")
-    low, high = config.data.crop_scale
+    for (section, key), bounds in _RANGES.items():
+        _check_range(getattr(getattr(config, section), key), f"{section}.{key}", bounds, source)
+    for index, beta in enumerate(config.optim.betas):
+        _check_range(beta, f"optim.betas[{index}]", (0, 1, True, False), source)
+    _check_combinations(config, source)
+
+
+def _check_range(value: Any, key: str, bounds, source: str) -> None:
+    if value is None:
+        return
+    low, high, low_ok, high_ok = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {key} must be a finite number, got {value}")
+    too_low = low is not None and (value < low or (value == low and not low_ok))
+    too_high = high is not None and (value > high or (value == high and not high_ok))
+    if too_low or too_high:
+        raise ConfigError(f"{source}: {key} must be {_describe(bounds)}, got {value}")
+
+
+def _describe(bounds) -> str:
+    low, high, low_ok, high_ok = bounds
+    if high is None:
+        return f"{'>=' if low_ok else '>'} {low:g}"
+    if low is None:
+        return f"{'<=' if high_ok else '<'} {high:g}"
+    return f"in {'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+
+
+def _check_combinations(config: Config, source: str) -> None:
+    model, method, data, optim, train = config.model, config.method, config.data, config.optim, config.train
+    if data.test_num_crop not in (1, 3):
+        raise ConfigError(f"{source}: data.test_num_crop must be 1 or 3, got {data.test_num_crop}")
+    if data.split not in (1, 2, 3):
+        raise ConfigError(f"{source}: data.split must be 1, 2 or 3, got {data.split}")
+    if data.short_side_size < data.input_size:
+        raise ConfigError(f"{source}: data.short_side_size={data.short_side_size} is smaller than "
+                          f"data.input_size={data.input_size}: test crops would not fit")
+    patch = model.patch_size or _preset_value(model.arch, "patch_size", 16)
+    if data.input_size < patch:
+        raise ConfigError(f"{source}: data.input_size={data.input_size} is smaller than one patch "
+                          f"(model.patch_size={patch})")
+    tubelet = model.tubelet_size or 2
+    if data.num_frames < tubelet:
+        raise ConfigError(f"{source}: data.num_frames={data.num_frames} is fewer than one tubelet "
+                          f"(model.tubelet_size={tubelet})")
+    low, high = data.crop_scale
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")
-    if not 0.0 <= config.method.prompt_dropout < 1.0:
-        raise ConfigError(f"{source}: method.prompt_dropout must be in [0, 1)")
-    if config.optim.head_lr is not None and config.optim.head_lr <= 0:
-        raise ConfigError(f"{source}: optim.head_lr must be > 0 (or left out to use optim.lr)")
-    if config.optim.head_lr is not None and not (config.optim.lr or config.optim.base_lr) > 0:
-        raise ConfigError(f"{source}: optim.head_lr needs a positive optim.lr (or base_lr)")
-    if config.method.prompt_init != "uniform" and config.method.name not in ("apt", "vpt-shallow", "vpt-deep"):
-        raise ConfigError(f"{source}: method.prompt_init={config.method.prompt_init!r} needs a prompt method "
-                          f"(apt, vpt-shallow, vpt-deep), not {config.method.name}")
-    if config.method.num_prompts < 0:
-        raise ConfigError(f"{source}: method.num_prompts must be >= 0")
-    if not 0.0 < config.pretrain.mask_ratio < 1.0:
-        raise ConfigError(f"{source}: pretrain.mask_ratio must be in (0, 1)")
-    if not 0.0 <= config.train.label_smoothing < 1.0:
-        raise ConfigError(f"{source}: train.label_smoothing must be in [0, 1)")
+    if data.rand_augment is not None:
+        from aptune.data.transforms import parse_rand_augment
+
+        parse_rand_augment(data.rand_augment)
+    if method.prompt_end is not None and method.prompt_end < method.prompt_start:
+        raise ConfigError(f"{source}: method.prompt_end={method.prompt_end} is before "
+                          f"method.prompt_start={method.prompt_start}")
+    if method.prompt_init != "uniform" and method.name not in ("apt", "vpt-shallow", "vpt-deep"):
+        raise ConfigError(f"{source}: method.prompt_init={method.prompt_init!r} needs a prompt method "
+                          f"(apt, vpt-shallow, vpt-deep), not {method.name}")
+    if optim.head_lr is not None and optim.lr is None:
+        raise ConfigError(f"{source}: optim.head_lr is an absolute lr and needs an absolute optim.lr; with "
+                          "the scaled optim.base_lr give optim.head_base_lr (scaled the same way)")
+    if optim.head_base_lr is not None and optim.lr is not None:
+        raise ConfigError(f"{source}: optim.head_base_lr is scaled like optim.base_lr, but optim.lr is set "
+                          "(absolute): give optim.head_lr instead")
+    peak_is_absolute = optim.lr is not None
+    peak = optim.lr if peak_is_absolute else optim.base_lr
+    if optim.min_lr > peak:
+        name = "optim.lr" if peak_is_absolute else "optim.base_lr"
+        raise ConfigError(f"{source}: optim.min_lr={optim.min_lr:g} is above the peak {name}={peak:g}")
+    if not DEVICE_PATTERN.match(train.device):
+        raise ConfigError(f"{source}: train.device={train.device!r} is not one of: auto, cpu, cuda, cuda:N")
+    if train.cache_features and method.name != "linear":
+        raise ConfigError(f"{source}: train.cache_features needs method.name=linear (the backbone must be frozen whole)")
+    if train.cache_features and (train.mixup or train.cutmix):
+        raise ConfigError(f"{source}: train.cache_features cannot mix clips (set train.mixup and train.cutmix to 0)")
+    if config.pretrain.decoder_dim % config.pretrain.decoder_heads:
+        raise ConfigError(f"{source}: pretrain.decoder_heads={config.pretrain.decoder_heads} does not divide "
+                          f"pretrain.decoder_dim={config.pretrain.decoder_dim}")
+    embed, heads = model.embed_dim or _preset_value(model.arch, "embed_dim"), \
+        model.num_heads or _preset_value(model.arch, "num_heads")
+    if embed and heads and embed % heads:
+        raise ConfigError(f"{source}: model.num_heads={heads} does not divide model.embed_dim={embed}")
+
+
+def _preset_value(arch: str | None, key: str, default: Any = None) -> Any:
+    from aptune.models.vit import PRESETS
+
+    return PRESETS.get(arch or "", {}).get(key, default)
 
 
 def save_config(config: Config, path: str | Path) -> None:
     data = config.to_dict()
     # tuples become lists so the YAML stays plain and loadable by safe_load
     data["optim"]["betas"] = list(data["optim"]["betas"])
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text_atomically(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:
