@@ -440,16 +440,28 @@ def test_data_dependent_starts_need_a_full_batch(tmp_path, dataset, backbone, ca
     assert "need one training batch" in err[-1] and "train.batch_size=64" in err[-1]
 
 
-def test_resume_across_a_head_lr_change_is_a_one_line_error_and_keeps_the_configs_scale(
-        tmp_path, dataset, backbone, capsys):
+def test_a_resume_that_would_change_the_recipe_is_refused_and_writes_nothing(tmp_path, dataset, backbone,
+                                                                            capsys):
     run = tmp_path / "run"
     first = write_config(tmp_path, dataset, backbone, train={"epochs": 1})
     assert run_cli("train", "--config", first, "--output-dir", run) == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     capsys.readouterr()
-    more = write_config(tmp_path, dataset, backbone, train={"epochs": 2}, optim={"head_lr": 0.001})
-    assert run_cli("train", "--config", more, "--output-dir", run) == 2
+    changed = write_config(tmp_path, dataset, backbone, train={"epochs": 2, "batch_size": 2},
+                           optim={"lr": 0.02, "head_lr": 0.001})
+    assert run_cli("train", "--config", changed, "--output-dir", run) == 2
     err = capsys.readouterr().err.strip()
-    assert "optimiser groups hold" in err and "optim.head_lr" in err and "\n" not in err
+    assert "\n" not in err and "resuming would change how this run is made" in err
+    for key in ("optim.head_lr None -> 0.001", "optim.lr 0.01 -> 0.02", "train.batch_size 4 -> 2"):
+        assert key in err, key
+    assert "train.epochs" not in err.split("(only")[0]  # extending a run is allowed
+    after = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert after == before  # config.yaml still says how the checkpoint was made
+
+    longer = write_config(tmp_path, dataset, backbone, train={"epochs": 2, "log_every": 3})
+    assert run_cli("train", "--config", longer, "--output-dir", run) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
 
 
 def test_prompt_init_needs_a_prompt_method(tmp_path, dataset, capsys):

@@ -1,54 +1,110 @@
-"""Optimiser groups, the lr schedule, and the classifier's data-dependent start."""
+"""Optimiser groups, the lr and weight-decay schedules, and the classifier's data-dependent start.
+
+The expected values are written from the official recipe's formulas (VideoMAE / APT
+``optim_factory.py`` and ``utils.cosine_scheduler``), not from aptune's code.
+"""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import randomize_, tiny_clip, tiny_model
 
-from aptune.engine.optim import CosineSchedule, build_optimizer, cosine_with_warmup
+from aptune.engine.optim import CosineSchedule, build_optimizer, lr_at, weight_decay_at
 from aptune.engine.trainer import classifier_lr, standardize_head_inputs
 
 
-def _groups_by_tensor(optimizer):
-    return {id(p): group for group in optimizer.param_groups for p in group["params"]}
+def _groups_by_name(model, optimizer):
+    by_id = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    return {name: by_id[id(p)] for name, p in model.named_parameters() if id(p) in by_id}
 
 
-def test_no_decay_on_one_dimensional_tensors_and_the_head_has_its_own_lr():
+def test_every_tensor_of_more_than_one_dimension_that_is_not_a_bias_is_decayed():
     model = tiny_model("apt", num_prompts=2)
-    optimizer = build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1, head_lr=0.01)
+    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1))
+    expected = {name: p.ndim > 1 and not name.endswith(".bias")
+                for name, p in model.named_parameters() if p.requires_grad}
+    assert set(groups) == set(expected)  # frozen tensors never reach the optimiser
+    assert expected["kv_prompts.scales"]  # (layers, 2, P): the official code decays it
+    for name, decays in expected.items():
+        assert groups[name]["weight_decay"] == (0.1 if decays else 0.0), name
+
+
+def test_exempting_the_prompt_scales_is_an_explicit_option():
+    model = tiny_model("apt", num_prompts=2)
+    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1,
+                                                    decay_prompt_scales=False))
+    assert groups["kv_prompts.scales"]["weight_decay"] == 0.0
+    assert groups["kv_prompts.keys"]["weight_decay"] == 0.1
+
+
+def test_layer_decay_scales_each_block_by_the_official_exponent():
+    model = tiny_model("full")  # depth 3
+    decay = 0.75
+    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=1.0, weight_decay=0.05,
+                                                    layer_decay=decay))
+    depth = 3
+    expected = {"patch_embed.proj.weight": decay ** (depth + 1),  # layer id 0
+                "blocks.0.attn.qkv.weight": decay ** depth,     # layer id 1
+                "blocks.2.mlp.fc2.bias": decay ** 1,            # layer id 3
+                "fc_norm.weight": 1.0, "head.weight": 1.0}      # layer id depth + 1
+    for name, scale in expected.items():
+        assert groups[name]["lr_scale"] == pytest.approx(scale), name
+
+
+def test_the_head_lr_scale_rides_on_the_classifier_groups_only():
+    model = tiny_model("apt", num_prompts=2)
+    optimizer = build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1, head_lr_scale=0.2)
     schedule = CosineSchedule(optimizer, total_steps=10, warmup_steps=0, base_lr=0.05, min_lr=0.0)
-    groups = _groups_by_tensor(optimizer)
-    named = dict(model.named_parameters())
-    assert groups[id(named["head.weight"])]["lr"] == pytest.approx(0.01)
-    assert groups[id(named["fc_norm.bias"])]["lr"] == pytest.approx(0.01)
-    assert groups[id(named["kv_prompts.keys"])]["lr"] == pytest.approx(0.05)
-    assert groups[id(named["kv_prompts.keys"])]["weight_decay"] == 0.1
-    for one_dim in ("kv_prompts.scales", "head.bias", "fc_norm.weight"):
-        assert groups[id(named[one_dim])]["weight_decay"] == 0.0, one_dim
-    assert not any(id(p) in groups for n, p in named.items() if not p.requires_grad)
+    groups = _groups_by_name(model, optimizer)
     for _ in range(5):
         schedule.step()
-    half = cosine_with_warmup(5, 10, 0, 0.05, 0.0)
-    assert groups[id(named["head.weight"])]["lr"] == pytest.approx(half * 0.01 / 0.05)
-    assert groups[id(named["kv_prompts.keys"])]["lr"] == pytest.approx(half)
-    assert classifier_lr(optimizer) == pytest.approx(half * 0.01 / 0.05)  # what the progress log shows
+    body = lr_at(5, 10, 0, 0.05, 0.0)
+    assert groups["kv_prompts.keys"]["lr"] == pytest.approx(body)
+    assert groups["head.weight"]["lr"] == pytest.approx(body * 0.2)
+    assert groups["fc_norm.bias"]["lr"] == pytest.approx(body * 0.2)
+    assert classifier_lr(optimizer) == pytest.approx(body * 0.2)  # what the progress log shows
 
 
-def test_without_head_lr_every_group_follows_lr():
+def test_without_a_head_lr_every_group_follows_the_schedule():
     model = tiny_model("full")
     optimizer = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.0)
-    CosineSchedule(optimizer, total_steps=4, warmup_steps=2, base_lr=0.1, min_lr=0.0)
-    assert [group["lr"] for group in optimizer.param_groups] == [pytest.approx(0.05)] * 2  # decayed or not
+    CosineSchedule(optimizer, total_steps=4, warmup_steps=3, base_lr=0.1, min_lr=0.0)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.0] * len(optimizer.param_groups)
     assert classifier_lr(optimizer) is None  # the log then shows one lr
 
 
-def test_schedule_warms_up_linearly_then_decays_to_min_lr():
-    values = [cosine_with_warmup(step, 10, 2, 1.0, 0.1) for step in range(11)]
-    assert values[:2] == [0.5, 1.0]
-    assert values[2] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(values[2:], values[3:]))
-    assert values[6] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+def _official_lr(total: int, warmup: int, peak: float, min_lr: float) -> np.ndarray:
+    """np.linspace(0, peak, W), then min + (peak - min)(1 + cos(pi i / R)) / 2 for i < R."""
+    remaining = np.arange(total - warmup)
+    cosine = min_lr + 0.5 * (peak - min_lr) * (1 + np.cos(np.pi * remaining / len(remaining)))
+    return np.concatenate([np.linspace(0, peak, warmup), cosine])
+
+
+@pytest.mark.parametrize("total, warmup", [(20, 5), (7, 1), (12, 0), (30, 10)])
+def test_the_lr_of_every_step_is_the_official_schedule(total, warmup):
+    expected = _official_lr(total, warmup, 0.4, 0.01)
+    got = np.array([lr_at(step, total, warmup, 0.4, 0.01) for step in range(total)])
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    if warmup > 1:
+        assert got[0] == 0.0 and got[warmup - 1] == pytest.approx(0.4)
+
+
+def test_the_weight_decay_follows_a_cosine_to_its_end_value_on_decayed_groups_only():
+    total = 8
+    expected = [0.01 + 0.5 * (0.05 - 0.01) * (1 + math.cos(math.pi * i / total)) for i in range(total)]
+    assert [weight_decay_at(i, total, 0.05, 0.01) for i in range(total)] == pytest.approx(expected)
+    assert [weight_decay_at(i, total, 0.05, None) for i in range(total)] == [0.05] * total
+    model = tiny_model("apt", num_prompts=2)
+    optimizer = build_optimizer(model, "adamw", lr=0.1, weight_decay=0.05)
+    schedule = CosineSchedule(optimizer, total_steps=total, warmup_steps=0, base_lr=0.1, min_lr=0.0,
+                              weight_decay_end=0.01)
+    groups = _groups_by_name(model, optimizer)
+    for step in range(1, 4):
+        schedule.step()
+        assert groups["kv_prompts.keys"]["weight_decay"] == pytest.approx(expected[step])
+        assert groups["head.bias"]["weight_decay"] == 0.0
 
 
 def test_standardized_fc_norm_gives_features_of_zero_mean_and_unit_std():

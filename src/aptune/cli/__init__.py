@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from aptune.errors import AptuneError
@@ -53,11 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AptuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if getattr(exc, "report", True):
+            print(f"error: {exc}", file=sys.stderr)
+        return _leave(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return _leave(130)
+
+
+def _leave(status: int) -> int:
+    """A failed rank of a distributed run exits at once: tearing down a process group whose
+    peers may still wait in a collective can block, and the launcher stops the rest."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

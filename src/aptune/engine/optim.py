@@ -1,8 +1,21 @@
-"""Optimisers and the per-step learning-rate schedule.
+"""Optimisers, parameter groups and the per-step schedules, by the official recipe's rules.
 
-Weight decay never applies to biases or other 1-D tensors (norm scales, APT's
-per-prompt scales): decaying them pulls normalisation and scales toward zero,
-which no recipe intends.
+What VideoMAE and APT train with (``run_class_finetuning.py`` / ``run_class_apt.py``,
+``optim_factory.py``, ``utils.cosine_scheduler``), restated here from their formulas:
+
+* **Weight decay** applies to every trainable tensor except those of one dimension,
+  biases and ``pos_embed`` / ``cls_token``.  APT's per-prompt scales are a
+  (layers, 2, P) tensor, so the official code decays them;
+  ``decay_prompt_scales=False`` (an aptune option) exempts them.
+* **Layer-wise lr decay** (full fine-tuning): with depth L and decay d, the patch
+  embedding's lr is scaled by d^(L+1), block i's by d^(L-i), everything else
+  (``fc_norm``, the head, prompt tensors shared by all blocks) by 1.
+* **Learning rate**, per optimiser step: ``linspace(0, peak, W)`` over the W warm-up
+  steps (first step at 0, last at the peak), then
+  ``min_lr + (peak - min_lr) * (1 + cos(pi * i / R)) / 2`` for i = 0..R-1 over the R
+  remaining steps.  Each group's lr is that value times its ``lr_scale``.
+* **Weight decay schedule**: ``end + (start - end) * (1 + cos(pi * i / T)) / 2`` over all
+  T steps, on the groups that decay (constant when no end value is given).
 """
 
 from __future__ import annotations
@@ -13,64 +26,114 @@ import torch
 from torch import nn
 
 HEAD_PREFIXES = ("fc_norm.", "head.")
+NO_DECAY_NAMES = ("pos_embed", "cls_token")  # VideoMAE's no_weight_decay()
+PROMPT_SCALE_SUFFIX = ".scales"  # APT's (layers, 2, P) reparameterisation scales
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
-    """Trainable tensors by (decayed or not) x (classifier or not); ``lr_scale`` rides on each group."""
-    groups: dict[tuple[bool, bool], list] = {}
+def is_decayed(name: str, param: torch.Tensor, decay_prompt_scales: bool = True) -> bool:
+    """The official criterion, plus the optional exemption of APT's prompt scales."""
+    if param.ndim <= 1 or name.endswith(".bias") or name in NO_DECAY_NAMES:
+        return False
+    return decay_prompt_scales or not name.endswith(PROMPT_SCALE_SUFFIX)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """VideoMAE's layer index of a tensor: 0 for the embedding, i + 1 for block i, depth + 1 else."""
+    if name in ("cls_token", "mask_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def layer_lr_scale(name: str, depth: int, layer_decay: float) -> float:
+    if layer_decay >= 1.0:
+        return 1.0
+    return layer_decay ** (depth + 1 - layer_id(name, depth))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0,
+                     layer_decay: float = 1.0, decay_prompt_scales: bool = True) -> list[dict]:
+    """Trainable tensors grouped by (decayed, lr scale); ``lr_scale`` rides on each group.
+
+    Groups keep the order in which their first tensor appears, as in the official code.
+    """
+    depth = _depth(model)
+    groups: dict[tuple[bool, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        # APT stores every layer's per-prompt scales in one (layers, 2, P) tensor: still scales
-        decays = not (param.ndim <= 1 or name.endswith((".bias", ".scales")))
-        # without a head lr the head shares the groups: the same two as before head_lr existed
-        own_lr = head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES)
-        groups.setdefault((decays, own_lr), []).append(param)
-    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
-             "lr_scale": head_lr_scale if own_lr else 1.0}
-            for (decays, own_lr), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
+        decays = is_decayed(name, param, decay_prompt_scales)
+        scale = layer_lr_scale(name, depth, layer_decay)
+        if head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES):
+            scale *= head_lr_scale
+        group = groups.setdefault((decays, scale), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
                     momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
-                    head_lr: float | None = None) -> torch.optim.Optimizer:
-    """``head_lr``: the classifier's (``fc_norm``, ``head``) own peak lr; None: ``lr``."""
-    groups = parameter_groups(model, weight_decay, 1.0 if head_lr is None else head_lr / lr)
+                    head_lr_scale: float = 1.0, layer_decay: float = 1.0,
+                    decay_prompt_scales: bool = True, eps: float = 1e-8) -> torch.optim.Optimizer:
+    """``head_lr_scale``: the classifier's (``fc_norm``, ``head``) peak lr over the body's."""
+    groups = parameter_groups(model, weight_decay, head_lr_scale, layer_decay, decay_prompt_scales)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     raise ValueError(f"unknown optimizer '{name}' (valid: adamw, sgd)")
 
 
-def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, base_lr: float,
-                       min_lr: float) -> float:
-    """Linear warm-up from ~0 to base_lr, then half-cosine decay to min_lr, per step."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_lr: float) -> float:
+    """The official per-step learning rate (see the module docstring)."""
+    warmup_steps = min(warmup_steps, total_steps)
+    if step < warmup_steps:
+        if warmup_steps == 1:
+            return 0.0  # linspace(0, peak, 1) is [0]
+        return peak * step / (warmup_steps - 1)
+    remaining = total_steps - warmup_steps
+    if remaining <= 0:
+        return peak
+    index = min(step - warmup_steps, remaining - 1)
+    return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * index / remaining))
+
+
+def weight_decay_at(step: int, total_steps: int, start: float, end: float | None) -> float:
+    """The official weight-decay schedule: a half cosine from ``start`` to ``end`` over every step."""
+    if end is None or end == start or total_steps <= 0:
+        return start
+    index = min(step, total_steps - 1)
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * index / total_steps))
 
 
 class CosineSchedule:
-    """Sets every group's lr (times its ``lr_scale``) from the step count; its state is that count."""
+    """Sets every group's lr (times its ``lr_scale``) and weight decay from the step count.
+
+    Its state is that count, so a resumed run continues the exact schedule.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                 base_lr: float, min_lr: float) -> None:
+                 base_lr: float, min_lr: float, weight_decay_end: float | None = None) -> None:
         self.optimizer = optimizer
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.base_lr = base_lr
         self.min_lr = min_lr
+        self.weight_decay_end = weight_decay_end
+        for group in optimizer.param_groups:
+            group.setdefault("initial_weight_decay", group["weight_decay"])
         self.step_count = 0
         self._apply()
 
     def lr(self) -> float:
-        return cosine_with_warmup(self.step_count, self.total_steps, self.warmup_steps,
-                                  self.base_lr, self.min_lr)
+        return lr_at(self.step_count, self.total_steps, self.warmup_steps, self.base_lr, self.min_lr)
+
+    def weight_decay(self, start: float) -> float:
+        return weight_decay_at(self.step_count, self.total_steps, start, self.weight_decay_end)
 
     def step(self) -> None:
         self.step_count += 1
@@ -80,6 +143,8 @@ class CosineSchedule:
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+            if group["initial_weight_decay"] > 0:
+                group["weight_decay"] = self.weight_decay(group["initial_weight_decay"])
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count}
@@ -87,3 +152,8 @@ class CosineSchedule:
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         self._apply()
+
+
+def _depth(model: nn.Module) -> int:
+    blocks = getattr(model, "blocks", None)
+    return len(blocks) if blocks is not None else 0

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from aptune.config import Config, save_config
+from aptune.config import Config
 from aptune.data import build_dataset
 from aptune.engine import distributed as dist_utils
-from aptune.engine.checkpoint import CHECKPOINT_NAME
 from aptune.engine.loaders import DataBundle
 from aptune.engine.metrics import MetricsLog
+from aptune.engine.plots import plot_curves
+from aptune.engine.runfolder import RunFolder, run_in_folder
 from aptune.engine.trainer import (
     TrainLoop,
     TrainState,
@@ -31,11 +32,10 @@ from aptune.engine.trainer import (
     restore,
     save_training_checkpoint,
     seed_everything,
-    should_resume,
     wrap_for_training,
 )
 from aptune.errors import ConfigError
-from aptune.fileio import save_safetensors_atomically
+from aptune.fileio import make_folder, save_safetensors_atomically, write_json_atomically
 from aptune.models.pretrain import VideoMAEPretrainer
 from aptune.models.vit import arch_config
 
@@ -51,11 +51,13 @@ def reconstruction_loss(runner, clips: torch.Tensor, labels: torch.Tensor, preci
 
 
 def pretrain(config: Config, output_dir: str | Path, resume: bool | None = None) -> dict[str, Any]:
-    info = dist_utils.init_distributed(config.train.device)
-    try:
-        return _pretrain(config, Path(output_dir), resume, info)
-    finally:
-        dist_utils.cleanup()
+    def work(info):
+        refuse_classifier_options(config)
+        device = pick_device(config.train.device, info, config.train.precision)
+        return run_in_folder(config, output_dir, resume, info, device,
+                             lambda folder, resuming: _pretrain_in(folder, config, resuming, info, device))
+
+    return dist_utils.run_on_every_rank(config.train.device, work)
 
 
 def build_pretrainer(config: Config) -> VideoMAEPretrainer:
@@ -72,6 +74,7 @@ def build_pretrainer(config: Config) -> VideoMAEPretrainer:
 def refuse_classifier_options(config: Config, source: str = "config") -> None:
     """Options of `train` that a pre-trainer (no fc_norm, no head) would silently ignore."""
     ignored = {"optim.head_lr": config.optim.head_lr is not None,
+               "optim.head_base_lr": config.optim.head_base_lr is not None,
                "train.standardize_features": config.train.standardize_features,
                "train.cache_features": config.train.cache_features}
     for key, is_set in ignored.items():
@@ -80,26 +83,24 @@ def refuse_classifier_options(config: Config, source: str = "config") -> None:
                               "to apply it to: remove it from the pre-training config")
 
 
-def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
-    refuse_classifier_options(config)
-    device = pick_device(config.train.device, info)
-    checkpoint_path = output_dir / CHECKPOINT_NAME
-    resuming = should_resume(checkpoint_path, resume)
-    seed_everything(config.train.seed)
-    train_set = build_dataset(config.data, "train")
-    data = DataBundle(train_set, None, None, list(train_set.class_names))
-    model = build_pretrainer(config).to(device)
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-
-    optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(train_set), info)
+def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device) -> dict[str, Any]:
+    output_dir = folder.path
+    with dist_utils.together("while setting up"):
+        seed_everything(config.train.seed)
+        train_set = build_dataset(config.data, "train")
+        data = DataBundle(train_set, None, None, list(train_set.class_names))
+        model = build_pretrainer(config).to(device)
+        optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(train_set), info)
+        state = TrainState()
+        if resuming:
+            state = restore(folder.checkpoint_path, folder.payload, model, optimizer, schedule, scaler)
+    with dist_utils.together("while writing the run folder"):
+        folder.write_config(config)
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
-    state = TrainState()
     if resuming:
-        state = restore(checkpoint_path, model, optimizer, schedule, scaler)
-        metrics.truncate_after(state.step)
-        log.info("resumed from %s at epoch %d", checkpoint_path, state.epoch)
+        with dist_utils.together("while reading metrics.jsonl"):
+            metrics.truncate_after(state.step)
+        log.info("resumed from %s at epoch %d", folder.checkpoint_path, state.epoch)
     runner = wrap_for_training(model, device, info, config.train.compile)
     loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
                      reconstruction_loss)
@@ -107,8 +108,10 @@ def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> di
     def write_encoder() -> None:
         save_pretrained(model, output_dir / PRETRAINED_NAME, config)
 
-    if state.epoch >= config.train.epochs and info.is_main:
-        write_encoder()  # resumed after the last save: the encoder is rewritten from the checkpoint
+    if state.epoch >= config.train.epochs:
+        with dist_utils.together("while writing the encoder"):
+            if info.is_main:
+                write_encoder()  # resumed after the last save: the encoder is rewritten from the checkpoint
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()
         loop.run_epoch(epoch, state, steps_per_epoch)
@@ -118,12 +121,11 @@ def _pretrain(config: Config, output_dir: Path, resume: bool | None, info) -> di
                                      artifacts=write_encoder)
     summary = {"epochs": state.epoch, "train_seconds": round(state.train_seconds, 2),
                "final_loss": _last_loss(metrics), "pretrained": str(output_dir / PRETRAINED_NAME)}
+    with dist_utils.together("while writing the final metrics"):
+        if info.is_main:
+            write_json_atomically(output_dir / "metrics.json", summary)
+            plot_curves(metrics.read(), make_folder(output_dir / "plots") / "curves.png")
     if info.is_main:
-        from aptune.engine.plots import plot_curves
-
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        (output_dir / "plots").mkdir(exist_ok=True)
-        plot_curves(metrics.read(), output_dir / "plots" / "curves.png")
         log.info("pre-training done: loss %.4f after %d epochs; encoder at %s", summary["final_loss"] or
                  float("nan"), state.epoch, summary["pretrained"])
     return summary

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aptune.adapters import save_adapter
-from aptune.config import Config, save_config
+from aptune.config import DEVICE_PATTERN, Config
 from aptune.engine import distributed as dist_utils
 from aptune.engine.checkpoint import (
     CHECKPOINT_NAME,
@@ -45,7 +45,9 @@ from aptune.engine.loaders import (
 from aptune.engine.metrics import MetricsLog
 from aptune.engine.mixup import mix_batch
 from aptune.engine.optim import CosineSchedule, build_optimizer
+from aptune.engine.runfolder import RunFolder, run_in_folder
 from aptune.errors import AptuneError, ConfigError
+from aptune.models.vit import count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -68,44 +70,40 @@ def train(config: Config, output_dir: str | Path, resume: bool | None = None) ->
     """Train, evaluate every ``eval_every`` epochs and with all views at the end.
 
     ``resume``: True requires a checkpoint in ``output_dir``, False refuses one,
-    None (default) resumes when there is one.
+    None (default) resumes when there is one.  Under torchrun every rank calls this;
+    an error on any rank stops all of them (:mod:`aptune.engine.distributed`).
     """
-    info = dist_utils.init_distributed(config.train.device)
-    output_dir = Path(output_dir)
-    try:
-        return _train(config, output_dir, resume, info)
-    finally:
-        dist_utils.cleanup()
+    def work(info):
+        device = pick_device(config.train.device, info, config.train.precision)
+        return run_in_folder(config, output_dir, resume, info, device,
+                             lambda folder, resuming: _train_in(folder, config, resuming, info, device))
+
+    return dist_utils.run_on_every_rank(config.train.device, work)
 
 
-def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[str, Any]:
-    device = pick_device(config.train.device, info)
-    checkpoint_path = output_dir / CHECKPOINT_NAME
-    resuming = should_resume(checkpoint_path, resume)
-
-    seed_everything(config.train.seed)  # identical model init on every rank
-    data = build_data(config, info)
-    model = build_model(config, data.class_names).to(device)
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-        if config.model.pretrained is None and config.method.name != "full":
+def _train_in(folder: RunFolder, config: Config, resuming: bool, info, device) -> dict[str, Any]:
+    output_dir = folder.path
+    with dist_utils.together("while setting up"):
+        seed_everything(config.train.seed)  # identical model init on every rank
+        data = build_data(config, info)
+        model = build_model(config, data.class_names).to(device)
+        if not resuming:
+            start_from_data(model, data, config, info, device)
+        optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(data.train), info)
+        state = TrainState()
+        if resuming:
+            state = restore(folder.checkpoint_path, folder.payload, model, optimizer, schedule, scaler)
+    with dist_utils.together("while writing the run folder"):
+        folder.write_config(config)
+        if info.is_main and config.model.pretrained is None and config.method.name != "full":
             save_random_backbone(model, output_dir)
-
-    if not resuming:
-        start_from_data(model, data, config, info, device)
-    optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(data.train), info)
-    state = TrainState()
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
     if resuming:
-        state = restore(checkpoint_path, model, optimizer, schedule, scaler)
-        metrics.truncate_after(state.step)
-        log.info("resumed from %s at epoch %d (step %d)", checkpoint_path, state.epoch, state.step)
+        with dist_utils.together("while reading metrics.jsonl"):
+            metrics.truncate_after(state.step)
+        log.info("resumed from %s at epoch %d (step %d)", folder.checkpoint_path, state.epoch, state.step)
     if info.is_main:
-        trainable, total = count_trainable(model)
-        head = "" if config.optim.head_lr is None else f" (classifier {config.optim.head_lr:.3g})"
-        log.info("%s on %s: %s trainable of %s parameters, lr %.3g%s, %d steps/epoch", config.method.name,
-                 device, f"{trainable:,}", f"{total:,}", schedule.base_lr, head, steps_per_epoch)
+        log_run_start(config, model, device, schedule, steps_per_epoch)
 
     if config.train.cache_features:
         log.info("caching the frozen backbone's features of %d training videos", len(data.train))
@@ -119,10 +117,12 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
     def write_adapter() -> None:
         save_adapter(model, output_dir / "adapter.safetensors", preprocess=data.preprocess)
 
-    if state.epoch >= config.train.epochs and info.is_main:
+    if state.epoch >= config.train.epochs:
         # resumed after the last save: rewrite the adapter from the checkpoint, since a run folder
         # saved before artifacts were written first can hold one an epoch old
-        write_adapter()
+        with dist_utils.together("while writing the adapter"):
+            if info.is_main:
+                write_adapter()
     for epoch in range(state.epoch, config.train.epochs):
         started = time.time()
         loop.run_epoch(epoch, state, steps_per_epoch)
@@ -130,17 +130,30 @@ def _train(config: Config, output_dir: Path, resume: bool | None, info) -> dict[
         state.train_seconds += time.time() - started
         last = state.epoch == config.train.epochs
         if data.val is not None and not last and state.epoch % config.train.eval_every == 0:
-            result = evaluate(model, data.val, device, config.train.precision, len(data.class_names),
-                              desc=f"val {state.epoch}")
-            metrics.write("eval", epoch=state.epoch, step=state.step, split="val",
-                          top1=result["top1"], top5=result["top5"], num_videos=result["num_videos"],
-                          skipped_videos=result["skipped_videos"])
-            if info.is_main:
-                log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
+            validate_epoch(model, data, device, config, state, metrics, info)
         if last or state.epoch % config.train.save_every == 0:
             save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
                                      extra={"class_names": list(data.class_names)}, artifacts=write_adapter)
     return finish(config, model, data, device, state, output_dir, metrics, info)
+
+
+def log_run_start(config: Config, model, device, schedule, steps_per_epoch: int) -> None:
+    trainable, total = count_parameters(model)
+    head_scale = head_lr_scale(config.optim)
+    head = "" if head_scale == 1.0 else f" (classifier {schedule.base_lr * head_scale:.3g})"
+    log.info("%s on %s: %s trainable of %s parameters, lr %.3g%s, %d steps/epoch", config.method.name,
+             device, f"{trainable:,}", f"{total:,}", schedule.base_lr, head, steps_per_epoch)
+
+
+def validate_epoch(model, data: DataBundle, device, config: Config, state, metrics: MetricsLog, info) -> None:
+    result = evaluate(model, data.val, device, config.train.precision, len(data.class_names),
+                      desc=f"val {state.epoch}")
+    with dist_utils.together("while writing metrics.jsonl"):
+        metrics.write("eval", epoch=state.epoch, step=state.step, split="val",
+                      top1=result["top1"], top5=result["top5"], num_videos=result["num_videos"],
+                      skipped_videos=result["skipped_videos"])
+    if info.is_main:
+        log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
 
 
 def classifier_lr(optimizer: torch.optim.Optimizer) -> float | None:
@@ -197,30 +210,46 @@ class TrainLoop:
         progress = progress_bar(batches, f"epoch {epoch + 1}/{train_cfg.epochs}", self.info.is_main)
         clips_seen, started = 0, time.time()
         bad_videos = new_bad_video_log(self.data, self.config)
-        for index, batch in enumerate(loader):
-            if index >= batches:
-                break
-            bad_videos.record(batch.failures)
-            clips, labels = batch.clips.to(self.device, non_blocking=True), batch.labels.to(self.device)
-            loss = self.forward_backward(clips, labels, accum)
-            clips_seen += clips.shape[0]
-            if (index + 1) % accum == 0:
+        batch_iterator = iter(loader)
+        for index in range(batches):
+            synchronise = (index + 1) % accum == 0
+            with self.gradient_sync(synchronise):
+                with dist_utils.together(f"at step {state.step + 1} (epoch {epoch + 1})"):
+                    batch = next(batch_iterator)
+                    bad_videos.record(batch.failures)
+                    loss = self.forward(batch)
+                self.backward(loss, accum)
+            clips_seen += batch.clips.shape[0]
+            if synchronise:
                 self.optimizer_step()
                 state.step += 1
-                self.log_step(epoch, state, index, batches, loss, clips_seen / (time.time() - started), progress)
+                self.log_step(epoch, state, index, batches, loss.item(), clips_seen / (time.time() - started),
+                              progress)
             progress.update(1)
         progress.close()
+        del batch_iterator
         self.report_bad_videos(epoch, state, bad_videos)
 
-    def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor, accum: int) -> float:
+    def gradient_sync(self, synchronise: bool):
+        """DDP all-reduces gradients only on an accumulation group's last micro-batch."""
+        ddp = find_ddp(self.runner)
+        if ddp is None or synchronise:
+            return contextlib.nullcontext()
+        return ddp.no_sync()
+
+    def forward(self, batch) -> torch.Tensor:
+        """This rank's loss on one micro-batch; a non-finite loss is an error (on every rank)."""
+        clips, labels = batch.clips.to(self.device, non_blocking=True), batch.labels.to(self.device)
         loss = self.loss_fn(self.runner, clips, labels, self.config.train.precision, self.device)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {loss.item()} at step {self.schedule.step_count}; stopping. The last good "
+                f"loss became {loss.item()} at step {self.schedule.step_count + 1}; stopping. The last good "
                 "checkpoint is kept: lower optim.lr (or base_lr), set optim.clip_grad, or use fp32"
             )
+        return loss
+
+    def backward(self, loss: torch.Tensor, accum: int) -> None:
         self.scaler.scale(loss / accum).backward()
-        return loss.item()
 
     def optimizer_step(self) -> None:
         clip = self.config.optim.clip_grad
@@ -240,8 +269,9 @@ class TrainLoop:
                              clips_s=f"{clips_per_second:.1f}")
         every = self.config.train.log_every
         if state.step % every == 0 or index + 1 == batches:
-            self.metrics.write("train", epoch=epoch + 1, epoch_float=epoch + (index + 1) / batches,
-                               step=state.step, loss=loss, **lrs, clips_per_second=clips_per_second)
+            with dist_utils.together("while writing metrics.jsonl"):
+                self.metrics.write("train", epoch=epoch + 1, epoch_float=epoch + (index + 1) / batches,
+                                   step=state.step, loss=loss, **lrs, clips_per_second=clips_per_second)
             if progress.disable and self.info.is_main:
                 shown = " ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in lrs.items())
                 log.info("epoch %d step %d/%d loss %.4f %s %.1f clips/s", epoch + 1, index + 1,
@@ -252,8 +282,9 @@ class TrainLoop:
         bad, skips = (int(v) for v in dist_utils.all_reduce_sum(counts.to(self.device)).tolist())
         if bad and self.info.is_main:
             log.warning("epoch %d: %s", epoch + 1, bad_videos.summary())
-        self.metrics.write("data", epoch=epoch + 1, step=state.step, bad_train_videos=bad,
-                           replaced_samples=skips)
+        with dist_utils.together("while writing metrics.jsonl"):
+            self.metrics.write("data", epoch=epoch + 1, step=state.step, bad_train_videos=bad,
+                               replaced_samples=skips)
 
 
 def finish(config, model, data, device, state, output_dir, metrics, info) -> dict[str, Any]:
@@ -264,9 +295,11 @@ def finish(config, model, data, device, state, output_dir, metrics, info) -> dic
         "skipped_videos": result["skipped_videos"], "epochs": state.epoch,
         "train_seconds": round(state.train_seconds, 2), "method": config.method.name,
     }
-    metrics.write("eval", epoch=state.epoch, step=state.step, split="test", final=True, **summary)
+    with dist_utils.together("while writing the final metrics"):
+        metrics.write("eval", epoch=state.epoch, step=state.step, split="test", final=True, **summary)
+        if info.is_main:
+            write_final_outputs(model, result, summary, data.class_names, output_dir, metrics.read(), config)
     if info.is_main:
-        write_final_outputs(model, result, summary, data.class_names, output_dir, metrics.read(), config)
         log.info("test: top-1 %.2f  top-5 %.2f on %d videos (%d skipped)", result["top1"], result["top5"],
                  result["num_videos"], result["skipped_videos"])
     return {**summary, **{k: result[k] for k in ("per_class_accuracy",)}}
@@ -330,28 +363,46 @@ def standardize_head_inputs(model: nn.Module, batches: list[torch.Tensor]) -> No
     model.fc_norm.bias.sub_(mean).div_(std)
 
 
-def should_resume(checkpoint_path: Path, resume: bool | None) -> bool:
-    """--resume needs a checkpoint, --no-resume refuses one, the default takes one if present."""
-    exists = checkpoint_path.exists()
-    if resume is True and not exists:
-        raise ConfigError(f"{checkpoint_path.parent}: --resume given but there is no {checkpoint_path.name}")
-    if resume is False and exists:
-        raise ConfigError(f"{checkpoint_path.parent}: holds a checkpoint already; use --resume or another --output-dir")
-    return exists
-
-
 def build_optimisation(config: Config, model: nn.Module, num_items: int, info):
-    """Optimiser, per-step schedule, grad scaler and steps per epoch for ``num_items`` videos."""
-    # VideoMAE's rule: repeated-augmentation samples do not count toward the lr-scaling batch
+    """Optimiser, per-step schedule, grad scaler and steps per epoch for ``num_items`` videos.
+
+    The official rule: the lr-scaling batch is ``batch_size x accum_steps x ranks`` videos
+    (repeated-augmentation samples do not count), and both the peak lr and ``min_lr``
+    scale with it; an absolute ``optim.lr`` takes ``min_lr`` as given.
+    """
+    optim = config.optim
     total_batch = config.train.batch_size * config.train.accum_steps * info.world_size
-    lr = config.optim.lr if config.optim.lr is not None else config.optim.base_lr * total_batch / 256
-    steps_per_epoch = max(1, num_items // total_batch)
-    optimizer = build_optimizer(model, config.optim.name, lr, config.optim.weight_decay,
-                                config.optim.momentum, config.optim.betas, config.optim.head_lr)
+    steps_per_epoch = num_items // total_batch
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{num_items} training videos do not fill one optimiser step of train.batch_size="
+            f"{config.train.batch_size} x train.accum_steps={config.train.accum_steps} x {info.world_size} "
+            f"rank(s) = {total_batch} videos: lower train.batch_size or train.accum_steps")
+    peak, min_lr = peak_lr(optim, total_batch)
+    optimizer = build_optimizer(model, optim.name, peak, optim.weight_decay, optim.momentum, optim.betas,
+                                head_lr_scale=head_lr_scale(optim), layer_decay=optim.layer_decay,
+                                decay_prompt_scales=optim.decay_prompt_scales, eps=optim.eps)
     schedule = CosineSchedule(optimizer, steps_per_epoch * config.train.epochs,
-                              int(config.optim.warmup_epochs * steps_per_epoch), lr, config.optim.min_lr)
+                              int(optim.warmup_epochs * steps_per_epoch), peak, min_lr, optim.weight_decay_end)
     scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
     return optimizer, schedule, scaler, steps_per_epoch
+
+
+def peak_lr(optim, total_batch: int) -> tuple[float, float]:
+    """(peak lr, min lr) of a run whose lr-scaling batch is ``total_batch`` videos."""
+    if optim.lr is not None:
+        return optim.lr, optim.min_lr
+    scale = total_batch / 256
+    return optim.base_lr * scale, optim.min_lr * scale
+
+
+def head_lr_scale(optim) -> float:
+    """The classifier's peak lr over the body's; fixed by the recipe, whatever the number of GPUs."""
+    if optim.head_lr is not None:
+        return optim.head_lr / optim.lr
+    if optim.head_base_lr is not None:
+        return optim.head_base_lr / optim.base_lr
+    return 1.0
 
 
 def build_model(config: Config, class_names: list[str]):
@@ -376,14 +427,25 @@ def build_model(config: Config, class_names: list[str]):
     return model
 
 
-def pick_device(name: str, info) -> torch.device:
+def pick_device(name: str, info=None, precision: str = "fp32", key: str = "train.device") -> torch.device:
+    """The device a run uses, checked before anything is written: a typo, a GPU that is not there,
+    or fp16 without CUDA is a one-line error naming ``key``."""
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"{key}={name!r} is not one of: auto, cpu, cuda, cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available")
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+            raise ConfigError(f"{key}={name} but no CUDA device is available (use cpu or auto)")
+        index = int(name.split(":")[1]) if ":" in name else (info.local_rank if info is not None else 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device(name)
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return device
 
 
 @contextlib.contextmanager
@@ -399,15 +461,27 @@ def autocast(precision: str, device: torch.device):
 
 
 def wrap_for_training(model: nn.Module, device: torch.device, info, compile_model: bool) -> nn.Module:
+    """DDP first, then ``torch.compile`` of the DDP module (PyTorch's recommended order: the
+    compiler then splits the graph at DDP's gradient buckets and keeps their overlap)."""
     runner = model
-    if compile_model:
-        runner = torch.compile(runner)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
         runner = DistributedDataParallel(runner, device_ids=ids)
+    if compile_model:
+        runner = torch.compile(runner)
     return runner
+
+
+def find_ddp(runner: nn.Module):
+    """The DistributedDataParallel inside ``runner`` (itself, or under torch.compile), else None."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    for candidate in (runner, getattr(runner, "_orig_mod", None)):
+        if isinstance(candidate, DistributedDataParallel):
+            return candidate
+    return None
 
 
 def seed_everything(seed: int, epoch: int = -1, rank: int = 0) -> None:
@@ -416,12 +490,6 @@ def seed_everything(seed: int, epoch: int = -1, rank: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
-
-
-def count_trainable(model: nn.Module) -> tuple[int, int]:
-    from aptune.models.vit import count_parameters
-
-    return count_parameters(model)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
@@ -438,21 +506,25 @@ def save_training_checkpoint(output_dir: Path, model, optimizer, schedule, scale
     repeats the epoch and rewrites both, where the other order could leave a finished run whose
     checkpoint is current and whose adapter is an epoch old.
     """
-    if info.is_main:
-        if artifacts is not None:
-            artifacts()
-        payload = {
-            "trainable": {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad},
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "state": vars(state).copy(),
-            "rng": rng_states(),
-            "config": config.to_dict(),
-            **(extra or {}),
-        }
-        atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
-    dist_utils.barrier()
+    with dist_utils.together("while saving the checkpoint"):
+        if info.is_main:
+            _write_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, extra, artifacts)
+
+
+def _write_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, extra, artifacts) -> None:
+    if artifacts is not None:
+        artifacts()
+    payload = {
+        "trainable": {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": vars(state).copy(),
+        "rng": rng_states(),
+        "config": config.to_dict(),
+        **(extra or {}),
+    }
+    atomic_torch_save(payload, output_dir / CHECKPOINT_NAME)
 
 
 def save_random_backbone(model, output_dir: Path) -> None:
@@ -468,8 +540,9 @@ def save_random_backbone(model, output_dir: Path) -> None:
         save_safetensors_atomically(state, path)
 
 
-def restore(path: Path, model, optimizer, schedule, scaler) -> TrainState:
-    payload = load_training_state(path)
+def restore(path: Path, payload: dict | None, model, optimizer, schedule, scaler) -> TrainState:
+    """Load a checkpoint's tensors and states (``payload``: already read, or None to read ``path``)."""
+    payload = payload if payload is not None else load_training_state(path)
     missing = set(k for k, p in model.named_parameters() if p.requires_grad) - set(payload["trainable"])
     if missing:
         raise ConfigError(f"{path}: checkpoint lacks '{sorted(missing)[0]}': was it made with another method?")

@@ -1,0 +1,181 @@
+"""A run folder: its layout, who may write it, and whether a run in it may be resumed.
+
+``aptune train`` and ``aptune pretrain`` write into one folder (``--output-dir``).
+This module owns what a real run needs from it:
+
+* the folder must be a writable directory (one-line errors otherwise, before any work);
+* one process at a time: the main rank holds an exclusive lock on ``.aptune.lock``
+  (released by the operating system if the process dies); a second command on the
+  same folder refuses in one line naming the holder's pid;
+* temporary files that a killed atomic write left behind are removed on start;
+* a checkpoint is resumed only when the recipe that made it and the current one agree
+  on everything that changes the run (``SAFE_TO_CHANGE`` lists what may differ);
+* a refused command writes nothing: the folder's ``config.yaml`` is written only once
+  the run is accepted, and a folder this command created is removed again if it stays empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from aptune.config import Config, save_config
+from aptune.engine.checkpoint import CHECKPOINT_NAME, load_training_state
+from aptune.errors import ConfigError, OutputError
+from aptune.fileio import make_folder, output_error, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+LOCK_NAME = ".aptune.lock"
+
+# Keys a resumed run may change: they decide how long it runs, how often it reports, and
+# where it computes, never which numbers it produces (data order and augmentation are
+# seeded per item, so the number of loader workers does not change them either).
+SAFE_TO_CHANGE = frozenset({
+    "train.epochs", "train.log_every", "train.save_every", "train.eval_every", "train.device",
+    "train.compile", "model.grad_checkpointing", "data.num_workers", "data.decode_threads",
+    "data.max_bad_fraction",
+})
+
+
+class RunFolder:
+    """Open with :meth:`open` on every rank (only the main rank writes or locks); close always."""
+
+    def __init__(self, path: str | Path, is_main: bool = True) -> None:
+        if str(path).strip() == "":
+            raise ConfigError("--output-dir is empty: give the folder the run should be written to")
+        self.path = Path(path)
+        self.is_main = is_main
+        self.checkpoint_path = self.path / CHECKPOINT_NAME
+        self.payload: dict[str, Any] | None = None  # the checkpoint a resume continues from
+        self._created = False
+        self._lock_handle = None
+
+    # ------------------------------------------------------------------ opening
+    def open(self, config: Config, resume: bool | None) -> bool:
+        """Check, lock and clean the folder; returns whether the run resumes a checkpoint."""
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"{self.path}: --output-dir is a file, not a folder")
+        if self.is_main:
+            self._created = not self.path.exists()
+            make_folder(self.path)
+            self._check_writable()
+            self._lock()
+            removed = remove_stale_temporaries(self.path)
+            if removed:
+                log.info("%s: removed %d temporary file(s) left by an interrupted write", self.path, len(removed))
+        resuming = self._should_resume(resume)
+        if resuming:
+            self.payload = load_training_state(self.checkpoint_path)
+            refuse_changed_recipe(self.payload.get("config"), config, self.path)
+        return resuming
+
+    def write_config(self, config: Config) -> None:
+        if self.is_main:
+            save_config(config, self.path / CONFIG_NAME)
+
+    def close(self, succeeded: bool) -> None:
+        """Release the lock; a folder this command created and left empty goes again."""
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_NAME).unlink()
+        if self.is_main and self._created and not succeeded:
+            with contextlib.suppress(OSError):
+                if self.path.is_dir() and not any(self.path.iterdir()):
+                    self.path.rmdir()
+
+    # ------------------------------------------------------------------ details
+    def _should_resume(self, resume: bool | None) -> bool:
+        """--resume needs a checkpoint, --no-resume refuses one, the default takes one if present."""
+        exists = self.checkpoint_path.exists()
+        if resume is True and not exists:
+            raise ConfigError(f"{self.path}: --resume given but there is no {CHECKPOINT_NAME}")
+        if resume is False and exists:
+            raise ConfigError(f"{self.path}: holds a checkpoint already; use --resume or another --output-dir")
+        return exists
+
+    def _check_writable(self) -> None:
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise OutputError(f"{self.path}: cannot write (permission denied)")
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: run without the guard
+            return
+        lock_path = self.path / LOCK_NAME
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole run
+        except OSError as exc:
+            raise output_error(lock_path, exc) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"{self.path}: another aptune process is writing this run folder ({holder}); "
+                              "wait for it to finish or use another --output-dir") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        except OSError as exc:
+            handle.close()
+            raise output_error(lock_path, exc) from None
+        self._lock_handle = handle
+
+
+def run_in_folder(config: Config, output_dir: str | Path, resume: bool | None, info, device, body):
+    """Open the run folder on every rank, run ``body(folder, resuming)``, always close it."""
+    from aptune.engine import distributed as dist_utils
+
+    folder = RunFolder(output_dir, is_main=info.is_main)
+    succeeded = False
+    try:
+        with dist_utils.together("while opening the run folder"):
+            resuming = folder.open(config, resume)
+        result = body(folder, resuming)
+        succeeded = True
+        return result
+    finally:
+        folder.close(succeeded)
+
+
+def refuse_changed_recipe(stored: dict[str, Any] | None, config: Config, folder: Path) -> None:
+    """Resume only with the recipe that made the checkpoint, apart from ``SAFE_TO_CHANGE``."""
+    if not isinstance(stored, dict):
+        return  # a checkpoint from before configs were stored: the tensor checks still apply
+    current = _flatten(_plain(config.to_dict()))
+    saved = _flatten(_plain(stored))
+    changed = [key for key in sorted(current.keys() & saved.keys())
+               if key not in SAFE_TO_CHANGE and current[key] != saved[key]]
+    if changed:
+        shown = ", ".join(f"{key} {saved[key]!r} -> {current[key]!r}" for key in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"{folder}: resuming would change how this run is made ({shown}{more}); resume with the "
+            f"recipe in {folder / CONFIG_NAME} (only {', '.join(sorted(SAFE_TO_CHANGE))} may change) "
+            "or use another --output-dir")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as the checkpoint (and config.yaml) store them."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items()}
