@@ -123,7 +123,10 @@ def test_broken_merged_header_is_a_one_line_error(tmp_path):
 
     path = tmp_path / "merged.safetensors"
     for arch, message in (("{not json", "header 'arch' is not valid JSON"),
-                          ('{"depth": "2"}', "header 'arch' key 'depth' is '2', expected a int"),
+                          ('{"depth": "2"}', "header 'arch' key 'depth' is '2', expected a positive integer"),
+                          ('{"depth": 0}', "header 'arch' key 'depth' is 0, expected a positive integer"),
+                          ('{"embed_dim": 30, "num_heads": 4}', "header 'arch': embed_dim=30 is not divisible"),
+                          ('{"layer_norm_eps": -1}', "header 'arch' key 'layer_norm_eps' is -1, expected a positive"),
                           ("[1]", "header 'arch' must be a JSON dict")):
         save_file({"head.weight": torch.zeros(2, 4)}, str(path),
                   metadata={"format": "aptune-merged", "arch": arch})

@@ -7,7 +7,12 @@ attention itself always goes through ``scaled_dot_product_attention``, which
 never materialises an N x N matrix on the fused/flash paths.
 
 State-dict names follow the original VideoMAE code: a fused ``qkv`` Linear
-without bias plus separate ``q_bias`` and ``v_bias`` (the key has no bias).
+without bias plus separate ``q_bias`` and ``v_bias``.  The key has no bias in
+VideoMAE; without prompts a bias shared by every key cancels in the softmax, but
+with prompts it does not (the prompt keys do not get it).  So a checkpoint whose
+key projection has a non-zero bias (some Hugging Face models) keeps it as an
+optional, frozen ``k_bias`` (:meth:`Attention.add_key_bias`), and native and
+injected models compute the same thing.
 """
 
 from __future__ import annotations
@@ -38,15 +43,27 @@ class Attention(nn.Module):
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
             self.q_bias = self.v_bias = None
+        self.register_parameter("k_bias", None)  # only for checkpoints that have one (add_key_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def add_key_bias(self, bias: Tensor, requires_grad: bool = False) -> None:
+        """Give the key projection a bias (VideoMAE has none; some Hugging Face checkpoints do)."""
+        dim = self.qkv.in_features
+        if tuple(bias.shape) != (dim,):
+            raise ValueError(f"a key bias must have shape ({dim},), not {tuple(bias.shape)}")
+        weight = self.qkv.weight
+        self.k_bias = nn.Parameter(bias.detach().to(weight.device, weight.dtype).clone(),
+                                   requires_grad=requires_grad)
+
     def qkv_bias(self) -> Tensor | None:
-        if self.q_bias is None:
+        if self.q_bias is None and self.k_bias is None:
             return None
-        # the key bias is fixed at zero, as in VideoMAE
-        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        parts = (self.q_bias, self.k_bias, self.v_bias)
+        reference = next(p for p in parts if p is not None)
+        # a missing part is zero: VideoMAE fixes the key bias at zero
+        return torch.cat([torch.zeros_like(reference) if p is None else p for p in parts])
 
     def project_qkv(self, x: Tensor, qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v each (B, heads, N, head_dim)."""

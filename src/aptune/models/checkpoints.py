@@ -13,7 +13,13 @@ Accepted without any conversion step:
    directly: ``transformers`` is not needed.
 
 Pickles are only ever opened with ``weights_only=True``.  Every failure is a
-:class:`CheckpointError` naming the file and, where there is one, the key.
+:class:`CheckpointError` naming the file and, where there is one, the key: a state
+dict with non-string keys, a ``config.json`` that is not UTF-8 JSON or not an
+object, a size that is not a positive integer, an ``id2label`` that is not a map
+of class indices to names, an index whose shards are missing, and so on.
+
+A key projection with a non-zero bias (possible in Hugging Face checkpoints) is
+kept as ``blocks.N.attn.k_bias``: with prompts it is not exact to drop it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,14 +107,11 @@ def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | 
     class_names = _header_json(header, "class_names", path, list, required=False)
     # the shape only: the head's size comes from the weights, the name is a label, and
     # regularisation (drop path, dropout, head init) belongs to whoever trains the model next
-    defaults = ViTConfig()
     shape = {f.name for f in dataclasses.fields(ViTConfig)} - {
         "num_classes", "name", "drop_path_rate", "head_dropout", "head_init_scale"}
-    arch = {k: v for k, v in arch.items() if k in shape}
-    for key, value in arch.items():
-        if not _same_kind(value, getattr(defaults, key)):
-            raise CheckpointError(f"{path}: aptune-merged header 'arch' key '{key}' is {value!r}, "
-                                  f"expected a {type(getattr(defaults, key)).__name__}")
+    arch = check_arch_values({k: v for k, v in arch.items() if k in shape}, f"{path}: aptune-merged header 'arch'")
+    if class_names is not None:
+        check_class_names(class_names, f"{path}: aptune-merged header 'class_names'")
     return arch, class_names
 
 
@@ -125,18 +129,102 @@ def _header_json(header: dict[str, str], key: str, path: Path, kind: type, requi
     return value
 
 
-def _same_kind(value: Any, default: Any) -> bool:
-    if default is None:  # optional floats (fc_norm_eps)
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, tuple):
-        return isinstance(value, (list, tuple)) and len(value) == len(default)
-    return isinstance(value, type(default))
+# Upper bounds keep a crafted header or config from asking for a model that cannot be built
+# (a terabyte of weights) before any tensor is read; every real ViT is far inside them.
+ARCH_LIMITS = {"embed_dim": 16384, "depth": 256, "num_heads": 1024, "patch_size": 1024, "tubelet_size": 1024,
+               "num_frames": 4096, "img_size": 8192, "in_chans": 64, "num_classes": 1_000_000}
+
+
+def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check the types and ranges of a :class:`ViTConfig`-shaped dict; unknown keys pass.
+
+    ``where`` starts every message ("FILE: adapter header 'arch'").  Returns ``arch``.
+    """
+    for key, value in arch.items():
+        if key in ARCH_LIMITS:
+            _check_int(value, where, key, 1, ARCH_LIMITS[key])
+        elif key in ("mlp_ratio", "layer_norm_eps"):
+            _check_number(value, where, key, positive=True, upper=64.0 if key == "mlp_ratio" else 1.0)
+        elif key == "fc_norm_eps" and value is not None:
+            _check_number(value, where, key, positive=True, upper=1.0)
+        elif key == "layer_scale_init":
+            _check_number(value, where, key, minimum=0.0)
+        elif key in ("drop_path_rate", "head_dropout"):
+            _check_number(value, where, key, minimum=0.0, below=1.0)
+        elif key == "head_init_scale":
+            _check_number(value, where, key)
+        elif key == "qkv_bias" and not isinstance(value, bool):
+            raise CheckpointError(f"{where} key '{key}' is {value!r}, expected true or false")
+        elif key in ("mean", "std"):
+            _check_triple(value, where, key, positive=key == "std")
+        elif key == "name" and not isinstance(value, str):
+            raise CheckpointError(f"{where} key 'name' is {value!r}, expected a string")
+    if "embed_dim" in arch and "num_heads" in arch and arch["embed_dim"] % arch["num_heads"]:
+        raise CheckpointError(f"{where}: embed_dim={arch['embed_dim']} is not divisible by "
+                              f"num_heads={arch['num_heads']}")
+    for size, part in (("num_frames", "tubelet_size"), ("img_size", "patch_size")):
+        if size in arch and part in arch and arch[size] % arch[part]:
+            raise CheckpointError(f"{where}: {size}={arch[size]} is not a multiple of {part}={arch[part]}")
+    return arch
+
+
+def check_class_names(names: Any, where: str) -> list[str]:
+    """A JSON list of strings (any characters: callers escape them for terminals)."""
+    if not isinstance(names, list):
+        raise CheckpointError(f"{where} is a {_json_type(names)}, expected a list of class names")
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            raise CheckpointError(f"{where}: entry {index} is {name!r}, expected a string")
+    return names
+
+
+def _check_int(value: Any, where: str, key: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        if maximum is not None:
+            wanted += f" up to {maximum:,}"
+        raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected {wanted}")
+    return value
+
+
+def _check_number(value: Any, where: str, key: str, *, positive: bool = False, minimum: float | None = None,
+                  below: float | None = None, upper: float | None = None) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and not (positive and value <= 0) and not (minimum is not None and value < minimum)
+    ok = ok and not (below is not None and value >= below) and not (upper is not None and value > upper)
+    if not ok:
+        if below is not None:
+            wanted = f"a number in [{minimum:g}, {below:g})"
+        elif positive:
+            wanted = "a positive number" + (f" up to {upper:g}" if upper is not None else "")
+        elif minimum is not None:
+            wanted = f"a number >= {minimum:g}"
+        else:
+            wanted = "a finite number"
+        raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected {wanted}")
+    return float(value)
+
+
+def _check_triple(value: Any, where: str, key: str, positive: bool) -> None:
+    numbers = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+        for v in value)
+    if not numbers:
+        wanted = "3 positive numbers" if positive else "3 numbers"
+        raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected a list of {wanted}")
+
+
+def _short(value: Any) -> str:
+    """repr (control characters escaped), cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "JSON object", list: "JSON list", str: "string", bool: "boolean", type(None): "null",
+             int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------ raw files
@@ -173,7 +261,11 @@ def _flatten_tensors(obj: Any, path: Path) -> dict[str, Tensor]:
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path}: holds no tensors (keys: {', '.join(list(obj)[:5])})")
+        raise CheckpointError(f"{path}: holds no tensors (keys: {', '.join(_short(k) for k in list(obj)[:5])})")
+    for key in tensors:
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: state-dict key {_short(key)} is a {type(key).__name__}, "
+                                  "expected a string (a tensor name)")
     return tensors
 
 
@@ -240,14 +332,19 @@ def _convert_official_apt(state: dict[str, Tensor], source: str):
             converted["fc_norm." + key[len("head_norm."):]] = value
         else:
             converted[key] = value
-    keys = converted["kv_prompts.keys"]
-    if keys.ndim != 3 or converted.get("kv_prompts.values", keys).shape != keys.shape:
+    keys, values = converted["kv_prompts.keys"], converted.get("kv_prompts.values")
+    if values is None:
+        raise CheckpointError(f"{source}: has 'prompt_embeddings_k' but no 'prompt_embeddings_v'")
+    if keys.ndim != 3 or values.shape != keys.shape or 0 in keys.shape:
         raise CheckpointError(
             f"{source}: 'prompt_embeddings_k'/'prompt_embeddings_v' must both be (layers, P, head_dim), "
-            f"found {tuple(keys.shape)}"
+            f"found {tuple(keys.shape)} and {tuple(values.shape)}"
         )
-    prompts = {"layers": keys.shape[0], "num_prompts": keys.shape[1],
-               "reparam": "kv_prompts.scales" in converted}
+    scales = converted.get("kv_prompts.scales")
+    if scales is not None and tuple(scales.shape) != (keys.shape[0], 2, keys.shape[1]):
+        raise CheckpointError(f"{source}: 'prompt_scale' has shape {tuple(scales.shape)}, expected "
+                              f"(layers, 2, P) = {(keys.shape[0], 2, keys.shape[1])}")
+    prompts = {"layers": keys.shape[0], "num_prompts": keys.shape[1], "reparam": scales is not None}
     return converted, prompts
 
 
@@ -294,8 +391,11 @@ def convert_huggingface(state: dict[str, Tensor], source: str) -> tuple[dict[str
                         "attention.attention.value.weight"):
                 qkv.setdefault(index, {})[rest.split(".")[2]] = value
             elif rest == "attention.attention.key.bias":
-                # softmax ignores a bias shared by all keys, so dropping it is exact without prompts
-                ignored.append(key)
+                if bool((value == 0).all()):
+                    ignored.append(key)  # a zero bias is no bias, with or without prompts
+                else:
+                    # softmax ignores a bias shared by the patch keys, but not next to prompt keys
+                    converted[f"blocks.{index}.attn.k_bias"] = value
             elif rest in _HF_LAYER_NAMES:
                 converted[f"blocks.{index}.{_HF_LAYER_NAMES[rest]}"] = value
             else:
@@ -312,6 +412,11 @@ def convert_huggingface(state: dict[str, Tensor], source: str) -> tuple[dict[str
             raise CheckpointError(
                 f"{source}: layer {index} has no attention.attention.{missing[0]}.weight"
             )
+        shapes = {tuple(parts[p].shape) for p in ("query", "key", "value")}
+        if len(shapes) != 1 or parts["query"].ndim != 2:
+            found = ", ".join(f"{p} {tuple(parts[p].shape)}" for p in ("query", "key", "value"))
+            raise CheckpointError(f"{source}: layer {index}'s query/key/value weights must have one "
+                                  f"(hidden, hidden) shape, found {found}")
         converted[f"blocks.{index}.attn.qkv.weight"] = torch.cat(
             (parts["query"], parts["key"], parts["value"]), dim=0
         )
@@ -323,52 +428,124 @@ def _load_huggingface_dir(folder: Path) -> LoadedCheckpoint:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: a directory checkpoint needs a config.json (Hugging Face layout)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: invalid JSON (line {exc.lineno}: {exc.msg})") from None
+    config = read_json_object(config_path)
     arch, class_names = arch_from_hf_config(config, config_path)
     raw = _read_hf_weights(folder)
     state, ignored = convert_huggingface(raw, str(folder))
     if "head.weight" not in state:
         class_names = None  # a bare VideoMAEModel: its labels describe nothing we load
+    elif class_names is not None and len(class_names) != state["head.weight"].shape[0]:
+        raise CheckpointError(f"{config_path}: 'id2label' names {len(class_names)} classes but the classifier "
+                              f"has {state['head.weight'].shape[0]}")
     return LoadedCheckpoint(state, str(folder), "huggingface", arch=arch,
                             class_names=class_names, ignored=ignored)
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object, with one-line errors for every way it can be broken."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: is not UTF-8 text (byte {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a number too long to convert, nesting too deep
+        raise CheckpointError(f"{path}: invalid JSON ({_first_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: holds a {_json_type(value)}, expected a JSON object")
+    return value
+
+
 def arch_from_hf_config(config: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str] | None]:
-    """Our architecture fields from a transformers VideoMAEConfig dict."""
+    """Our architecture fields from a transformers VideoMAEConfig dict, every value checked."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a {_json_type(config)}, expected a JSON object")
     model_type = config.get("model_type")
     if model_type != "videomae":
-        raise CheckpointError(f"{path}: model_type is {model_type!r}, expected 'videomae'")
+        raise CheckpointError(f"{path}: model_type is {_short(model_type)}, expected 'videomae'")
     if config.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (only 'gelu')")
-    if not config.get("use_mean_pooling", True):
+        raise CheckpointError(f"{path}: hidden_act {_short(config['hidden_act'])} is not supported (only 'gelu')")
+    pooling = config.get("use_mean_pooling", True)
+    if not isinstance(pooling, bool):
+        raise CheckpointError(f"{path}: key 'use_mean_pooling' is {_short(pooling)}, expected true or false")
+    if not pooling:
         raise CheckpointError(f"{path}: use_mean_pooling=false is not supported (VideoMAE classifiers pool by mean)")
-    try:
-        hidden = int(config["hidden_size"])
-        arch = {
-            "embed_dim": hidden,
-            "depth": int(config["num_hidden_layers"]),
-            "num_heads": int(config["num_attention_heads"]),
-            "mlp_ratio": int(config["intermediate_size"]) / hidden,
-            "img_size": int(config.get("image_size", 224)),
-            "patch_size": int(config.get("patch_size", 16)),
-            "in_chans": int(config.get("num_channels", 3)),
-            "num_frames": int(config.get("num_frames", 16)),
-            "tubelet_size": int(config.get("tubelet_size", 2)),
-            "layer_norm_eps": float(config.get("layer_norm_eps", 1e-12)),
-            "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
-            "qkv_bias": bool(config.get("qv_bias", config.get("qkv_bias", True))),
-        }
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: missing key {exc.args[0]!r}") from None
-    labels = config.get("id2label")
-    class_names = None
-    if isinstance(labels, dict) and labels:
-        class_names = [labels[k] for k in sorted(labels, key=int)]
+    where = str(path)
+    for required in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if required not in config:
+            raise CheckpointError(f"{path}: missing key '{required}'")
+    hidden = _check_int(config["hidden_size"], where, "hidden_size", 1, ARCH_LIMITS["embed_dim"])
+    intermediate = _check_int(config["intermediate_size"], where, "intermediate_size", 1, 64 * hidden)
+    eps = config.get("layer_norm_eps", 1e-12)
+    bias = config.get("qv_bias", config.get("qkv_bias", True))
+    if not isinstance(bias, bool):
+        raise CheckpointError(f"{path}: key 'qv_bias' is {_short(bias)}, expected true or false")
+    arch = {
+        "embed_dim": hidden,
+        "depth": _check_int(config["num_hidden_layers"], where, "num_hidden_layers", 1, ARCH_LIMITS["depth"]),
+        "num_heads": _check_int(config["num_attention_heads"], where, "num_attention_heads", 1,
+                                ARCH_LIMITS["num_heads"]),
+        "mlp_ratio": intermediate / hidden,
+        "img_size": _hf_side(config, "image_size", 224, where, ARCH_LIMITS["img_size"]),
+        "patch_size": _hf_side(config, "patch_size", 16, where, ARCH_LIMITS["patch_size"]),
+        "in_chans": _check_int(config.get("num_channels", 3), where, "num_channels", 1, ARCH_LIMITS["in_chans"]),
+        "num_frames": _check_int(config.get("num_frames", 16), where, "num_frames", 1, ARCH_LIMITS["num_frames"]),
+        "tubelet_size": _check_int(config.get("tubelet_size", 2), where, "tubelet_size", 1,
+                                   ARCH_LIMITS["tubelet_size"]),
+        "layer_norm_eps": _check_number(eps, where, "layer_norm_eps", positive=True, upper=1.0),
+        "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
+        "qkv_bias": bias,
+    }
+    if hidden % arch["num_heads"]:
+        raise CheckpointError(f"{path}: hidden_size={hidden} is not divisible by num_attention_heads={arch['num_heads']}")
+    for size, part, size_key, part_key in (("num_frames", "tubelet_size", "num_frames", "tubelet_size"),
+                                           ("img_size", "patch_size", "image_size", "patch_size")):
+        if arch[size] % arch[part]:
+            raise CheckpointError(f"{path}: {size_key}={arch[size]} is not a multiple of {part_key}={arch[part]}")
+    class_names = _hf_class_names(config.get("id2label"), path)
+    if class_names:
         arch["num_classes"] = len(class_names)
     return arch, class_names
+
+
+def _hf_side(config: dict[str, Any], key: str, default: int, where: str, maximum: int) -> int:
+    """image_size / patch_size: an integer, or a [height, width] pair of equal integers."""
+    value = config.get(key, default)
+    if isinstance(value, (list, tuple)) and value:
+        sides = {_check_int(v, where, key, 1, maximum) for v in value}
+        if len(sides) != 1 or len(value) != 2:
+            raise CheckpointError(f"{where} key '{key}' is {_short(value)}: only square sizes are supported")
+        return sides.pop()
+    return _check_int(value, where, key, 1, maximum)
+
+
+def _hf_class_names(labels: Any, path: Path) -> list[str] | None:
+    """``id2label`` as a list: keys must be the class indices 0..n-1 (as JSON strings), values names."""
+    if labels is None or labels == {}:
+        return None
+    if not isinstance(labels, dict):
+        raise CheckpointError(f"{path}: key 'id2label' is a {_json_type(labels)}, expected a JSON object "
+                              "mapping class indices to names")
+    indices = {}
+    for key, name in labels.items():
+        text = str(key)
+        if isinstance(key, bool) or not text.isdigit() or not text.isascii() or len(text) > 9:
+            raise CheckpointError(f"{path}: 'id2label' key {_short(key)} is not a class index (0, 1, ...)")
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: 'id2label' entry {_short(key)} is {_short(name)}, expected a string")
+        if int(text) in indices:
+            raise CheckpointError(f"{path}: 'id2label' lists class {int(text)} twice")
+        indices[int(text)] = name
+    if sorted(indices) != list(range(len(indices))):
+        gap = next(i for i in range(len(indices) + 1) if i not in indices)
+        raise CheckpointError(f"{path}: 'id2label' has no class {gap} (indices must be 0..{len(indices) - 1})")
+    return [indices[i] for i in range(len(indices))]
 
 
 def _read_hf_weights(folder: Path) -> dict[str, Tensor]:
@@ -378,14 +555,41 @@ def _read_hf_weights(folder: Path) -> dict[str, Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_path = folder / index_name
         if index_path.is_file():
-            weight_map = json.loads(index_path.read_text()).get("weight_map", {})
-            state: dict[str, Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                state.update(read_tensor_file(folder / shard))
-            return state
+            return _read_sharded(folder, index_path)
     raise CheckpointError(
         f"{folder}: no weights found (expected model.safetensors, pytorch_model.bin or a sharded index)"
     )
+
+
+def _read_sharded(folder: Path, index_path: Path) -> dict[str, Tensor]:
+    """The shards an index names, each checked to exist inside ``folder`` and to hold its tensors."""
+    weight_map = read_json_object(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: key 'weight_map' is {_short(weight_map)}, expected a non-empty "
+                              "JSON object mapping tensor names to shard files")
+    shards: dict[str, list[str]] = {}
+    root = folder.resolve()
+    for tensor_name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] is {_short(shard)}, "
+                                  "expected a shard file name")
+        target = (folder / shard).resolve()
+        if Path(shard).is_absolute() or (target != root and root not in target.parents):
+            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] names {_short(shard)}, "
+                                  "which is outside the checkpoint folder")
+        if not target.is_file():
+            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] names shard {_short(shard)}, "
+                                  "which does not exist")
+        shards.setdefault(shard, []).append(tensor_name)
+    state: dict[str, Tensor] = {}
+    for shard, names in sorted(shards.items()):
+        tensors = read_tensor_file(folder / shard)
+        absent = [n for n in names if n not in tensors]
+        if absent:
+            raise CheckpointError(f"{index_path}: weight_map puts {_short(absent[0])} in shard {_short(shard)}, "
+                                  "which does not hold it")
+        state.update(tensors)
+    return state
 
 
 # ------------------------------------------------------------ into the model
@@ -407,6 +611,7 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
     pos_embed = state.pop("pos_embed", None)
     if pos_embed is not None:
         _load_position_table(model, pos_embed, source)
+    add_key_biases(model, state, source)
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
             raise CheckpointError(
@@ -432,9 +637,32 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
 
 
+_KEY_BIAS = re.compile(r"^blocks\.(\d+)\.attn\.k_bias$")
+
+
+def add_key_biases(model, state: dict[str, Tensor], source: str) -> None:
+    """Give the blocks whose key projection ``state`` holds a bias for one (see attention.py)."""
+    own = dict(model.named_parameters())
+    trained = getattr(getattr(model, "tuning_method", None), "trainable_prefixes", lambda: ())()
+    for key, value in state.items():
+        match = _KEY_BIAS.match(key)
+        if match is None or key in own:
+            continue
+        index = int(match.group(1))
+        if index >= len(model.blocks):
+            raise CheckpointError(f"{source}: unexpected backbone tensor '{key}' (is the arch right?)")
+        try:
+            model.blocks[index].attn.add_key_bias(value, requires_grad=key.startswith(tuple(trained)))
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: '{key}': {exc}") from None
+
+
 def _load_position_table(model, table: Tensor, source: str) -> None:
     from aptune.models.vit import resize_position_table
 
+    if table.ndim < 2 or table.numel() == 0:
+        raise CheckpointError(f"{source}: 'pos_embed' has shape {tuple(table.shape)}, expected (1, positions, "
+                              f"{model.config.embed_dim})")
     table = table.reshape(-1, table.shape[-1]).float()
     target = model.config.grid
     if table.shape[-1] != model.config.embed_dim:
