@@ -16,7 +16,13 @@ the mask is never N x N (on CPU the fused flash kernel takes it as is).  A
 batch whose tasks all have the same number of prompts in a layer needs no
 mask and runs through the backbone's own block code.
 
-Supported adapters: ``apt`` and ``linear``; others raise a ConfigError.
+Supported adapters: ``apt`` and ``linear``; others raise a ConfigError.  Each adapter is
+checked against the shared backbone as :func:`aptune.load_adapter` checks it: the
+architecture (including the blocks' LayerNorm eps), the prompt tensors against the
+stored method options (layer range, number of prompts, ``reparam``), the head's shape
+and class names, and the backbone fingerprint (``allow_backbone_mismatch=True`` to
+accept other weights, with a warning).  Each task's ``fc_norm`` uses the eps the
+adapter was trained with (``fc_norm_eps``; transformers models: 1e-5, not the blocks' 1e-12).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aptune.adapters import read_adapter
+from aptune.adapters import backbone_fingerprint, check_backbone_fingerprint, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import method_from_dict
 from aptune.methods.apt import resolve_layer_range
@@ -43,7 +49,9 @@ AdapterSource = str | Path | tuple[dict, dict]
 SUPPORTED_METHODS = ("apt", "linear")
 # architecture fields that must agree between the backbone and every adapter
 SHARED_ARCH = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size",
-               "in_chans", "qkv_bias", "layer_scale_init")
+               "in_chans", "qkv_bias", "layer_scale_init", "layer_norm_eps")
+HEAD_TENSORS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
+PROMPT_TENSORS = ("kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales")
 
 
 class TaskHead(nn.Module):
@@ -66,9 +74,13 @@ class MultiAdapterModel(nn.Module):
 
     ``forward(clips, task_ids)`` returns a list of B logit vectors in batch
     order, sample i having ``len(class_names(task_ids[i]))`` entries.
+
+    An adapter trained on other backbone weights (its fingerprint differs) is refused
+    unless ``allow_backbone_mismatch=True``, which only warns.
     """
 
-    def __init__(self, backbone: VisionTransformer, adapters: Mapping[str, AdapterSource]) -> None:
+    def __init__(self, backbone: VisionTransformer, adapters: Mapping[str, AdapterSource], *,
+                 allow_backbone_mismatch: bool = False) -> None:
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
             raise ConfigError("MultiAdapterModel needs an aptune VisionTransformer backbone "
@@ -84,10 +96,11 @@ class MultiAdapterModel(nn.Module):
         self._tasks = list(adapters)
         self._class_names: dict[str, list[str]] = {}
         self.heads = nn.ModuleDict()
+        self._allow_backbone_mismatch = allow_backbone_mismatch
         prompts: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}
         for task, source in adapters.items():
             tensors, meta = _read(source)
-            label = f"task '{task}'" + (f" ({source})" if isinstance(source, (str, Path)) else "")
+            label = f"task {task!r}" + (f" ({source})" if isinstance(source, (str, Path)) else "")
             prompts[task] = self._add_task(task, tensors, meta, label)
         self._build_banks(prompts, config.depth, config.head_dim)
 
@@ -95,32 +108,40 @@ class MultiAdapterModel(nn.Module):
     def _add_task(self, task: str, tensors: dict, meta: dict, label: str) -> dict[int, tuple[Tensor, Tensor]]:
         config = self.backbone.config
         method_info = meta.get("method") or {}
-        if method_info.get("name") not in SUPPORTED_METHODS:
-            raise ConfigError(f"{label}: method '{method_info.get('name')}' cannot share a backbone pass "
+        if not isinstance(method_info, dict) or method_info.get("name") not in SUPPORTED_METHODS:
+            name = method_info.get("name") if isinstance(method_info, dict) else method_info
+            raise ConfigError(f"{label}: method {name!r} cannot share a backbone pass "
                               f"(supported: {', '.join(SUPPORTED_METHODS)})")
-        method = method_from_dict(method_info)
+        method = method_from_dict(method_info, f"{label}: adapter header 'method'")
         if meta.get("backbone_family", "videomae") != "videomae":
-            raise CheckpointError(f"{label}: adapter is for a '{meta['backbone_family']}' model")
+            raise CheckpointError(f"{label}: adapter is for a {meta['backbone_family']!r} model")
         arch = meta.get("arch") or {}
         for key in SHARED_ARCH:
-            if key in arch and arch[key] != getattr(config, key):
+            if key in arch and not _same(arch[key], getattr(config, key)):
                 raise CheckpointError(
-                    f"{label}: adapter was trained with {key}={arch[key]}, the backbone has {getattr(config, key)}"
+                    f"{label}: adapter was trained with {key}={arch[key]!r}, the backbone has {getattr(config, key)!r}"
                 )
-        for key in ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"):
-            if key not in tensors:
-                raise CheckpointError(f"{label}: adapter lacks '{key}'")
-        head = TaskHead(config.embed_dim, tensors["head.weight"].shape[0], config.layer_norm_eps)
-        head.load_state_dict({k: tensors[k] for k in ("fc_norm.weight", "fc_norm.bias", "head.weight",
-                                                     "head.bias")})
+        allowed = HEAD_TENSORS + (PROMPT_TENSORS if method.name == "apt" else ())
+        for key in tensors:
+            if key not in allowed:
+                raise CheckpointError(f"{label}: tensor {key!r} has no place in a {method.name} adapter")
+        num_classes = _check_head(tensors, config.embed_dim, arch, label)
+        head = TaskHead(config.embed_dim, num_classes, _fc_norm_eps(arch, config))
+        head.load_state_dict({k: tensors[k] for k in HEAD_TENSORS})
         self.heads[task] = head.to(self.backbone.fc_norm.weight.device).eval().requires_grad_(False)
         names = meta.get("class_names")
-        num_classes = head.head.out_features
-        self._class_names[task] = list(names) if names and len(names) == num_classes else [
-            str(i) for i in range(num_classes)]
-        if method.name == "linear" or "kv_prompts.keys" not in tensors:
+        if names and len(names) != num_classes:
+            raise CheckpointError(f"{label}: adapter lists {len(names)} class names for a head of {num_classes}")
+        self._class_names[task] = list(names) if names else [str(i) for i in range(num_classes)]
+        check_backbone_fingerprint(meta, self._backbone_fingerprint(), label, self._allow_backbone_mismatch)
+        if method.name == "linear" or method.num_prompts == 0:
             return {}
         return _effective_prompts(method, tensors, config.depth, config.head_dim, label)
+
+    def _backbone_fingerprint(self) -> str:
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = backbone_fingerprint(self.backbone)  # once per model, not per task
+        return self._fingerprint
 
     def _build_banks(self, prompts: dict[str, dict[int, tuple[Tensor, Tensor]]], depth: int,
                      head_dim: int) -> None:
@@ -231,20 +252,22 @@ class MultiAdapterModel(nn.Module):
         return extra_kv, mask
 
     @classmethod
-    def from_files(cls, adapters: Mapping[str, AdapterSource], pretrained: str | Path | None = None,
-                   **arch_overrides: Any) -> MultiAdapterModel:
+    def from_files(cls, adapters: Mapping[str, AdapterSource], pretrained: str | Path | None = None, *,
+                   allow_backbone_mismatch: bool = False, **arch_overrides: Any) -> MultiAdapterModel:
         """Build the backbone from the first adapter's arch and ``pretrained`` weights, then share it."""
         from aptune.factory import create_model
-        from aptune.models.vit import ViTConfig
+        from aptune.models.vit import PRESETS, ViTConfig
 
+        if not adapters:
+            raise ConfigError("MultiAdapterModel needs at least one task adapter")
         first = next(iter(adapters.values()))
         _, meta = _read(first)
         arch = ViTConfig.from_dict(meta["arch"])
         values = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
         values.update(arch_overrides)
-        backbone = create_model(None if arch.name == "custom" else arch.name, num_classes=1,
+        backbone = create_model(arch.name if arch.name in PRESETS else None, num_classes=1,
                                 method="linear", pretrained=pretrained, **values)
-        return cls(backbone, adapters)
+        return cls(backbone, adapters, allow_backbone_mismatch=allow_backbone_mismatch)
 
 
 def _read(source: AdapterSource) -> tuple[dict, dict]:
@@ -254,16 +277,62 @@ def _read(source: AdapterSource) -> tuple[dict, dict]:
     return dict(tensors), dict(meta)
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    return a == b
+
+
+def _fc_norm_eps(arch: dict, config) -> float:
+    """The eps the adapter's fc_norm was trained with: its own fc_norm_eps, else its blocks' eps."""
+    for key in ("fc_norm_eps", "layer_norm_eps"):
+        if isinstance(arch.get(key), (int, float)) and not isinstance(arch.get(key), bool):
+            return float(arch[key])
+    return config.fc_norm_eps if config.fc_norm_eps is not None else config.layer_norm_eps
+
+
+def _check_head(tensors: dict, dim: int, arch: dict, label: str) -> int:
+    """The number of classes of the adapter's head, after checking its tensors' shapes."""
+    for key in HEAD_TENSORS:
+        if key not in tensors:
+            raise CheckpointError(f"{label}: adapter lacks '{key}'")
+    weight = tensors["head.weight"]
+    if weight.ndim != 2 or weight.shape[0] < 1 or weight.shape[1] != dim:
+        raise CheckpointError(f"{label}: 'head.weight' has shape {tuple(weight.shape)}, expected (classes, {dim})")
+    num_classes = int(weight.shape[0])
+    for key, shape in (("head.bias", (num_classes,)), ("fc_norm.weight", (dim,)), ("fc_norm.bias", (dim,))):
+        if tuple(tensors[key].shape) != shape:
+            raise CheckpointError(f"{label}: '{key}' has shape {tuple(tensors[key].shape)}, expected {shape}")
+    if "num_classes" in arch and arch["num_classes"] != num_classes:
+        raise CheckpointError(f"{label}: adapter header says num_classes={arch['num_classes']!r} but its head "
+                              f"has {num_classes}")
+    return num_classes
+
+
 def _effective_prompts(method, tensors: dict, depth: int, head_dim: int,
                        label: str) -> dict[int, tuple[Tensor, Tensor]]:
     """{layer: (keys, values)} with the reparameterisation applied (inference: no dropout)."""
-    start, end = resolve_layer_range(method.prompt_start, method.prompt_end, depth)
-    keys, values = tensors["kv_prompts.keys"].float(), tensors["kv_prompts.values"].float()
+    try:
+        start, end = resolve_layer_range(method.prompt_start, method.prompt_end, depth)
+    except ConfigError as exc:
+        raise CheckpointError(f"{label}: the adapter's {exc}") from None
     expected = (end - start + 1, method.num_prompts, head_dim)
-    if tuple(keys.shape) != expected or tuple(values.shape) != expected:
-        raise CheckpointError(f"{label}: kv_prompts.keys has shape {tuple(keys.shape)}, expected {expected}")
+    for key in ("kv_prompts.keys", "kv_prompts.values"):
+        if key not in tensors:
+            raise CheckpointError(f"{label}: adapter lacks '{key}' (num_prompts={method.num_prompts})")
+        if tuple(tensors[key].shape) != expected:
+            raise CheckpointError(f"{label}: '{key}' has shape {tuple(tensors[key].shape)}, but the adapter's options "
+                                  f"(blocks {start}-{end}, num_prompts={method.num_prompts}) on this backbone "
+                                  f"(head_dim={head_dim}) need {expected}")
+    keys, values = tensors["kv_prompts.keys"].float(), tensors["kv_prompts.values"].float()
     scales = tensors.get("kv_prompts.scales")
+    if method.reparam != (scales is not None):
+        raise CheckpointError(f"{label}: adapter says reparam={method.reparam} but "
+                              f"{'has no' if scales is None else 'has'} 'kv_prompts.scales'")
     if scales is not None:
+        if tuple(scales.shape) != (expected[0], 2, expected[1]):
+            raise CheckpointError(f"{label}: 'kv_prompts.scales' has shape {tuple(scales.shape)}, expected "
+                                  f"{(expected[0], 2, expected[1])}")
         # the same max(s, 1) as AttentionPrompts.forward
         keys = keys * torch.clamp(scales[:, 0].float(), min=1.0)[..., None]
         values = values * torch.clamp(scales[:, 1].float(), min=1.0)[..., None]

@@ -86,6 +86,25 @@ class Injection:
                 state[adapter_name] = value
         return state
 
+    def frozen_state(self) -> dict[str, Tensor]:
+        """Every tensor of the model that the method does not train, under the model's own names."""
+        return {name: value for name, value in self.model.state_dict().items()
+                if self.own_to_adapter(name) is None}
+
+    def backbone_state(self, frozen: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The frozen backbone under the names its fingerprint is taken over.
+
+        Hugging Face VideoMAE: aptune's own names (``patch_embed.*``, ``blocks.*``, q/k/v fused), so
+        the injected model and ``create_model(pretrained=the same folder)`` agree.  timm: timm's names.
+        """
+        frozen = self.frozen_state() if frozen is None else frozen
+        if self.family != "videomae":
+            return frozen
+        from aptune.models.checkpoints import BACKBONE_PREFIXES, convert_huggingface
+
+        converted, _ = convert_huggingface(frozen, "<injected model>")
+        return {name: value for name, value in converted.items() if name.startswith(BACKBONE_PREFIXES)}
+
     def load_adapter_state(self, tensors: dict[str, Tensor]) -> None:
         own = {self.adapter_to_own(k): v for k, v in tensors.items()}
         self.model.load_state_dict(own, strict=False)

@@ -18,6 +18,7 @@ exactly so checkpoints trained with the official code give the same logits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +66,9 @@ class APT:
     prompt_dropout: float = 0.0
     reparam: bool = True
     prompt_init: str = "uniform"
+
+    # training-only: an adapter trained with other values computes the same at inference
+    LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init")
 
     def __post_init__(self) -> None:
         check_prompt_init(self.prompt_init)

@@ -13,6 +13,7 @@ tokens entering that layer, the counterpart of APT's option of the same name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,8 @@ class _VPT:
     prompt_init: str = "uniform"
 
     deep = False
+    # training-only: an adapter trained with other values computes the same at inference
+    LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init")
 
     def __post_init__(self) -> None:
         check_prompt_init(self.prompt_init)
@@ -89,6 +92,8 @@ class _VPT:
 @dataclass
 class VPTShallow(_VPT):
     deep = False
+    # shallow prompts enter once, before prompt_start: prompt_end is never used
+    LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init", "prompt_end")
 
 
 @register("vpt-deep")
