@@ -2,7 +2,9 @@
 video (in parallel), and summarise what is usable.
 
 Each video is decoded at its *last* test window, so a file cut short is caught even
-when its header still promises the full length.
+when its header still promises the full length.  A split is usable when at most
+``data.max_bad_fraction`` of its videos are bad, as training and evaluation demand of
+each split; the dataset is usable when every split is.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset
 
 from aptune.data.annotations import SPLIT_NAMES, load_annotations
+from aptune.data.datasets import _decode_short_side
 from aptune.data.decode import DecodeError, open_video
 from aptune.data.sampling import clip_indices, resolve_sampling
 
@@ -27,6 +30,7 @@ class _Probe(Dataset):
     sampling: str
     num_frames: int
     sampling_rate: int
+    max_short_side: int | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -34,7 +38,7 @@ class _Probe(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
         try:
-            with open_video(path, threads=1) as video:
+            with open_video(path, threads=1, max_short_side=self.max_short_side) as video:
                 total = video.num_frames
                 indices = clip_indices(
                     self.sampling,
@@ -65,8 +69,8 @@ def check_dataset(
     """Summary dict of a dataset described by ``data`` (a DataConfig).
 
     Raises :class:`~aptune.errors.DataError` for annotation problems; bad videos are
-    counted, not raised.  ``summary["usable"]`` says whether the bad fraction is within
-    ``data.max_bad_fraction``.
+    counted, not raised.  ``summary["usable"]`` says whether some video decodes and the
+    bad fraction of every split is within ``data.max_bad_fraction``.
     """
     from tqdm import tqdm
 
@@ -82,8 +86,12 @@ def check_dataset(
             labels_of.setdefault(path, label)
     paths = list(labels_of)
     workers = data.num_workers if num_workers is None else num_workers
+    # frames as the datasets decode them: scaled down past 4x the model's input
+    max_short_side = _decode_short_side(
+        getattr(data, "input_size", None), getattr(data, "short_side_size", None)
+    )
     loader = DataLoader(
-        _Probe(paths, sampling, data.num_frames, data.sampling_rate),
+        _Probe(paths, sampling, data.num_frames, data.sampling_rate, max_short_side),
         batch_size=None,
         num_workers=workers,
     )
@@ -109,13 +117,17 @@ def _summarise(data, split_samples, class_names, results, elapsed) -> dict:
         samples = split_annotations.samples
         per_class = Counter(class_names[label] for _, label in samples)
         split_bad = sum(results[p]["status"] != "ok" for p, _ in samples)
+        split_fraction = split_bad / len(samples) if samples else 0.0
         splits[name] = {
             "videos": len(samples),
             "bad": split_bad,
+            "bad_fraction": split_fraction,
+            "usable": split_bad < len(samples) and split_fraction <= data.max_bad_fraction,
             "source": split_annotations.source,
             "per_class": {c: per_class.get(c, 0) for c in class_names},
         }
     bad_fraction = bad / total if total else 0.0
+    usable = bool(ok) and all(split["usable"] for split in splits.values())
     return {
         "format": data.format,
         "root": str(data.root),
@@ -129,9 +141,9 @@ def _summarise(data, split_samples, class_names, results, elapsed) -> dict:
         "unreadable_files": {r["path"]: r["reason"] for r in by_status["unreadable"]},
         "bad_fraction": bad_fraction,
         "max_bad_fraction": data.max_bad_fraction,
-        "usable": bad_fraction <= data.max_bad_fraction,
+        "usable": usable,
         "splits": splits,
-        "mean_frames": sum(r["frames"] for r in ok) / len(ok) if ok else 0.0,
+        "mean_frames": sum(r["frames"] for r in ok) / len(ok) if ok else None,
         "resolutions": dict(Counter(r["size"] for r in ok).most_common()),
         "fps": dict(Counter(f"{r['fps']:.2f}" for r in ok).most_common()),
         "seconds": elapsed,
@@ -167,14 +179,28 @@ def format_summary(summary: dict, show: int = 5) -> str:
         lines.append(f"    missing: {path}")
     for path, reason in list(summary["unreadable_files"].items())[:show]:
         lines.append(f"    unreadable: {path}: {reason}")
-    lines.append(f"  mean frames {summary['mean_frames']:.1f}")
+    mean_frames = summary["mean_frames"]
+    lines.append("  mean frames " + ("-" if mean_frames is None else f"{mean_frames:.1f}"))
     lines.append("  resolution " + _histogram(summary["resolutions"], show))
     lines.append("  fps        " + _histogram(summary["fps"], show))
     lines.append(
         f"  decoding   {summary['clips_per_second']:.1f} clips/s ({summary['seconds']:.1f} s)"
     )
-    lines.append("usable" if summary["usable"] else "NOT usable: too many bad videos")
+    lines.append("usable" if summary["usable"] else f"NOT usable: {_why_not_usable(summary)}")
     return "\n".join(lines)
+
+
+def _why_not_usable(summary: dict) -> str:
+    if summary["ok"] == 0:
+        return f"none of the {summary['videos']} videos could be decoded"
+    limit = summary["max_bad_fraction"]
+    failing = [
+        f"{name}: {split['bad']} of {split['videos']} videos bad "
+        f"({split['bad'] / max(1, split['videos']):.2%})"
+        for name, split in summary["splits"].items()
+        if not split.get("usable", True)
+    ]
+    return f"too many bad videos (limit {limit:.2%}): " + "; ".join(failing)
 
 
 def _histogram(counts: dict, show: int) -> str:

@@ -11,6 +11,11 @@ counts are right however many DataLoader workers there are.
   from the batch, never replaced.
 * Either way, more than ``max_bad_fraction`` of the split failing stops the run with
   a :class:`~aptune.errors.DataError` listing the first bad files.
+
+"Fails" means :class:`~aptune.data.decode.DecodeError`, which the decoder raises for
+every problem of a file (FFmpeg, OS and NumPy errors alike, and a picture too elongated
+to resize), so no file can stop a run with a traceback.  Frames are decoded at most at
+4x the size the transforms need, which bounds the memory of very large videos.
 """
 
 from __future__ import annotations
@@ -91,9 +96,14 @@ def _load_clip(
     threads: int,
     train: bool,
     num_segments: int = 1,
+    max_short_side: int | None = None,
 ) -> list[torch.Tensor]:
-    """Decode one clip (train) or all ``num_segments`` test clips in a single pass."""
-    with open_video(path, threads) as video:
+    """Decode one clip (train) or all ``num_segments`` test clips in a single pass.
+
+    Frames are scaled down while decoding so their short side is at most
+    ``max_short_side``, so the memory a clip takes is bounded whatever the resolution.
+    """
+    with open_video(path, threads, max_short_side=max_short_side) as video:
         total = video.num_frames
         if train:
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
@@ -106,6 +116,14 @@ def _load_clip(
             ]
         frames = video.get_frames([i for clip in indices for i in clip])
     return list(frames.split(num_frames))
+
+
+def _decode_short_side(*sizes: int | None) -> int | None:
+    """The short side frames are decoded at, at most: 4x what the transforms output (a
+    224-pixel model reads a 4K video at 1593x896), so even the smallest random crop (8 %
+    of the area) keeps more pixels than it is resized to.  None: no limit."""
+    known = [size for size in sizes if isinstance(size, int) and size > 0]
+    return 4 * max(known) if known else None
 
 
 class _VideoDataset(Dataset):
@@ -143,6 +161,7 @@ class VideoTrainDataset(_VideoDataset):
         self.transform = transform or TrainTransform()
         self.num_sample = num_sample
         self.max_attempts = max_attempts
+        self.max_short_side = _decode_short_side(getattr(self.transform, "input_size", None))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,6 +179,7 @@ class VideoTrainDataset(_VideoDataset):
                     self.sampling_rate,
                     self.decode_threads,
                     train=True,
+                    max_short_side=self.max_short_side,
                 )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
@@ -211,6 +231,10 @@ class VideoEvalDataset(_VideoDataset):
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
         self.num_crops = self.transform.num_crops
+        self.max_short_side = _decode_short_side(
+            getattr(self.transform, "input_size", None),
+            getattr(self.transform, "short_side_size", None),
+        )
         self._cache: tuple[int, list[torch.Tensor] | Failure] | None = None
 
     @property
@@ -243,6 +267,7 @@ class VideoEvalDataset(_VideoDataset):
                 self.decode_threads,
                 train=False,
                 num_segments=self.num_segments,
+                max_short_side=self.max_short_side,
             )
             resized = self.transform.resize(torch.cat(clips))
             decoded: list[torch.Tensor] | Failure = list(resized.split(self.num_frames))

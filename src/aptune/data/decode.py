@@ -8,6 +8,19 @@ point, the decoded frame nearest in time, so sampled clips stay evenly spaced in
 time rather than in (irregular) frame count.  Indices past the last decoded frame
 repeat the last frame, which is how short videos are padded.
 
+What a file can do to a reader, and what it gets:
+
+* an input that cannot seek (a raw ``.h264`` elementary stream) is decoded from its
+  start, reopened when it has to go back, so it is used, not lost;
+* frames whose size changes mid-stream (legal in MKV, MJPEG, raw H.264) are scaled to
+  the size of the first frame converted, so a clip always has one shape;
+* frames are scaled down while they are converted when their short side exceeds
+  ``max_short_side``, and a picture wider or taller than ``max_aspect_ratio`` : 1 is
+  refused: resizing its short side for the model would blow it up to gigabytes;
+* every error met while opening, counting frames, seeking or decoding (FFmpeg, OS,
+  NumPy, anything) is a :class:`DecodeError` with a short reason, which the datasets
+  count as a bad video: it never stops a run with a traceback.
+
 The container stays open only inside ``with open_video(...)``: one read, then
 closed, so thousands of videos never hold thousands of file handles.
 """
@@ -17,7 +30,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -34,7 +48,13 @@ __all__ = [
     "read_frames",
     "probe_video",
     "default_decode_threads",
+    "MAX_ASPECT_RATIO",
 ]
+
+# Long side / short side beyond which a picture is refused.  Real videos stay under 4:1
+# (32:9 monitors are 3.6:1, 360-degree equirectangular 2:1); at 10:1 a clip resized to a
+# 224-pixel short side is 224 x 2240, about 8x a 4:3 clip.
+MAX_ASPECT_RATIO = 10.0
 
 
 class DecodeError(Exception):
@@ -60,37 +80,95 @@ def default_decode_threads(num_workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, num_workers))
 
 
-class VideoReader:
-    """One open video.  Use through :func:`open_video` so it is always closed."""
+@contextmanager
+def _reasons(what: str) -> Iterator[None]:
+    """Turn any error inside into a :class:`DecodeError` "``what`` (reason)"."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile file can raise anything: count it
+        raise DecodeError(f"{what} ({_short(exc)})") from None
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1):
+
+class VideoReader:
+    """One open video.  Use through :func:`open_video` so it is always closed.
+
+    ``max_short_side`` (None: no limit) scales frames down while converting them so
+    their short side is at most that; ``max_aspect_ratio`` (None: no limit) refuses
+    pictures more elongated than that.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int = 1,
+        max_short_side: int | None = None,
+        max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+    ):
         self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise DecodeError("file not found")
-        if os.path.getsize(self.path) == 0:
-            raise DecodeError("empty file (0 bytes)")
+        self.threads = threads
+        self.max_short_side = max_short_side
+        self.max_aspect_ratio = max_aspect_ratio
+        self.container = None
+        with _reasons("cannot open"):
+            if not os.path.exists(self.path):
+                raise DecodeError("file not found")
+            if os.path.isdir(self.path):
+                raise DecodeError("a folder, not a video file")
+            if os.path.getsize(self.path) == 0:
+                raise DecodeError("empty file (0 bytes)")
+            self._open()
         try:
-            self.container = av.open(self.path, metadata_errors="ignore")
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise DecodeError(f"cannot open ({_short(exc)})") from None
-        if not self.container.streams.video:
-            self.container.close()
-            raise DecodeError("no video stream")
-        self.stream = self.container.streams.video[0]
-        codec = self.stream.codec_context
-        if threads > 1:
-            # Frame+slice threading; only worth it when the worker has spare cores.
-            codec.thread_type = "AUTO"
-            codec.thread_count = threads
-        else:
-            codec.thread_count = 1
-        self._rate = _frame_rate(self.stream)
-        self._time_base = self.stream.time_base or Fraction(1, 1)
-        self._start = self.stream.start_time or 0
+            with _reasons("cannot read the stream header"):
+                self._rate = _frame_rate(self.stream)
+                self._time_base = self.stream.time_base or Fraction(1, 1)
+                self._start = self.stream.start_time or 0
+                codec = self.stream.codec_context
+                if codec.width > 0 and codec.height > 0:
+                    self._check_aspect(codec.height, codec.width)
+        except DecodeError:
+            self.close()
+            raise
+        self._seekable = True  # until a seek fails: then every rewind reopens the file
+        self._at_start = True  # nothing demuxed since the file was opened or rewound
         self._rotation: int | None = None  # known once a frame is decoded
+        self._size: tuple[int, int] | None = None  # (height, width) of every converted frame
+        self._first_size: tuple[int, int] | None = None  # the first frame's, as displayed
         self._count: int | None = None
         self._count_exact = False
         self.frames_decoded = 0  # for tests and benchmarks: proves seeking skipped frames
+
+    def _open(self) -> None:
+        container = av.open(self.path, metadata_errors="ignore")
+        try:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            stream = container.streams.video[0]
+            codec = stream.codec_context
+            if self.threads > 1:
+                # Frame+slice threading; only worth it when the worker has spare cores.
+                codec.thread_type = "AUTO"
+                codec.thread_count = self.threads
+            else:
+                codec.thread_count = 1
+        except BaseException:
+            container.close()
+            raise
+        self.container, self.stream = container, stream
+
+    def _rewind(self) -> None:
+        """Back to the first frame: seek there, or reopen an input that cannot seek."""
+        if self._seekable:
+            try:
+                self.container.seek(0, stream=self.stream, backward=True)
+                self._at_start = True
+                return
+            except (av.FFmpegError, OSError):
+                self._seekable = False
+        self.close()
+        self._open()
+        self._at_start = True
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -101,37 +179,42 @@ class VideoReader:
     def num_frames(self) -> int:
         """Frame count: container index, else duration x rate, else a packet count."""
         if self._count is None:
-            self._count, self._count_exact = self._frame_count()
+            with _reasons("cannot count frames"):
+                self._count, self._count_exact = self._frame_count()
         return self._count
 
     def info(self) -> VideoInfo:
         """Metadata; the rotation is only known once a frame was decoded (else 0)."""
-        height, width = self.stream.codec_context.height, self.stream.codec_context.width
-        rotation = self._rotation or 0
-        if rotation % 180:
-            height, width = width, height
-        duration = None
-        if self.stream.duration:
-            duration = float(self.stream.duration * self._time_base)
-        elif self.container.duration:
-            duration = self.container.duration / av.time_base
         count = self.num_frames
-        return VideoInfo(count, self.fps, height, width, duration, rotation, self._count_exact)
+        with _reasons("cannot read metadata"):
+            rotation = self._rotation or 0
+            if self._first_size is not None:
+                height, width = self._first_size
+            else:
+                height, width = self.stream.codec_context.height, self.stream.codec_context.width
+            return VideoInfo(
+                count, self.fps, height, width, self._duration(), rotation, self._count_exact
+            )
 
-    def _frame_count(self) -> tuple[int, bool]:
-        if self.stream.frames and self.stream.frames > 0:
-            return int(self.stream.frames), True
+    def _duration(self) -> float | None:
         if self.stream.duration:
             seconds = float(self.stream.duration * self._time_base)
         elif self.container.duration:
             seconds = self.container.duration / av.time_base
         else:
-            seconds = 0.0
-        if seconds > 0:
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+    def _frame_count(self) -> tuple[int, bool]:
+        if self.stream.frames and self.stream.frames > 0:
+            return int(self.stream.frames), True
+        seconds = self._duration()
+        if seconds is not None and math.isfinite(seconds * float(self._rate)):
             return max(1, round(seconds * float(self._rate))), False
         # No index and no duration: count packets (demux only, no decoding).
+        self._at_start = False
         count = sum(1 for packet in self.container.demux(self.stream) if packet.size)
-        self.container.seek(0, stream=self.stream, backward=True)
+        self._rewind()
         if count == 0:
             raise DecodeError("no video packets")
         return count, True
@@ -142,20 +225,26 @@ class VideoReader:
         if len(indices) == 0:
             raise ValueError("no frame indices requested")
         wanted = sorted({max(0, int(i)) for i in indices})
-        try:
+        with _reasons("decode error"):
             found = self._decode(wanted, seek=wanted[0] > 0)
-        except DecodeError:
-            raise
-        except (av.FFmpegError, MemoryError, ValueError, RuntimeError) as exc:
-            raise DecodeError(f"decode error ({_short(exc)})") from None
-        arrays = [found[max(0, int(i))] for i in indices]
-        return torch.from_numpy(np.stack(arrays))
+            arrays = [found[max(0, int(i))] for i in indices]
+            return torch.from_numpy(np.stack(arrays))
 
     def _decode(self, wanted: list[int], seek: bool) -> dict[int, np.ndarray]:
         rate, time_base, start = self._rate, self._time_base, self._start
-        if seek:
+        if seek and self._seekable:
             target = start + int(math.floor(wanted[0] / rate / time_base))
-            self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+            self._at_start = False  # also after a failed seek, which may have read to the end
+            try:
+                self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+            except (av.FFmpegError, OSError):
+                seek = False  # e.g. a raw .h264 stream: decode it from the start instead
+                self._seekable = False
+        else:
+            seek = False
+        if not seek and not self._at_start:
+            self._rewind()
+        self._at_start = False
         scale = float(time_base * rate)  # pts units -> grid positions (floats: fast in the loop)
         found: dict[int, np.ndarray] = {}
         position = 0  # next entry of ``wanted`` to fill
@@ -163,7 +252,6 @@ class VideoReader:
         for counter, frame in enumerate(self.container.decode(self.stream)):
             if frame.pts is None:
                 if seek:  # cannot place frames after a seek without timestamps
-                    self.container.seek(0, stream=self.stream, backward=True)
                     return self._decode(wanted, seek=False)
                 grid = float(counter)
             else:
@@ -171,7 +259,6 @@ class VideoReader:
             self.frames_decoded += 1
             if seek and previous is None and grid > wanted[0] + 0.5:
                 # The demuxer landed after the frame we need (bad index): start over.
-                self.container.seek(start, stream=self.stream, backward=True)
                 return self._decode(wanted, seek=False)
             while position < len(wanted) and grid >= wanted[position]:
                 index = wanted[position]
@@ -185,26 +272,65 @@ class VideoReader:
         if previous is None:
             raise DecodeError(f"no frames decoded at or after frame {wanted[0]}")
         last_grid = previous[0]
+        last = self._to_rgb(previous[1])  # before counting, which may rewind the file
         count = self.num_frames
         if last_grid < 0.9 * count - 2 and wanted[-1] > last_grid + 1:
             raise DecodeError(
                 f"stream ended at frame {int(last_grid) + 1} of {count} (truncated file?)"
             )
-        last = self._to_rgb(previous[1])
         for index in wanted[position:]:
             found[index] = last  # short video: repeat the last frame
         return found
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        array = _reformatter().reformat(frame, format="rgb24").to_ndarray()
         rotation = _normalise_rotation(getattr(frame, "rotation", 0) or 0)
-        self._rotation = rotation
+        turned = rotation % 180 != 0
+        if self._size is None:  # the first frame converted fixes the clip's size
+            height, width = (frame.width, frame.height) if turned else (frame.height, frame.width)
+            self._first_size = (height, width)
+            self._size = self._bounded_size(height, width)
+            self._rotation = rotation
+        height, width = self._size
+        stored_height, stored_width = (width, height) if turned else (height, width)
+        shrinking = stored_height * stored_width < frame.height * frame.width
+        array = _reformatter().reformat(
+            frame,
+            format="rgb24",
+            width=stored_width,
+            height=stored_height,
+            interpolation="AREA" if shrinking else None,
+        ).to_ndarray()
         if rotation:
             array = np.ascontiguousarray(np.rot90(array, k=rotation // 90))
         return array
 
+    def _check_aspect(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise DecodeError(f"frame of {width}x{height} pixels")
+        ratio = max(height, width) / min(height, width)
+        if self.max_aspect_ratio is not None and ratio > self.max_aspect_ratio:
+            raise DecodeError(
+                f"aspect ratio {ratio:.0f}:1 ({width}x{height}) beyond "
+                f"{self.max_aspect_ratio:g}:1 (resizing it for the model would take gigabytes)"
+            )
+
+    def _bounded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) to convert frames to: the frame's, checked, and scaled down so
+        the short side is at most ``max_short_side``."""
+        self._check_aspect(height, width)
+        short = min(height, width)
+        if self.max_short_side is not None and short > self.max_short_side:
+            factor = self.max_short_side / short
+            return max(1, round(height * factor)), max(1, round(width * factor))
+        return height, width
+
     def close(self) -> None:
-        self.container.close()
+        container, self.container = self.container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not hide its frames
+                pass
 
     def __enter__(self) -> VideoReader:
         return self
@@ -228,14 +354,25 @@ def _reformatter() -> VideoReformatter:
     return by_process[pid]
 
 
-def open_video(path: str | os.PathLike, threads: int = 1) -> VideoReader:
+def open_video(
+    path: str | os.PathLike,
+    threads: int = 1,
+    max_short_side: int | None = None,
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+) -> VideoReader:
     """Open ``path`` for one read: ``with open_video(p) as video: video.get_frames(idx)``."""
-    return VideoReader(path, threads=threads)
+    return VideoReader(path, threads, max_short_side, max_aspect_ratio)
 
 
-def read_frames(path: str | os.PathLike, indices: Sequence[int], threads: int = 1) -> torch.Tensor:
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int],
+    threads: int = 1,
+    max_short_side: int | None = None,
+    max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+) -> torch.Tensor:
     """Decode frames ``indices`` of ``path`` as uint8 ``(T, H, W, 3)`` RGB."""
-    with open_video(path, threads) as video:
+    with open_video(path, threads, max_short_side, max_aspect_ratio) as video:
         return video.get_frames(indices)
 
 
@@ -256,9 +393,18 @@ def _frame_rate(stream) -> Fraction:
 def _normalise_rotation(angle: float) -> int:
     # PyAV reports the counter-clockwise angle that turns the stored picture into the
     # displayed one; only right angles occur in practice.
+    if not math.isfinite(angle):
+        return 0
     return int(round(angle / 90.0)) % 4 * 90
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """One short line: FFmpeg's / the OS's own words, else the exception's type and text."""
+    strerror = getattr(exc, "strerror", None)
+    if isinstance(exc, (av.FFmpegError, OSError)) and isinstance(strerror, str) and strerror:
+        text = strerror
+    else:
+        message = str(exc).strip()
+        first = message.splitlines()[0] if message else ""
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return text[:120]
