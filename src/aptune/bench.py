@@ -292,20 +292,49 @@ class BenchSettings:
     arch_overrides: dict = field(default_factory=dict)  # e.g. embed_dim/depth for tiny tests
 
 
-def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
-    """Measure every case of ``settings``; returns {"meta": ..., "rows": [...]}."""
-    if settings.repeats < 1 or settings.warmup < 0 or settings.batch < 1:
-        raise ConfigError("repeats and batch must be >= 1 and warmup >= 0")
-    if settings.lora_rank < 1 or settings.adapter_dim < 1:
-        raise ConfigError("lora_rank and adapter_dim must be >= 1")
+def check_settings(settings: BenchSettings) -> None:
+    """One-line ConfigErrors for settings no benchmark can run with."""
+    for name, minimum in (("repeats", 1), ("batch", 1), ("warmup", 0), ("frames", 1), ("img_size", 1),
+                          ("num_classes", 1), ("lora_rank", 1), ("adapter_dim", 1), ("prompt_start", 0),
+                          ("threads", 1)):
+        value = getattr(settings, name)
+        if value is None and name == "threads":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"bench {name} must be an integer >= {minimum}, got {value!r}")
+    if not settings.methods:
+        raise ConfigError(f"no method to benchmark (valid: {_VALID})")
     unknown = [m for m in settings.methods if m not in BENCH_METHODS]
     if unknown:
-        raise ConfigError(f"cannot benchmark method '{unknown[0]}' (valid: {_VALID})")
-    if settings.threads:
+        raise ConfigError(f"cannot benchmark method {unknown[0]!r} (valid: {_VALID})")
+    if not settings.prompts or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in settings.prompts):
+        raise ConfigError(f"bench prompts must be non-negative integers, got {settings.prompts!r}")
+
+
+def bench_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` (``auto``: CUDA when there is one), checked to exist."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"bench device {name!r} is not one of: auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"bench device {name!r} is not one of: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
+    """Measure every case of ``settings``; returns {"meta": ..., "rows": [...]}."""
+    check_settings(settings)
+    device = bench_device(settings.device)
+    if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available")
     torch.manual_seed(settings.seed)
 
     model = create_model(settings.arch, num_classes=settings.num_classes, method="full",

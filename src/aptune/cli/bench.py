@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -54,16 +52,16 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--prompt-start", type=_int_at_least(0), default=0,
                         help="first block that apt/vpt/lora/adaptformer touch (default 0: all); "
                         "earlier blocks train without autograd")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--num-classes", type=int, default=400)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--frames", type=int, default=16, help="clip length (>= 1)")
+    parser.add_argument("--img-size", type=int, default=224, help="clip height and width (>= 1)")
+    parser.add_argument("--batch", type=int, default=1, help="clips per step (>= 1)")
+    parser.add_argument("--num-classes", type=int, default=400, help="classifier size (>= 1)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--train", action="store_true",
                         help="also time a training step (AdamW) and its peak memory")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per method")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per method first")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per method (>= 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per method first (>= 0)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (>= 1; default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--json", dest="json_out", help="write {meta, rows} here")
     parser.set_defaults(func=run)
@@ -71,12 +69,23 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from aptune.bench import BenchSettings, format_table, run_bench
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.trainer import pick_device
+    from aptune.errors import ConfigError
+    from aptune.fileio import write_json_atomically
 
+    for flag, value, minimum in (("--frames", args.frames, 1), ("--img-size", args.img_size, 1),
+                                 ("--batch", args.batch, 1), ("--num-classes", args.num_classes, 1),
+                                 ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+                                 ("--threads", args.threads, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value}")
+    device = pick_device(args.device, DistInfo())
     settings = BenchSettings(
         arch=args.arch, methods=tuple(args.methods), prompts=tuple(args.prompts),
         lora_rank=args.lora_rank, adapter_dim=args.adapter_dim, prompt_start=args.prompt_start,
         frames=args.frames, img_size=args.img_size, batch=args.batch,
-        num_classes=args.num_classes, device=args.device, train=args.train,
+        num_classes=args.num_classes, device=str(device), train=args.train,
         repeats=args.repeats, warmup=args.warmup, threads=args.threads,
     )
     result = run_bench(settings, progress=not args.no_progress)
@@ -94,8 +103,5 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(sizes))
     print(format_table(result["rows"]))
     if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {write_json_atomically(args.json_out, result)}")
     return 0

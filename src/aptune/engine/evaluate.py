@@ -4,20 +4,26 @@ Each rank scores its share of the views; the per-view softmax scores are
 gathered as tensors and averaged per video, so the distributed result equals
 the single-process one.  A video none of whose views could be decoded is
 counted as skipped, never silently replaced.
+
+The final outputs are written atomically; ``metrics.json`` is strict JSON (a
+split with no decodable video has ``top1``/``top5`` null, never NaN), and class
+names in ``report.md`` are escaped so that a name cannot carry terminal codes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aptune.adapters import printable
 from aptune.data import BadVideoLog
 from aptune.engine import distributed as dist_utils
 from aptune.engine.metrics import classification_metrics, video_scores
+from aptune.fileio import make_folder, output_error, write_json_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +89,25 @@ def write_final_outputs(model, result: dict[str, Any], summary: dict[str, Any], 
         "confusion": result["confusion"],
         "class_names": list(class_names),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_dir = output_dir / "plots"
-    plot_dir.mkdir(exist_ok=True)
+    write_json_atomically(output_dir / "metrics.json", metrics)
+    plot_dir = make_folder(output_dir / "plots")
+    shown = [printable(name) for name in class_names]
     figures = {
-        "curves": plots.plot_curves(records, plot_dir / "curves.png"),
-        "confusion": plots.plot_confusion(result["confusion"], class_names, plot_dir / "confusion.png"),
-        "per_class": plots.plot_per_class(result["per_class_accuracy"], class_names, plot_dir / "per_class.png"),
+        "curves": _plot(plots.plot_curves, records, plot_dir / "curves.png"),
+        "confusion": _plot(plots.plot_confusion, result["confusion"], shown, plot_dir / "confusion.png"),
+        "per_class": _plot(plots.plot_per_class, result["per_class_accuracy"], shown, plot_dir / "per_class.png"),
     }
-    (output_dir / "report.md").write_text(render_report(metrics, figures, output_dir, config))
+    write_text_atomically(output_dir / "report.md", render_report(metrics, figures, output_dir, config))
     return metrics
+
+
+def _plot(draw, *args) -> Path:
+    """A plot, with a full disk or a read-only folder as a one-line OutputError."""
+    path = args[-1]
+    try:
+        return draw(*args)
+    except OSError as exc:
+        raise output_error(path, exc) from None
 
 
 def gflops_per_view(model) -> float | None:
@@ -113,8 +128,8 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| top-1 | {metrics['top1']:.2f} % |",
-        f"| top-5 | {metrics['top5']:.2f} % |",
+        f"| top-1 | {_percent(metrics['top1'])} |",
+        f"| top-5 | {_percent(metrics['top5'])} |",
         f"| videos evaluated | {metrics['num_videos']} |",
         f"| videos skipped (unreadable) | {metrics['skipped_videos']} |",
         f"| trainable / total parameters | {metrics['trainable_params']:,} / {metrics['total_params']:,} |",
@@ -123,12 +138,19 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir:
         f"| training time | {_seconds(metrics['train_seconds'])} |",
         f"| test views per video | {config.data.test_num_segment} x {config.data.test_num_crop} |",
         "",
-        "Weakest classes: " + ", ".join(f"{name} ({acc:.0f} %)" for acc, name in weakest),
+        ("Weakest classes: " + ", ".join(f"{printable(name)} ({acc:.0f} %)" for acc, name in weakest))
+        if weakest else "No video could be evaluated: there is no accuracy to report.",
         "",
     ]
     for title, path in figures.items():
         lines += [f"![{title}]({path.relative_to(output_dir)})", ""]
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "- (0 videos evaluated)"
+    return f"{value:.2f} %"
 
 
 def _seconds(value: float | None) -> str:

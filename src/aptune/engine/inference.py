@@ -9,29 +9,40 @@ from typing import Any
 
 import torch
 
-from aptune.adapters import model_from_adapter, read_adapter
+from aptune.adapters import model_from_adapter, printable, read_adapter
 from aptune.config import Config
 from aptune.engine import distributed as dist_utils
 from aptune.errors import CheckpointError, ConfigError
+from aptune.fileio import make_folder
 
 log = logging.getLogger(__name__)
 
 
-def load_tuned_model(adapter: str | Path, pretrained: str | Path | None, device: torch.device):
-    """The model an adapter belongs to, on ``device`` in eval mode."""
+def load_tuned_model(adapter: str | Path, pretrained: str | Path | None, device: torch.device, *,
+                     allow_backbone_mismatch: bool = False):
+    """The model an adapter belongs to, on ``device`` in eval mode.
+
+    ``allow_backbone_mismatch``: accept ``pretrained`` weights whose fingerprint differs from
+    the one the adapter was trained on (a warning instead of an error).
+    """
     _, meta = read_adapter(adapter)
-    method = (meta.get("method") or {}).get("name")
+    method = meta["method"]["name"]
     if pretrained is None and method != "full":
         raise CheckpointError(
             f"{adapter}: a '{method}' adapter holds only its trained tensors; give the backbone it was "
             "trained on with --pretrained (or model.pretrained in the config)"
         )
-    return model_from_adapter(adapter, pretrained=pretrained).to(device).eval()
+    model = model_from_adapter(adapter, pretrained=pretrained, allow_backbone_mismatch=allow_backbone_mismatch)
+    return model.to(device).eval()
 
 
 def evaluate_adapter(config: Config, adapter: str | Path, pretrained: str | Path | None = None,
-                     split: str = "test", output_dir: Path | None = None) -> dict[str, Any]:
-    """Multi-view evaluation of ``adapter`` on the config's data; writes outputs when asked."""
+                     split: str = "test", output_dir: Path | None = None, *,
+                     allow_backbone_mismatch: bool = False) -> dict[str, Any]:
+    """Multi-view evaluation of ``adapter`` on the config's data; writes outputs when asked.
+
+    With no video decoded, top1/top5 are NaN here and null in ``metrics.json``.
+    """
     from aptune.engine.evaluate import evaluate, write_final_outputs
     from aptune.engine.loaders import _eval_data
     from aptune.engine.trainer import pick_device
@@ -39,26 +50,34 @@ def evaluate_adapter(config: Config, adapter: str | Path, pretrained: str | Path
     info = dist_utils.init_distributed(config.train.device)
     try:
         device = pick_device(config.train.device, info)
-        model = load_tuned_model(adapter, pretrained or config.model.pretrained, device)
+        model = load_tuned_model(adapter, pretrained or config.model.pretrained, device,
+                                 allow_backbone_mismatch=allow_backbone_mismatch)
         eval_data = _eval_data(config, split, info, multi_view=True)
         class_names = list(eval_data.dataset.class_names)
         if model.class_names and list(model.class_names) != class_names:
-            raise ConfigError(
-                f"{adapter}: adapter classes ({len(model.class_names)}, e.g. '{model.class_names[0]}') "
-                f"differ from the data's ({len(class_names)}, e.g. '{class_names[0]}')"
-            )
+            raise ConfigError(f"{adapter}: adapter classes {_class_sample(model.class_names, class_names)}")
         result = evaluate(model, eval_data, device, config.train.precision, model.num_classes,
                           desc=f"{split} (all views)")
         summary = {"top1": result["top1"], "top5": result["top5"], "num_videos": result["num_videos"],
                    "skipped_videos": result["skipped_videos"], "split": split,
                    "method": model.tuning_method.name, "epochs": None, "train_seconds": None}
         if output_dir is not None and info.is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(output_dir)
             records = _records_of(Path(adapter).parent)
             summary = write_final_outputs(model, result, summary, class_names, output_dir, records, config)
         return summary
     finally:
         dist_utils.cleanup()
+
+
+def _class_sample(adapter_names: list[str], data_names: list[str]) -> str:
+    """Where two class lists first differ, names escaped for the terminal."""
+    if len(adapter_names) != len(data_names):
+        return (f"({len(adapter_names)}, e.g. '{printable(adapter_names[0])}') differ from the data's "
+                f"({len(data_names)}, e.g. '{printable(data_names[0]) if data_names else ''}')")
+    index = next(i for i, (a, b) in enumerate(zip(adapter_names, data_names)) if a != b)
+    return (f"differ from the data's: class {index} is '{printable(adapter_names[index])}' in the adapter, "
+            f"'{printable(data_names[index])}' in the data")
 
 
 def _records_of(run_dir: Path) -> list[dict]:
@@ -95,7 +114,14 @@ def predict_videos_for(models: Mapping[str, torch.nn.Module], paths: list[str],
                        preprocess: dict[str, Any], device: torch.device, top_k: int = 5,
                        batch_size: int = 8) -> dict[str, list[dict[str, Any]]]:
     """:func:`predict_videos` for several models that read clips the same way (one
-    ``preprocess``): every video is decoded once and its views go through each model."""
+    ``preprocess``): every video is decoded once and its views go through each model.
+
+    A video none of whose views decoded gets ``{"video": ..., "error": reason}``; class
+    names are returned exactly as stored (escape them with :func:`aptune.adapters.printable`
+    before printing).
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
     from aptune.data import Sample, VideoEvalDataset, build_loader
     from aptune.data.transforms import TestTransform
     from aptune.engine.loaders import VideoShardSampler

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from aptune.fileio import output_error, write_text_atomically
+
 
 def video_scores(video_ids: torch.Tensor, view_ids: torch.Tensor, probs: torch.Tensor,
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,8 +78,11 @@ class MetricsLog:
         if not self.enabled:
             return
         record = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(_finite(record)) + "\n")
+        except OSError as exc:  # a full disk mid-run: one line, not a traceback
+            raise output_error(self.path, exc) from None
         self._to_tensorboard(kind, values)
 
     def _to_tensorboard(self, kind: str, values: dict[str, Any]) -> None:
@@ -104,11 +109,13 @@ class MetricsLog:
         if not self.path.exists():
             return []
         records = []
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # a line cut short by a kill mid-write
+            if isinstance(record, dict) and isinstance(record.get("kind"), str):
+                records.append(record)
         return records
 
     def truncate_after(self, step: int) -> None:
@@ -116,7 +123,7 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [r for r in self.read() if r.get("step", 0) <= step and not r.get("final")]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomically(self.path, "".join(json.dumps(_finite(r)) + "\n" for r in kept))
 
 
 def _finite(value: Any) -> Any:
