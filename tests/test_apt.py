@@ -64,8 +64,15 @@ def test_prompts_change_outputs_and_leave_token_count():
     x = tiny_clip()
     with torch.no_grad():
         tokens, _ = model.patch_embed(x)
-        out = model.blocks[0](tokens, model.kv_prompts(0))
-    assert out.shape == tokens.shape  # queries unchanged: the block still outputs N tokens
+        plain = model.blocks[0](tokens)
+        prompted = model.blocks[0](tokens, model.kv_prompts(0))
+        logits_plain = tiny_model("apt", num_prompts=0).eval()
+        logits_plain.load_state_dict(model.state_dict(), strict=False)
+        with_prompts, without = model(x), logits_plain(x)
+    assert prompted.shape == plain.shape == tokens.shape  # queries unchanged: the block still outputs N tokens
+    # every token's output moves: each query attends to the prompts as well
+    assert (prompted - plain).abs().amax(dim=-1).min() > 1e-4
+    assert not torch.allclose(with_prompts, without, atol=1e-4)  # and so do the logits
 
 
 def test_trainable_count_matches_the_paper_setting():
