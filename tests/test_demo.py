@@ -47,18 +47,21 @@ def test_quick_demo_prints_and_writes_the_table(tmp_path, capsys):
     assert "| apt |" in (tmp_path / "demo" / "demo.md").read_text()
 
 
-def test_a_demo_run_of_another_recipe_is_started_over(tmp_path):
-    from aptune.demo import demo_recipe, method_config, start_over_if_recipe_changed
+def test_a_folder_of_another_run_is_refused_untouched_before_any_work(tmp_path, capsys):
+    demo = tmp_path / "demo"
+    users_run = demo / "apt"
+    users_run.mkdir(parents=True)
+    (users_run / "config.yaml").write_text("model: {arch: vit_base_patch16_224}\n")
+    (users_run / "notes.txt").write_text("my own experiment")
+    before = {p.name: p.read_bytes() for p in users_run.iterdir()}
+    assert cli_main(["demo", "--quick", "--output-dir", str(demo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and str(users_run) in err and "--output-dir" in err
+    assert {p.name: p.read_bytes() for p in users_run.iterdir()} == before
+    assert sorted(p.name for p in demo.iterdir()) == ["apt"]  # no other method ran, no dataset written
 
-    config = method_config(demo_recipe(), "apt", tmp_path / "data", shipped_backbone(), quick=True)
-    run = tmp_path / "apt"
-    run.mkdir()
-    from aptune.config import save_config
 
-    save_config(config, run / "config.yaml")
-    (run / "checkpoint.pt").write_bytes(b"same recipe: resumed")
-    start_over_if_recipe_changed(run, config)
-    assert (run / "checkpoint.pt").exists()
-    config.method.num_prompts += 1  # e.g. an older demo with another number of prompts
-    start_over_if_recipe_changed(run, config)
-    assert not run.exists()
+def test_an_empty_method_list_is_a_one_line_error(tmp_path, capsys):
+    assert cli_main(["demo", "--quick", "--methods", ",", "--output-dir", str(tmp_path / "d")]) == 2
+    assert "at least one method" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

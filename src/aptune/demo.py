@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 
-from aptune.errors import AptuneError
+from aptune.errors import AptuneError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,18 @@ def target_dataset(cache_dir: Path, spec: dict[str, Any]) -> Path:
     """The synthetic target set, generated once per spec and reused."""
     from aptune.data.synth import make_synthetic_dataset
 
-    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    root = cache_dir / f"demo-target-{key}"
+    root = target_dataset_path(cache_dir, spec)
     done = root / ".complete"
     if not done.exists():
         log.info("writing the synthetic target dataset to %s", root)
         make_synthetic_dataset(root, workers=min(2, os.cpu_count() or 1), **_synth_arguments(spec))
         done.write_text(json.dumps(spec))
     return root
+
+
+def target_dataset_path(cache_dir: Path, spec: dict[str, Any]) -> Path:
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir / f"demo-target-{key}"
 
 
 def _synth_arguments(spec: dict[str, Any]) -> dict[str, Any]:
@@ -102,13 +105,17 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     output_dir = Path(output_dir)
     recipe = demo_recipe()
     dataset_spec = dict(recipe["dataset"], **(recipe.get("quick_dataset", {}) if quick else {}))
-    dataset = target_dataset(Path(cache_dir) if cache_dir else output_dir / "cache", dataset_spec)
+    cache_dir = Path(cache_dir) if cache_dir else output_dir / "cache"
+    dataset = target_dataset_path(cache_dir, dataset_spec)
     backbone = Path(backbone) if backbone is not None else shipped_backbone()
+    if not methods:
+        raise ConfigError("the demo needs at least one method (valid: " + ", ".join(DEMO_METHODS) + ")")
+    configs = {method: method_config(recipe, method, dataset, backbone, quick) for method in methods}
+    refuse_runs_of_another_recipe(output_dir, configs)  # before anything is written
+    target_dataset(cache_dir, dataset_spec)
     rows = []
-    for method in methods:
-        config = method_config(recipe, method, dataset, backbone, quick)
+    for method, config in configs.items():
         log.info("== %s", method)
-        start_over_if_recipe_changed(output_dir / method, config)
         started = time.time()
         metrics = train(config, output_dir / method, resume=None)
         run_metrics = json.loads((output_dir / method / "metrics.json").read_text())
@@ -131,16 +138,17 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
     return rows
 
 
-def start_over_if_recipe_changed(run_dir: Path, config) -> None:
-    """A finished or interrupted demo run resumes; one made by another recipe (an older aptune,
-    another backbone) is the demo's own stale output and is removed rather than resumed."""
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        return
-    current = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as in the saved YAML
-    if yaml.safe_load(saved.read_text()) != current:
-        log.warning("%s was made by another recipe: starting it over", run_dir)
-        shutil.rmtree(run_dir)
+def refuse_runs_of_another_recipe(output_dir: Path, configs: dict) -> None:
+    """Before any work: a method folder holding a run of another recipe (an older aptune, another
+    backbone, a user's own run) is refused, never deleted or resumed with the wrong recipe."""
+    from aptune.engine.runfolder import RunFolder
+
+    for method, config in configs.items():
+        try:
+            RunFolder(output_dir / method).check(config, resume=None)
+        except AptuneError as exc:
+            raise ConfigError(f"{exc}. For the demo: remove {output_dir / method} yourself or give "
+                              "aptune demo --output-dir NEW") from None
 
 
 def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> dict[str, dict]:

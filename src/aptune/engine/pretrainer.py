@@ -97,9 +97,10 @@ def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device
     with dist_utils.together("while writing the run folder"):
         folder.write_config(config)
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
+    with dist_utils.together("while reading metrics.jsonl"):
+        # a resumed run drops what was logged after its checkpoint; a new one, a killed start's lines
+        metrics.truncate_after(state.step if resuming else -1)
     if resuming:
-        with dist_utils.together("while reading metrics.jsonl"):
-            metrics.truncate_after(state.step)
         log.info("resumed from %s at epoch %d", folder.checkpoint_path, state.epoch)
     runner = wrap_for_training(model, device, info, config.train.compile)
     loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,

@@ -10,6 +10,9 @@ This module owns what a real run needs from it:
 * temporary files that a killed atomic write left behind are removed on start;
 * a checkpoint is resumed only when the recipe that made it and the current one agree
   on everything that changes the run (``SAFE_TO_CHANGE`` lists what may differ);
+* a new run never overwrites another run's files: a folder holding run files but no
+  checkpoint is reused only when its ``config.yaml`` is this recipe's (a run killed
+  before its first checkpoint), otherwise the command refuses;
 * a refused command writes nothing: the folder's ``config.yaml`` is written only once
   the run is accepted, and a folder this command created is removed again if it stays empty.
 """
@@ -32,6 +35,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = ".aptune.lock"
+# what train / pretrain / eval write into a run folder: a new run must not find another's
+RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, "adapter.safetensors", "backbone.safetensors",
+             "pretrained.safetensors", "metrics.jsonl", "metrics.json", "report.md", "plots", "tensorboard",
+             "eval")
 
 # Keys a resumed run may change: they decide how long it runs, how often it reports, and
 # where it computes, never which numbers it produces (data order and augmentation are
@@ -59,8 +66,7 @@ class RunFolder:
     # ------------------------------------------------------------------ opening
     def open(self, config: Config, resume: bool | None) -> bool:
         """Check, lock and clean the folder; returns whether the run resumes a checkpoint."""
-        if self.path.exists() and not self.path.is_dir():
-            raise OutputError(f"{self.path}: --output-dir is a file, not a folder")
+        self._refuse_a_file_in_the_way()
         if self.is_main:
             self._created = not self.path.exists()
             make_folder(self.path)
@@ -69,10 +75,17 @@ class RunFolder:
             removed = remove_stale_temporaries(self.path)
             if removed:
                 log.info("%s: removed %d temporary file(s) left by an interrupted write", self.path, len(removed))
+        return self.check(config, resume)
+
+    def check(self, config: Config, resume: bool | None) -> bool:
+        """Everything :meth:`open` refuses, read-only: whether the run would resume, or an error."""
+        self._refuse_a_file_in_the_way()
         resuming = self._should_resume(resume)
         if resuming:
             self.payload = load_training_state(self.checkpoint_path)
             refuse_changed_recipe(self.payload.get("config"), config, self.path)
+        else:
+            self._refuse_another_runs_files(config)
         return resuming
 
     def write_config(self, config: Config) -> None:
@@ -100,6 +113,35 @@ class RunFolder:
         if resume is False and exists:
             raise ConfigError(f"{self.path}: holds a checkpoint already; use --resume or another --output-dir")
         return exists
+
+    def _refuse_a_file_in_the_way(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"{self.path}: --output-dir is a file, not a folder")
+
+    def _refuse_another_runs_files(self, config: Config) -> None:
+        """A new run may reuse a folder only if what is there is its own unfinished start."""
+        if not self.path.is_dir():
+            return
+        found = [name for name in RUN_FILES if (self.path / name).exists()]
+        if not found:
+            return
+        stored = self._stored_config()
+        if stored is not None and not changed_keys(stored, config):
+            return  # killed before its first checkpoint: the same recipe starts over
+        what = "another recipe's run" if stored is not None else "files of another run"
+        raise ConfigError(f"{self.path}: holds {what} ({', '.join(found[:3])}) and no checkpoint to resume; "
+                          "nothing there is overwritten: use another --output-dir or remove those files")
+
+    def _stored_config(self) -> dict[str, Any] | None:
+        from aptune.config import read_yaml_mapping
+
+        path = self.path / CONFIG_NAME
+        if not path.is_file():
+            return None
+        try:
+            return read_yaml_mapping(path, what="run config")
+        except ConfigError:
+            return None
 
     def _check_writable(self) -> None:
         if not os.access(self.path, os.W_OK | os.X_OK):
@@ -154,17 +196,26 @@ def refuse_changed_recipe(stored: dict[str, Any] | None, config: Config, folder:
     """Resume only with the recipe that made the checkpoint, apart from ``SAFE_TO_CHANGE``."""
     if not isinstance(stored, dict):
         return  # a checkpoint from before configs were stored: the tensor checks still apply
-    current = _flatten(_plain(config.to_dict()))
-    saved = _flatten(_plain(stored))
-    changed = [key for key in sorted(current.keys() & saved.keys())
-               if key not in SAFE_TO_CHANGE and current[key] != saved[key]]
+    changed = changed_keys(stored, config)
     if changed:
+        saved, current = _flatten(_plain(stored)), _flatten(_plain(config.to_dict()))
         shown = ", ".join(f"{key} {saved[key]!r} -> {current[key]!r}" for key in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise ConfigError(
             f"{folder}: resuming would change how this run is made ({shown}{more}); resume with the "
             f"recipe in {folder / CONFIG_NAME} (only {', '.join(sorted(SAFE_TO_CHANGE))} may change) "
             "or use another --output-dir")
+
+
+def changed_keys(stored: dict[str, Any], config: Config) -> list[str]:
+    """Keys whose value in ``config`` differs from the ``stored`` recipe, apart from SAFE_TO_CHANGE.
+
+    Keys only one side knows (an older or newer aptune) are not compared.
+    """
+    current = _flatten(_plain(config.to_dict()))
+    saved = _flatten(_plain(stored))
+    return [key for key in sorted(current.keys() & saved.keys())
+            if key not in SAFE_TO_CHANGE and current[key] != saved[key]]
 
 
 def _plain(value: Any) -> Any:

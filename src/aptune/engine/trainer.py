@@ -98,9 +98,10 @@ def _train_in(folder: RunFolder, config: Config, resuming: bool, info, device) -
         if info.is_main and config.model.pretrained is None and config.method.name != "full":
             save_random_backbone(model, output_dir)
     metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
+    with dist_utils.together("while reading metrics.jsonl"):
+        # a resumed run drops what was logged after its checkpoint; a new one, a killed start's lines
+        metrics.truncate_after(state.step if resuming else -1)
     if resuming:
-        with dist_utils.together("while reading metrics.jsonl"):
-            metrics.truncate_after(state.step)
         log.info("resumed from %s at epoch %d (step %d)", folder.checkpoint_path, state.epoch, state.step)
     if info.is_main:
         log_run_start(config, model, device, schedule, steps_per_epoch)
