@@ -387,3 +387,121 @@ def test_native_model_takes_the_same_call():
     expected = sample_block_tokens(model, tiny_clip(), 2, torch.Generator().manual_seed(0))
     for layer, sample in enumerate(expected):  # the same draw as the trainer's prompt_init: tokens
         assert torch.equal(model.kv_prompts.keys[layer], sample.keys)
+
+
+# --------------------------------------------------- a key bias, fingerprints, options
+def _with_key_bias(model, seed=11):
+    """Give every layer's key projection a non-zero bias (some VideoMAE checkpoints have one)."""
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.videomae.encoder.layer:
+        attention = layer.attention.attention
+        key = nn.Linear(attention.key.in_features, attention.key.out_features, bias=True)
+        with torch.no_grad():
+            key.weight.copy_(attention.key.weight)
+            key.bias.copy_(torch.randn(key.out_features, generator=generator))
+        attention.key = key
+    return model
+
+
+def test_a_non_zero_key_bias_is_kept_so_native_equals_injected_with_prompts(tmp_path):
+    from safetensors.torch import load_file
+
+    hf = _with_key_bias(tiny_hf_model())
+    folder = tmp_path / "hf_key_bias"
+    hf.save_pretrained(folder)
+    assert "videomae.encoder.layer.0.attention.attention.key.bias" in load_file(folder / "model.safetensors")
+
+    native = aptune.create_model(pretrained=folder, method="apt", **APT_OPTIONS).eval()
+    assert native.blocks[0].attn.k_bias is not None and not native.blocks[0].attn.k_bias.requires_grad
+    randomize_trainable_(native, seed=12)
+    with torch.no_grad():  # prompts the size of real keys, so the key bias has an effect on their share
+        native.kv_prompts.keys.mul_(20)
+    injected = aptune.inject(hf, "apt", **APT_OPTIONS)
+    aptune.load_adapter(injected, aptune.save_adapter(native, tmp_path / "adapter.safetensors"))
+    clip = tiny_clip(seed=13)
+    with torch.no_grad():
+        expected = native(clip)
+    torch.testing.assert_close(hf_logits(injected, clip), expected, rtol=1e-4, atol=1e-5)
+
+    # with prompts the bias is not exact to drop: the model without it computes something else
+    without = aptune.create_model(pretrained=folder, method="apt", **APT_OPTIONS).eval()
+    for block in without.blocks:
+        block.attn.k_bias = None
+    without.load_state_dict({k: v for k, v in native.state_dict().items() if "k_bias" not in k}, strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(without(clip), expected, atol=1e-4)
+    # the fingerprint covers it, so adapters of the biased and unbiased backbones do not mix
+    assert aptune.adapters.backbone_fingerprint(without) != aptune.adapters.backbone_fingerprint(native)
+
+
+def test_a_zero_key_bias_is_dropped_exactly(tmp_path):
+    hf = _with_key_bias(tiny_hf_model())
+    for layer in hf.videomae.encoder.layer:
+        nn.init.zeros_(layer.attention.attention.key.bias)
+    hf.save_pretrained(tmp_path / "zero")
+    native = aptune.create_model(pretrained=tmp_path / "zero", method="linear")
+    assert all(block.attn.k_bias is None for block in native.blocks)
+
+
+def test_injected_and_native_models_of_the_same_weights_share_a_fingerprint(hf_dir, tmp_path):
+    from aptune.adapters import backbone_fingerprint
+
+    native = aptune.create_model(pretrained=hf_dir, method="apt", **APT_OPTIONS)
+    injected = aptune.inject(load_hf(hf_dir), "apt", **APT_OPTIONS)
+    assert backbone_fingerprint(native) == backbone_fingerprint(injected)
+    bare = aptune.inject(transformers.VideoMAEModel.from_pretrained(hf_dir), "apt", num_prompts=2)
+    assert backbone_fingerprint(bare) == backbone_fingerprint(native)
+
+    # an adapter of these weights refuses other weights of the same shape
+    path = aptune.save_adapter(native, tmp_path / "native.safetensors")
+    other = aptune.inject(tiny_hf_model(seed=5), "apt", **APT_OPTIONS)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        aptune.load_adapter(other, path)
+    aptune.load_adapter(other, path, allow_backbone_mismatch=True)
+    torch.testing.assert_close(other.kv_prompts.keys, native.kv_prompts.keys)
+
+
+@pytest.mark.parametrize("method, theirs, mine, words", [
+    ("apt", dict(num_prompts=3, prompt_start=0, prompt_end=1), dict(num_prompts=3, prompt_start=1, prompt_end=2),
+     ["blocks 0-1", "blocks 1-2"]),
+    ("apt", dict(num_prompts=3), dict(num_prompts=2), ["num_prompts=3", "num_prompts=2"]),
+    ("apt", dict(num_prompts=3, reparam=False), dict(num_prompts=3, reparam=True), ["reparam=False", "reparam=True"]),
+    ("vpt-deep", dict(num_prompts=2, prompt_end=1), dict(num_prompts=2), ["blocks 0-1", "blocks 0-2"]),
+])
+def test_an_injected_model_refuses_another_methods_options(hf_dir, tmp_path, method, theirs, mine, words):
+    native = aptune.create_model(pretrained=hf_dir, method=method, **theirs)
+    path = aptune.save_adapter(native, tmp_path / "adapter.safetensors")
+    with pytest.raises(CheckpointError) as caught:
+        aptune.load_adapter(aptune.inject(load_hf(hf_dir), method, **mine), path)
+    assert all(word in str(caught.value) for word in words), str(caught.value)
+
+
+def test_an_injected_model_refuses_other_class_names(hf_dir, tmp_path):
+    native = aptune.create_model(pretrained=hf_dir, method="apt", num_prompts=2)
+    native.class_names = ["walk", "run", "jump", "sit", "stand"]
+    path = aptune.save_adapter(native, tmp_path / "adapter.safetensors")
+    with pytest.raises(CheckpointError, match="class 0 is 'walk' in the adapter but 'action_0' in the model"):
+        aptune.load_adapter(aptune.inject(load_hf(hf_dir), "apt", num_prompts=2), path)
+    # transformers' placeholder labels (LABEL_0, ...) name nothing: the adapter's names are taken
+    plain = load_hf(hf_dir)
+    plain.config.id2label = {i: f"LABEL_{i}" for i in range(5)}
+    aptune.load_adapter(aptune.inject(plain, "apt", num_prompts=2), path)
+    assert plain.config.id2label[0] == "walk"
+
+
+def test_timm_adapters_check_options_and_the_backbone():
+    import tempfile
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = aptune.inject(TinyTimmViT().eval(), "apt", num_prompts=3, prompt_start=1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = aptune.save_adapter(model, Path(folder) / "timm.safetensors")
+        same_weights = TinyTimmViT().eval()
+        same_weights.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("kv_")},
+                                     strict=False)
+        with pytest.raises(CheckpointError, match="blocks 1-2"):
+            aptune.load_adapter(aptune.inject(same_weights, "apt", num_prompts=3, prompt_start=0), path)
+        torch.manual_seed(1)
+        with pytest.raises(CheckpointError, match="fingerprint"):
+            aptune.load_adapter(aptune.inject(TinyTimmViT().eval(), "apt", num_prompts=3, prompt_start=1), path)

@@ -138,3 +138,73 @@ def test_already_read_adapters_and_errors(tasks, backbone_state):
             aptune.read_adapter(aptune.save_adapter(wide, paths["ucf"].parent / "w.safetensors")))})
     with pytest.raises(ConfigError, match="qkv_adapters"):
         aptune.MultiAdapterModel(tiny_model("lora"), paths)
+
+
+def test_task_heads_use_the_classifier_norms_own_eps(tmp_path):
+    """Hugging Face backbones norm the blocks with 1e-12 and fc_norm with 1e-5; here exaggerated."""
+    eps = dict(layer_norm_eps=1e-6, fc_norm_eps=0.5)
+    source = tiny_model("linear", **eps)
+    randomize_(source, seed=0)
+    state = {k: v for k, v in source.state_dict().items() if k.startswith(("patch_embed.", "blocks."))}
+    models = {"a": task_model(state, num_prompts=3, seed=1, **eps), "b": task_model(state, "linear", seed=2, **eps)}
+    paths = {name: aptune.save_adapter(m, tmp_path / f"{name}.safetensors") for name, m in models.items()}
+    shared = tiny_model("linear", num_classes=2, **eps)
+    shared.load_state_dict(state, strict=False)
+    multi = aptune.MultiAdapterModel(shared, paths)
+    assert multi.heads["a"].fc_norm.eps == 0.5
+    clips = tiny_clip(batch=2, seed=8)
+    expected = separate(models, clips, ["a", "b"])
+    with torch.no_grad():
+        got = multi(clips, ["a", "b"])
+        features = multi.forward_features(clips, multi.task_index(["a", "b"], 2))
+        block_eps = torch.nn.functional.layer_norm(features[1:], (32,), models["b"].fc_norm.weight,
+                                                   models["b"].fc_norm.bias, 1e-6) @ models["b"].head.weight.T
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(block_eps[0] + models["b"].head.bias, expected[1], atol=1e-3)  # the eps matters
+
+
+def test_adapters_of_other_backbone_weights_are_refused(tasks, backbone_state, tmp_path):
+    models, paths = tasks
+    other = tiny_model("linear", num_classes=2)
+    randomize_(other, seed=42)
+    with pytest.raises(CheckpointError, match="task 'ucf'.*fingerprint"):
+        aptune.MultiAdapterModel(other, paths)
+    multi = aptune.MultiAdapterModel(other, paths, allow_backbone_mismatch=True)
+    assert multi.tasks == list(paths)
+    weights = tmp_path / "other.pth"
+    torch.save({k: v for k, v in other.state_dict().items() if k.startswith(("patch_embed.", "blocks."))}, weights)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        aptune.MultiAdapterModel.from_files(paths, pretrained=weights)
+    assert aptune.MultiAdapterModel.from_files(paths, pretrained=weights, allow_backbone_mismatch=True).tasks
+
+
+def _edited(path, tensors=None, drop=(), **header):
+    import json
+
+    tensors_in, meta = aptune.read_adapter(path)
+    tensors_in = {k: v for k, v in tensors_in.items() if k not in drop}
+    tensors_in.update(tensors or {})
+    meta = dict(meta)
+    for key, value in header.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) else value
+    return tensors_in, meta
+
+
+@pytest.mark.parametrize("edit, words", [
+    (dict(drop=("kv_prompts.scales",)), "reparam=True but has no 'kv_prompts.scales'"),
+    (dict(drop=("kv_prompts.keys",)), "lacks 'kv_prompts.keys'"),
+    (dict(method={"num_prompts": 5}), "'kv_prompts.keys' has shape (3, 4, 8)"),
+    (dict(method={"prompt_start": 3}), "prompt_start"),
+    (dict(tensors={"kv_prompts.scales": torch.ones(3, 4)}), "'kv_prompts.scales' has shape (3, 4)"),
+    (dict(tensors={"qkv_adapters.down": torch.ones(1)}), "tensor 'qkv_adapters.down' has no place"),
+    (dict(tensors={"head.bias": torch.ones(3)}), "'head.bias' has shape (3,), expected (5,)"),
+    (dict(drop=("fc_norm.bias",)), "lacks 'fc_norm.bias'"),
+    (dict(class_names=["a", "b"]), "2 class names for a head of 5"),
+    (dict(arch={"layer_norm_eps": 1e-3}), "layer_norm_eps=0.001"),
+])
+def test_an_adapter_that_contradicts_its_own_options_is_refused(tasks, backbone_state, edit, words):
+    models, paths = tasks
+    with pytest.raises(CheckpointError) as caught:
+        aptune.MultiAdapterModel(backbone(backbone_state), {"ucf": _edited(paths["ucf"], **edit)})
+    assert words in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
