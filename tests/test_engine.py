@@ -339,7 +339,17 @@ def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset, ca
     assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
 
 
-def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone):
+def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone, monkeypatch):
+    from aptune.engine import trainer
+
+    mixed_targets, original = [], trainer.mix_batch
+
+    def recording(clips, labels, *args, **kwargs):
+        out_clips, targets = original(clips, labels, *args, **kwargs)
+        mixed_targets.append((torch.equal(out_clips, clips), targets))
+        return out_clips, targets
+
+    monkeypatch.setattr(trainer, "mix_batch", recording)
     config = write_config(tmp_path, dataset, backbone, train={"epochs": 1, "mixup": 0.8, "cutmix": 1.0,
                                                               "precision": "bf16"})
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0
@@ -348,6 +358,32 @@ def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "train"]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
+    # mixing ran: clips changed and targets hold two classes (a smoothed one-hot peaks at 0.9 + 0.1/4)
+    assert len(mixed_targets) == 4
+    assert not any(unchanged for unchanged, _ in mixed_targets)
+    assert all(t.max(dim=1).values.lt(0.9 + 0.1 / 4 - 1e-6).any() for _, t in mixed_targets)
+
+
+def test_mixing_draws_everything_from_its_generator_and_weights_targets_like_the_clips():
+    from aptune.engine.mixup import mix_batch
+
+    clips = torch.randn(6, 3, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(6)  # one class per clip: a target's weights name the two clips mixed
+
+    def mixed(seed, **kwargs):
+        torch.manual_seed(123)  # the global generator is the same each time: only `seed` may matter
+        return mix_batch(clips, labels, 6, smoothing=0.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    for kind in ({"mixup": 0.8, "cutmix": 0.0}, {"mixup": 0.0, "cutmix": 1.0}):
+        first, again, other = mixed(0, **kind), mixed(0, **kind), mixed(1, **kind)
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+        assert not torch.equal(first[0], other[0])
+    out, targets = mixed(0, mixup=0.8, cutmix=0.0)
+    for i in range(6):
+        weights = targets[i]
+        expected = sum(weights[j] * clips[j] for j in range(6))  # lam * own + (1 - lam) * partner
+        torch.testing.assert_close(out[i], expected, rtol=1e-5, atol=1e-5)
+    assert (targets.max(dim=1).values < 1).any()  # some clips really were mixed
 
 
 def test_mixed_targets_are_distributions_and_cutmix_pastes_the_weighted_area():
@@ -358,6 +394,7 @@ def test_mixed_targets_are_distributions_and_cutmix_pastes_the_weighted_area():
     labels = torch.tensor([0, 1, 2, 3])
     mixed, targets = mix_batch(clips, labels, 4, mixup=0.0, cutmix=1.0, smoothing=0.1, generator=generator)
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
+    assert not torch.equal(mixed, clips)  # a box was pasted
     for i in range(4):
         own = (mixed[i] == clips[i]).float().mean().item()  # share of the clip left untouched
         label_weight = (targets[i, labels[i]] - 0.1 / 4) / 0.9

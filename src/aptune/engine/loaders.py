@@ -26,6 +26,7 @@ from aptune.data import (
     collate_train,
 )
 from aptune.data.sampling import resolve_sampling
+from aptune.engine import distributed as dist_utils
 
 
 @dataclass
@@ -164,8 +165,6 @@ class CachedFeatures(Dataset):
 @torch.no_grad()
 def cache_train_features(model, data: DataBundle, config: Config, info, device: torch.device) -> CachedFeatures:
     """Every rank extracts its share of the videos; the features are gathered on all ranks."""
-    from aptune.engine import distributed as dist_utils
-
     items = SeededItems(data.train, config.train.seed, epoch=0)
     shard = Subset(items, range(info.rank, len(items), info.world_size))
     loader = DataLoader(shard, batch_size=config.train.batch_size, num_workers=config.data.num_workers,
@@ -174,12 +173,17 @@ def cache_train_features(model, data: DataBundle, config: Config, info, device: 
     was_training = model.training
     model.eval()
     rows = []
-    for batch in loader:
-        bad_videos.record(batch.failures)
-        pooled = model.forward_pooled(batch.clips.to(device)).float()
-        rows.append(torch.cat([pooled, batch.labels.to(device, pooled.dtype)[:, None]], dim=1))
-    model.train(was_training)
-    rows = dist_utils.gather_rows(torch.cat(rows)).cpu()
+    try:
+        with dist_utils.together("while caching training features"):
+            for batch in loader:
+                bad_videos.record(batch.failures)
+                pooled = model.forward_pooled(batch.clips.to(device)).float()
+                rows.append(torch.cat([pooled, batch.labels.to(device, pooled.dtype)[:, None]], dim=1))
+    finally:
+        model.train(was_training)
+    width = model.config.embed_dim + 1
+    local = torch.cat(rows) if rows else torch.zeros(0, width, device=device)
+    rows = dist_utils.gather_rows(local).cpu()
     return CachedFeatures(rows[:, :-1].contiguous(), rows[:, -1].long())
 
 

@@ -1,7 +1,13 @@
-"""Mixup and CutMix on video batches (the same box on every frame), with smoothed soft targets."""
+"""Mixup and CutMix on video batches (the same box on every frame), with smoothed soft targets.
+
+Every random draw (which of the two, the mixing weight, the pairing, the box) comes from
+the ``generator`` when one is given, else from torch's global generator, so a seeded
+epoch mixes the same way after a resume.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,13 +25,20 @@ def mix_batch(clips: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup
         return clips, targets
     use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand((), generator=generator).item() < 0.5)
     alpha = cutmix if use_cutmix else mixup
-    lam = torch.distributions.Beta(alpha, alpha).sample().item()
+    lam = sample_beta(alpha, generator)
     perm = torch.randperm(clips.shape[0], generator=generator)
     if use_cutmix:
         clips, lam = _cutmix(clips, perm, lam, generator)
     else:
         clips = clips * lam + clips[perm] * (1.0 - lam)
     return clips, targets * lam + targets[perm] * (1.0 - lam)
+
+
+def sample_beta(alpha: float, generator: torch.Generator | None) -> float:
+    """One Beta(alpha, alpha) draw whose randomness comes from ``generator`` (torch's own
+    Beta sampler cannot take one)."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 def _cutmix(clips: torch.Tensor, perm: torch.Tensor, lam: float, generator):
