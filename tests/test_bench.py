@@ -199,3 +199,71 @@ def test_prompt_start_limits_prompted_blocks_and_macs(tmp_path):
     assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
                  "--methods", "apt", "--prompts", "2", "--prompt-start", "12", "--repeats", "1",
                  "--no-progress"]) == 2
+
+
+def _bench(*flags):
+    return main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
+                 "--methods", "apt", "--prompts", "2", "--repeats", "1", "--warmup", "0", "--no-progress",
+                 *[str(f) for f in flags]])
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--device", "gpu"], "'gpu'"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "cuda"),
+    (["--device", "meta"], "'meta'"),
+    (["--threads", "-1"], "--threads must be an integer >= 1, got -1"),
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
+    (["--img-size", "0"], "--img-size must be an integer >= 1, got 0"),
+    (["--num-classes", "0"], "--num-classes must be an integer >= 1, got 0"),
+    (["--batch", "-2"], "--batch must be an integer >= 1, got -2"),
+    (["--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be an integer >= 0, got -1"),
+    (["--frames", "3"], "tubelet_size"),  # not a multiple of the tubelet
+    (["--methods", ","], "no method to benchmark"),
+], ids=["gpu", "cuda-missing", "meta", "threads-negative", "threads-zero", "frames", "img-size", "num-classes",
+        "batch", "repeats", "warmup", "frames-odd", "no-methods"])
+def test_cli_bad_values_are_one_line_errors(tmp_path, capsys, flags, words):
+    threads = torch.get_num_threads()
+    assert _bench(*flags) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], errors
+    assert torch.get_num_threads() == threads  # refused before anything was changed
+
+
+def test_library_settings_are_checked_too():
+    base = dict(arch=None, methods=("apt",), prompts=(2,), frames=4, img_size=32, num_classes=5, repeats=1,
+                warmup=0, arch_overrides=TINY_ARCH)
+    for change, words in (({"device": "gpu"}, "'gpu'"), ({"threads": -1}, "threads"), ({"frames": 0}, "frames"),
+                          ({"img_size": 0}, "img_size"), ({"num_classes": 0}, "num_classes"),
+                          ({"prompts": (-1,)}, "prompts"), ({"methods": ()}, "no method")):
+        with pytest.raises(ConfigError, match=words):
+            run_bench(BenchSettings(**{**base, **change}), progress=False)
+
+
+def test_cli_json_onto_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    import aptune.fileio
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(aptune.fileio.os, "fsync", no_space)
+    target = tmp_path / "bench.json"
+    assert _bench("--json", target) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{target}: cannot write (no space left on the device)" in errors[0]
+    assert not target.exists() and not list(tmp_path.iterdir())  # no temporary left behind either
+
+
+def test_cli_json_is_strict_and_creates_its_folder(tmp_path):
+    target = tmp_path / "a" / "b" / "bench.json"
+    assert _bench("--json", target) == 0
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    result = json.loads(target.read_text(), parse_constant=refuse)
+    assert result["rows"][0]["method"] == "apt"
