@@ -180,7 +180,6 @@ def test_adapters_of_other_backbone_weights_are_refused(tasks, backbone_state, t
 
 
 def _edited(path, tensors=None, drop=(), **header):
-    import json
 
     tensors_in, meta = aptune.read_adapter(path)
     tensors_in = {k: v for k, v in tensors_in.items() if k not in drop}

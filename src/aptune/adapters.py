@@ -55,7 +55,12 @@ from torch import Tensor
 
 from aptune.errors import CheckpointError
 from aptune.fileio import save_safetensors_atomically
-from aptune.methods import method_from_dict, method_to_dict, options_compared_on_load, trainable_state_dict
+from aptune.methods import (
+    method_from_dict,
+    method_to_dict,
+    options_compared_on_load,
+    trainable_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
