@@ -310,6 +310,11 @@ PREPROCESS_CHANGES = {
     "size-zero": ({"input_size": 0}, "'input_size' is 0"),
     "std-zero": ({"std": [0, 1, 1]}, "'std' is [0, 1, 1]"),
     "sampling-number": ({"sampling": 3}, "'sampling' is 3"),
+    "sampling-unknown": ({"sampling": "random"}, "'sampling' is 'random'"),
+    "crops-two": ({"test_num_crop": 2}, "'test_num_crop' is 2, expected 1 or 3"),
+    "segments-huge": ({"test_num_segment": 10**6}, "'test_num_segment' is 1000000"),
+    "size-list": ({"input_size": [3, 32, 32]}, "'input_size' is [3, 32, 32]"),
+    "eps-nan": ({"mean": [float("nan"), 0, 0]}, "'mean' is [nan, 0, 0]"),
 }
 
 
@@ -372,6 +377,31 @@ def test_a_tensor_the_model_does_not_have_is_named(tmp_path, valid_adapter):
     with pytest.raises(CheckpointError) as caught:
         aptune.model_from_adapter(tmp_path / "extra.safetensors", pretrained=weights)
     assert "'\\x1b[31mextra' has no place" in one_line(caught) and "\x1b" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"{}", b"junk" * 100, b"\x10\x00\x00\x00\x00\x00\x00\x00{"],
+                         ids=["empty", "short", "no-length", "junk", "cut-header"])
+def test_a_file_that_is_not_an_adapter_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        aptune.read_adapter(path)
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+    with pytest.raises(CheckpointError, match="no such adapter file"):
+        aptune.read_adapter(tmp_path)  # a folder
+
+
+def test_integer_tensors_are_refused(tmp_path, valid_adapter):
+    path, weights = valid_adapter
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    tensors["head.weight"] = tensors["head.weight"].to(torch.int64)
+    save_file(tensors, str(tmp_path / "ints.safetensors"), metadata=meta)
+    with pytest.raises(CheckpointError, match="'head.weight' holds torch.int64 values"):
+        aptune.model_from_adapter(tmp_path / "ints.safetensors", pretrained=weights)
+    with pytest.raises(CheckpointError, match="'head.weight' holds torch.int64 values"):
+        aptune.MultiAdapterModel.from_files({"t": tmp_path / "ints.safetensors"}, pretrained=weights)
 
 
 # -------------------------------------------------------------------- display

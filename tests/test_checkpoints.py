@@ -421,3 +421,15 @@ def test_mismatched_query_key_value_weights_are_named(hf_folder):
     save_file(state, hf_folder / "model.safetensors")
     with pytest.raises(CheckpointError, match="layer 1's query/key/value weights must have one"):
         aptune.create_model(pretrained=hf_folder)
+
+
+def test_sparse_and_integer_weights_are_named(source, tmp_path):
+    state = backbone_state(source)
+    sparse = dict(state, **{"blocks.0.attn.proj.weight": state["blocks.0.attn.proj.weight"].to_sparse()})
+    torch.save(sparse, tmp_path / "sparse.pth")
+    with pytest.raises(CheckpointError, match="sparse.pth: 'blocks.0.attn.proj.weight' is a torch.sparse_coo"):
+        tiny_model(pretrained=tmp_path / "sparse.pth")
+    integers = dict(state, **{"blocks.1.mlp.fc1.bias": torch.ones(128, dtype=torch.int32)})
+    torch.save(integers, tmp_path / "ints.pth")
+    with pytest.raises(CheckpointError, match="ints.pth: 'blocks.1.mlp.fc1.bias' holds torch.int32 values"):
+        tiny_model(pretrained=tmp_path / "ints.pth")

@@ -138,3 +138,18 @@ def test_broken_merged_header_is_a_one_line_error(tmp_path):
     assert load_checkpoint(path).arch == {"depth": 2}
     save_file({"head.weight": torch.zeros(2, 4)}, str(path))
     assert load_checkpoint(path).arch is None and load_checkpoint(path).class_names is None
+
+
+def test_merge_refuses_another_backbone_unless_allowed(tmp_path, backbone, capsys):
+    adapter = trained_adapter(tmp_path, backbone, "lora")
+    other = tiny_model("full")
+    randomize_(other, seed=9)
+    wrong = tmp_path / "other.pth"
+    torch.save({k: v for k, v in other.state_dict().items() if k.startswith(("patch_embed.", "blocks."))}, wrong)
+    output = tmp_path / "merged.safetensors"
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(wrong), "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "fingerprint" in err and "\n" not in err and not output.exists()
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(wrong), "--output", str(output),
+                 "--allow-backbone-mismatch"]) == 0
+    assert output.is_file()

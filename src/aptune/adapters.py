@@ -76,8 +76,10 @@ COMPARED_ARCH = {
     "timm-vit": ("architecture", "embed_dim", "depth", "num_heads", "num_prefix_tokens", "global_pool",
                  "num_classes"),
 }
-# preprocess fields that must be positive integers when present
-_PREPROCESS_INTS = ("num_frames", "sampling_rate", "short_side_size", "test_num_segment", "test_num_crop")
+# preprocess fields that must be positive integers when present, with upper bounds that keep a
+# crafted header from asking predict for millions of views
+_PREPROCESS_INTS = {"num_frames": 4096, "sampling_rate": 1 << 16, "short_side_size": 8192, "test_num_segment": 1024}
+TEST_CROPS = (1, 3)  # what aptune.data.transforms.crop_positions makes
 
 
 # ------------------------------------------------------------------ writing
@@ -221,7 +223,7 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
         if family == "videomae" and names and classes is not None and len(names) != classes:
             raise CheckpointError(f"{source}: adapter header lists {len(names)} class names but its arch has "
                                   f"num_classes={classes}")
-    _check_preprocess(meta.get("preprocess"), source)
+    _check_preprocess(meta.get("preprocess"), family, source)
     fingerprint = meta.get(FINGERPRINT_KEY)
     if fingerprint is None and version >= 2 and method.name != "full":
         raise CheckpointError(f"{source}: adapter header (format {version}) lacks '{FINGERPRINT_KEY}'")
@@ -247,21 +249,24 @@ def _check_arch(arch: Any, family: str, source: str | Path) -> None:
     check_arch_values(timm_ints, where)
 
 
-def _check_preprocess(preprocess: Any, source: str | Path) -> None:
+def _check_preprocess(preprocess: Any, family: str, source: str | Path) -> None:
     where = f"{source}: adapter header 'preprocess'"
     if preprocess is None:
         return
     if not isinstance(preprocess, dict):
         raise CheckpointError(f"{where} is {_short(preprocess)}, expected a JSON object")
-    for key in _PREPROCESS_INTS:
+    for key, maximum in _PREPROCESS_INTS.items():
         if key in preprocess:
-            _positive_int(preprocess[key], where, key)
+            _positive_int(preprocess[key], where, key, maximum)
+    crops = preprocess.get("test_num_crop", 1)
+    if isinstance(crops, bool) or crops not in TEST_CROPS:
+        raise CheckpointError(f"{where} key 'test_num_crop' is {_short(crops)}, expected 1 or 3")
     size = preprocess.get("input_size")
-    if isinstance(size, list):  # timm: [channels, height, width]
+    if isinstance(size, list) and family != "videomae":  # timm: [channels, height, width]
         for value in size:
-            _positive_int(value, where, "input_size")
+            _positive_int(value, where, "input_size", 8192)
     elif size is not None:
-        _positive_int(size, where, "input_size")
+        _positive_int(size, where, "input_size", 8192)
     for key in ("mean", "std"):
         value = preprocess.get(key)
         if value is not None and not (isinstance(value, list) and value and all(
@@ -272,11 +277,16 @@ def _check_preprocess(preprocess: Any, source: str | Path) -> None:
     for key in ("sampling", "format", "layout"):
         if key in preprocess and not isinstance(preprocess[key], str):
             raise CheckpointError(f"{where} key '{key}' is {_short(preprocess[key])}, expected a string")
+    from aptune.data.sampling import SAMPLINGS
+
+    if preprocess.get("sampling", "dense") not in SAMPLINGS:
+        raise CheckpointError(f"{where} key 'sampling' is {_short(preprocess['sampling'])}, expected one of: "
+                              f"{', '.join(SAMPLINGS)}")
 
 
-def _positive_int(value: Any, where: str, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 16:
-        raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected a positive integer")
+def _positive_int(value: Any, where: str, key: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected a positive integer up to {maximum:,}")
     return value
 
 
@@ -322,6 +332,8 @@ def load_adapter_tensors(model, tensors: dict[str, Tensor], meta: dict[str, Any]
             raise CheckpointError(
                 f"{source}: '{key}' has shape {tuple(value.shape)} but the model expects {tuple(own[key].shape)}"
             )
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{source}: '{key}' holds {value.dtype} values, expected floating point")
     missing = sorted(set(own) - set(tensors))
     if missing:
         raise CheckpointError(f"{source}: adapter lacks '{missing[0]}' that the model trains")

@@ -122,9 +122,11 @@ class MultiAdapterModel(nn.Module):
                     f"{label}: adapter was trained with {key}={arch[key]!r}, the backbone has {getattr(config, key)!r}"
                 )
         allowed = HEAD_TENSORS + (PROMPT_TENSORS if method.name == "apt" else ())
-        for key in tensors:
+        for key, value in tensors.items():
             if key not in allowed:
                 raise CheckpointError(f"{label}: tensor {key!r} has no place in a {method.name} adapter")
+            if not value.is_floating_point():
+                raise CheckpointError(f"{label}: '{key}' holds {value.dtype} values, expected floating point")
         num_classes = _check_head(tensors, config.embed_dim, arch, label)
         head = TaskHead(config.embed_dim, num_classes, _fc_norm_eps(arch, config))
         head.load_state_dict({k: tensors[k] for k in HEAD_TENSORS})

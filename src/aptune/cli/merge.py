@@ -40,8 +40,11 @@ MERGEABLE_METHODS = ("lora", "linear", "full")
 
 
 def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
-                  output: str | Path) -> Path:
+                  output: str | Path, *, allow_backbone_mismatch: bool = False) -> Path:
     """Rebuild ``adapter``'s model on ``pretrained``, fold it in and write ``output``.
+
+    ``pretrained`` must be the backbone the adapter was trained on (its fingerprint is
+    checked); ``allow_backbone_mismatch=True`` merges into other weights with a warning.
 
     ``pretrained`` may be None only for a ``full`` adapter (which holds every
     tensor); other adapters hold only what they trained.
@@ -63,7 +66,7 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
         raise ConfigError(f"{adapter}: a '{method}' adapter holds only its trained tensors; "
                           "give the backbone it was trained on (--pretrained)")
 
-    model = model_from_adapter(adapter, pretrained=pretrained)
+    model = model_from_adapter(adapter, pretrained=pretrained, allow_backbone_mismatch=allow_backbone_mismatch)
     source = method_to_dict(model.tuning_method)
     if method == "lora":
         merge_lora(model)
@@ -104,10 +107,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--pretrained", help="the backbone the adapter was trained on "
                         "(any format create_model reads; optional for a 'full' adapter)")
     parser.add_argument("--output", required=True, help="where to write OUT.safetensors")
+    parser.add_argument("--allow-backbone-mismatch", action="store_true",
+                        help="merge even if --pretrained is not the backbone the adapter was trained on "
+                        "(its recorded fingerprint differs): a warning instead of an error")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = merge_adapter(args.adapter, args.pretrained, args.output)
+    path = merge_adapter(args.adapter, args.pretrained, args.output,
+                         allow_backbone_mismatch=args.allow_backbone_mismatch)
     print(f"wrote {path}")
     return 0

@@ -262,10 +262,13 @@ def _flatten_tensors(obj: Any, path: Path) -> dict[str, Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: holds no tensors (keys: {', '.join(_short(k) for k in list(obj)[:5])})")
-    for key in tensors:
+    for key, value in tensors.items():
         if not isinstance(key, str):
             raise CheckpointError(f"{path}: state-dict key {_short(key)} is a {type(key).__name__}, "
                                   "expected a string (a tensor name)")
+        if value.layout != torch.strided or value.is_quantized:
+            raise CheckpointError(f"{path}: '{key}' is a {value.layout} / quantized tensor; only dense "
+                                  "floating-point weights can be loaded")
     return tensors
 
 
@@ -618,6 +621,8 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
                 f"{source}: '{key}' has shape {tuple(value.shape)} in the file but "
                 f"{tuple(own[key].shape)} in the model (check arch and method options)"
             )
+        if key in own and own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{source}: '{key}' holds {value.dtype} values, expected floating point")
     result = model.load_state_dict(state, strict=False)
     missing_backbone = [k for k in result.missing_keys if k.startswith(BACKBONE_PREFIXES)]
     if missing_backbone:
