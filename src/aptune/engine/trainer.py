@@ -9,6 +9,7 @@ any moment and resumed end with exactly the metrics of an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import random
@@ -223,6 +224,7 @@ class TrainLoop:
             clips_seen += batch.clips.shape[0]
             if synchronise:
                 self.optimizer_step()
+                rebuild_ddp_buckets(self.runner)
                 state.step += 1
                 self.log_step(epoch, state, index, batches, loss.item(), clips_seen / (time.time() - started),
                               progress)
@@ -463,16 +465,40 @@ def autocast(precision: str, device: torch.device):
 
 def wrap_for_training(model: nn.Module, device: torch.device, info, compile_model: bool) -> nn.Module:
     """DDP first, then ``torch.compile`` of the DDP module (PyTorch's recommended order: the
-    compiler then splits the graph at DDP's gradient buckets and keeps their overlap)."""
+    compiler then splits the graph at DDP's gradient buckets and keeps their overlap).
+
+    DDP's forward must hold no collective, because a rank's forward runs inside a consensus
+    block (:func:`aptune.engine.distributed.together`): buffers are not broadcast (aptune's
+    are fixed position tables, equal on every rank) and the one-time bucket rebuild is done
+    after an optimiser step instead (:func:`rebuild_ddp_buckets`).
+    """
     runner = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        runner = DistributedDataParallel(runner, device_ids=ids)
+        runner = DistributedDataParallel(runner, device_ids=ids, **_no_buffer_sync_in_forward())
     if compile_model:
         runner = torch.compile(runner)
     return runner
+
+
+def _no_buffer_sync_in_forward() -> dict[str, bool]:
+    # newer PyTorch names the option forward_sync_buffers (buffers still synced once, at init)
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def rebuild_ddp_buckets(runner: nn.Module) -> None:
+    """DDP re-orders its gradient buckets once, after the first synchronised backward, with a
+    broadcast it would otherwise make at the start of the next forward.  Every rank calls this
+    after each optimiser step, so that broadcast happens here; later calls do nothing."""
+    ddp = find_ddp(runner)
+    if ddp is not None and torch.is_grad_enabled() and ddp.reducer._rebuild_buckets():
+        ddp._has_rebuilt_buckets = True
 
 
 def find_ddp(runner: nn.Module):
