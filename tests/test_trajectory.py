@@ -210,3 +210,33 @@ def test_lr_scaling_counts_videos_per_step_not_repeated_samples(world_size, accu
     assert steps_per_epoch == 960 // total_batch
     assert schedule.base_lr == pytest.approx(0.05 * total_batch / 256)
     assert schedule.min_lr == pytest.approx(1e-3 * total_batch / 256)
+
+
+def test_accumulated_gradients_equal_the_large_batch_ones():
+    """2 micro-batches of 2 videos, loss / 2 each, give the gradient of one batch of 4."""
+    grads = {}
+    for batch_size, accum in ((4, 1), (2, 2)):
+        case = copy.deepcopy(CASES["apt"])
+        case["train"].update(batch_size=batch_size, accum_steps=accum, epochs=1)
+        torch.manual_seed(0)
+        model = tiny_model("apt", num_classes=NUM_CLASSES, num_prompts=3, prompt_dropout=0.0)
+        randomize_(model, seed=1)
+        config = config_from_dict(case)
+        data = DataBundle(FixedClips(config.data.num_sample), None, None, [str(i) for i in range(NUM_CLASSES)])
+        optimizer, schedule, scaler, steps = build_optimisation(config, model, NUM_VIDEOS, DistInfo())
+        loop = TrainLoop(config, model, model, optimizer, schedule, scaler, torch.device("cpu"), data,
+                         DistInfo(), MetricsLog(None, enabled=False), ClassificationLoss(config, NUM_CLASSES))
+        captured = []
+
+        def capture_then_stop():
+            captured.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+            raise StopIteration  # one optimiser step is enough
+
+        loop.optimizer_step = capture_then_stop
+        with pytest.raises(StopIteration):
+            loop.run_epoch(0, TrainState(), steps)
+        grads[accum] = captured[0]
+    assert grads[1].keys() == grads[2].keys()
+    for key in grads[1]:
+        torch.testing.assert_close(grads[2][key], grads[1][key], rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[1].values())
