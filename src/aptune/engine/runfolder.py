@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,13 @@ class RunFolder:
         return exists
 
     def _refuse_a_file_in_the_way(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # a name too long, a file where a folder should be, no permission
+            raise output_error(self.path, exc) from None
+        if not stat.S_ISDIR(mode):
             raise OutputError(f"{self.path}: --output-dir is a file, not a folder")
 
     def _refuse_another_runs_files(self, config: Config) -> None:
