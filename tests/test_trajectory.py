@@ -228,7 +228,7 @@ def test_accumulated_gradients_equal_the_large_batch_ones():
                          DistInfo(), MetricsLog(None, enabled=False), ClassificationLoss(config, NUM_CLASSES))
         captured = []
 
-        def capture_then_stop():
+        def capture_then_stop(model=model, captured=captured):
             captured.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
             raise StopIteration  # one optimiser step is enough
 
