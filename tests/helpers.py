@@ -10,6 +10,26 @@ import aptune
 TINY = dict(embed_dim=32, depth=3, num_heads=4, num_frames=4, img_size=32, patch_size=16)
 
 
+def tiny_run_config(**sections) -> dict:
+    """A recipe for the tiny model that trains in seconds: no augmentation, one test view.
+
+    ``sections`` update the sections of the same name (e.g. ``train={"epochs": 2}``).
+    """
+    config = {
+        "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
+                  "img_size": 32, "patch_size": 16},
+        "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
+        "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32,
+                 "short_side_size": 32, "num_workers": 0, "num_sample": 1, "test_num_segment": 1,
+                 "test_num_crop": 1, "rand_augment": None},
+        "optim": {"lr": 0.01, "warmup_epochs": 0},
+        "train": {"epochs": 2, "batch_size": 4, "eval_every": 100, "save_every": 1, "log_every": 1},
+    }
+    for section, values in sections.items():
+        config[section].update(values)
+    return config
+
+
 def tiny_model(method: str = "apt", num_classes: int = 5, **kwargs):
     options = {**TINY, **kwargs}
     return aptune.create_model(None, num_classes=num_classes, method=method, **options)

@@ -18,18 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import tiny_run_config
 
 pytestmark = pytest.mark.distributed
 
-CONFIG = {
-    "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
-              "img_size": 32, "patch_size": 16},
-    "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
-    "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32, "short_side_size": 32,
-             "num_workers": 0, "num_sample": 1, "test_num_segment": 1, "test_num_crop": 1, "rand_augment": None},
-    "optim": {"lr": 0.01, "warmup_epochs": 0},
-    "train": {"epochs": 3, "batch_size": 2, "eval_every": 100, "save_every": 1, "log_every": 1},
-}
 STEPS_PER_EPOCH = 4  # 16 training videos / (2 per rank x 2 ranks)
 
 FAULTS = """
@@ -88,8 +80,7 @@ def fault_setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("faults")
     make_synthetic_dataset(root / "ds", format="list", num_classes=4, per_class=6, frames=8, size=(32, 32), seed=0)
-    config = json.loads(json.dumps(CONFIG))
-    config["data"]["root"] = str(root / "ds")
+    config = tiny_run_config(train={"epochs": 3, "batch_size": 2}, data={"root": str(root / "ds")})
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "faults.py").write_text(FAULTS)
     return root

@@ -18,19 +18,10 @@ import time
 import pytest
 import torch
 import yaml
+from helpers import tiny_run_config
 from safetensors.torch import load_file
 
 from aptune.cli import main as cli_main
-
-CONFIG = {
-    "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
-              "img_size": 32, "patch_size": 16},
-    "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
-    "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32, "short_side_size": 32,
-             "num_workers": 0, "num_sample": 1, "test_num_segment": 1, "test_num_crop": 1, "rand_augment": None},
-    "optim": {"lr": 0.01, "warmup_epochs": 0},
-    "train": {"epochs": 2, "batch_size": 4, "eval_every": 100, "save_every": 1, "log_every": 1},
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +32,11 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runfolder")
     make_synthetic_dataset(root / "ds", format="list", num_classes=4, per_class=5, frames=8, size=(32, 32), seed=1)
+    config = tiny_run_config(data={"root": str(root / "ds")}, model={"pretrained": str(root / "backbone.pth")})
     model = aptune.create_model(None, method="full", num_classes=4,
-                                **{k: v for k, v in CONFIG["model"].items() if k != "arch"})
+                                **{k: v for k, v in config["model"].items() if k not in ("arch", "pretrained")})
     torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
                           if k.startswith(("patch_embed.", "blocks."))}}, root / "backbone.pth")
-    config = json.loads(json.dumps(CONFIG))
-    config["data"]["root"] = str(root / "ds")
-    config["model"]["pretrained"] = str(root / "backbone.pth")
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
