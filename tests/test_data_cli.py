@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from aptune.cli import main
 
@@ -155,3 +162,198 @@ def test_synth_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path), "--classes", "99"]) == 2
     assert "error: --classes" in capsys.readouterr().err
     assert main(["data", "synth", str(tmp_path), "--size", "big"]) == 2
+
+
+# ------------------------------------------------------------------ bad input, one line
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        (["--fps", "0"], "--fps"),
+        (["--fps", "-1"], "--fps"),
+        (["--fps", "nan"], "--fps"),
+        (["--fps", "inf"], "--fps"),
+        (["--fps", "1e9"], "--fps"),
+        (["--gop", "-1"], "--gop"),
+        (["--gop", "0"], "--gop"),
+        (["--classes", "0"], "--classes"),
+        (["--classes", "-3"], "--classes"),
+        (["--classes", "99"], "--classes"),
+        (["--per-class", "0"], "--per-class"),
+        (["--per-class", "1000000000"], "--per-class"),
+        (["--frames", "0"], "--frames"),
+        (["--frames", "-5"], "--frames"),
+        (["--frames", "100000000"], "--frames"),
+        (["--workers", "0"], "--workers"),
+        (["--workers", "1000000"], "--workers"),
+        (["--seed", "-1"], "--seed"),
+        (["--size", "0x64"], "--size"),
+        (["--size", "64x99999"], "--size"),
+        (["--size", "64x64x64"], "--size"),
+        (["--size", "x"], "--size"),
+        (["--size", "1_0x10"], "--size"),
+        (["--frames", "10000", "--size", "4096x4096"], "--frames"),
+        (["--motions", "right,right"], "--motions"),
+        (["--motions", ""], "--motions"),
+        (["--motions", "sideways"], "--motions"),
+    ],
+)
+def test_synth_rejects_out_of_range_values_in_one_line(tmp_path, capsys, options, flag):
+    out = tmp_path / "out"
+    assert main(["data", "synth", str(out), *options]) == 2
+    assert flag in _one_line_error(capsys)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_synth_into_a_file_or_below_one_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way\n")
+    small = ["--classes", "1", "--per-class", "1", "--frames", "2", "--size", "8x8"]
+    assert main(["data", "synth", str(blocker), *small]) == 2
+    message = _one_line_error(capsys)
+    assert str(blocker) in message and "a file of that name is in the way" in message
+    assert main(["data", "synth", str(blocker / "below"), *small]) == 2
+    assert str(blocker) in _one_line_error(capsys)
+    assert blocker.read_text() == "in the way\n"
+
+
+def test_synth_full_disk_is_one_line_and_leaves_no_partial_video(tmp_path, capsys, monkeypatch):
+    import aptune.data.synth as synth
+
+    def full_disk(path, *args, **kwargs):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"\0" * 100)  # what a writer leaves before the disk fills up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(synth, "write_video", full_disk)
+    out = tmp_path / "out"
+    assert main(["data", "synth", str(out), "--classes", "2", "--per-class", "2", "--frames", "4",
+                 "--size", "16x16"]) == 2
+    message = _one_line_error(capsys)
+    assert "no space left on the device" in message and ".avi" in message
+    assert not list(out.rglob("*.avi"))  # the partial file was removed
+
+
+@contextmanager
+def _tiny_tmpfs(folder: Path, size: str):
+    """A small RAM file system at ``folder``, or a skip where mounting is not allowed."""
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_synth_onto_a_really_full_disk(tmp_path, capsys, workers):
+    with _tiny_tmpfs(tmp_path / "disk", "256k") as disk:
+        status = main(["data", "synth", str(disk / "ds"), "--classes", "4", "--per-class", "10",
+                       "--frames", "16", "--size", "64x64", "--workers", workers])
+        message = _one_line_error(capsys)
+    assert status == 2 and "no space left on the device" in message
+
+
+def test_check_json_into_a_new_folder_and_into_places_that_cannot_be_written(tmp_path, synthetic,
+                                                                              capsys, monkeypatch):
+    root = synthetic("list").root
+    check = ["data", "check", "--set", "data.format=list", "--set", f"data.root={root}",
+             "--set", "data.num_workers=0", "--no-progress"]
+    report = tmp_path / "new" / "deeper" / "report.json"
+    assert main([*check, "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["ok"] == 18
+    capsys.readouterr()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for target, reason in ((blocker / "report.json", "in the way"),
+                           (tmp_path / "new", "a folder of that name is in the way")):
+        assert main([*check, "--json", str(target)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""  # refused before decoding anything
+        assert reason in captured.err and "Traceback" not in captured.err
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("aptune.fileio.os.fsync", disk_full)
+    assert main([*check, "--json", str(tmp_path / "full.json")]) == 2
+    message = _one_line_error(capsys)
+    assert "full.json: cannot write (no space left on the device)" in message
+    assert not (tmp_path / "full.json").exists()
+
+
+def test_check_json_onto_a_really_full_disk(tmp_path, synthetic, capsys):
+    root = synthetic("list").root
+    with _tiny_tmpfs(tmp_path / "disk", "64k") as disk:
+        descriptor = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:  # fill the disk to the last block
+                os.write(descriptor, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+        status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={root}",
+                       "--set", "data.num_workers=0", "--no-progress",
+                       "--json", str(disk / "report.json")])
+        message = _one_line_error(capsys)
+    assert status == 2 and "no space left on the device" in message
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(name):
+        raise AssertionError(f"{name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_check_where_every_video_is_bad_is_clear_and_strict(tmp_path, capsys):
+    (tmp_path / "zero.avi").write_bytes(b"")
+    (tmp_path / "text.avi").write_text("not a video\n" * 20)
+    lines = "missing.avi 0\nzero.avi 1\ntext.avi 0\n"
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text(lines)
+    report = tmp_path / "out" / "report.json"
+    status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={tmp_path}",
+                   "--set", "data.num_workers=0", "--set", "data.max_bad_fraction=1.0",
+                   "--json", str(report), "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "ok 0, missing 1, unreadable 2" in out
+    assert out.strip().splitlines()[-1] == "NOT usable: none of the 3 videos could be decoded"
+    assert "nan" not in out.lower()
+    summary = _strict_json(report)
+    assert summary["usable"] is False and summary["mean_frames"] is None
+    assert summary["resolutions"] == {} and summary["bad_fraction"] == 1.0
+    assert all(split["usable"] is False for split in summary["splits"].values())
+
+
+def test_check_names_the_split_that_is_all_bad(tmp_path, synthetic, capsys):
+    source = synthetic("list")
+    train = (source.root / "train.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("".join(f"{source.root / line}\n" for line in train))
+    (tmp_path / "test.csv").write_text("gone1.avi 0\ngone2.avi 1\n")
+    report = tmp_path / "report.json"
+    status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={tmp_path}",
+                   "--set", "data.num_workers=0", "--set", "data.max_bad_fraction=0.5",
+                   "--json", str(report), "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 1  # 2 of 14 videos bad overall (14 %), but nothing to test on
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("NOT usable: too many bad videos (limit 50.00%)")
+    assert "test: 2 of 2 videos bad (100.00%)" in last and "train" not in last
+    summary = _strict_json(report)
+    assert summary["splits"]["train"]["usable"] is True
+    assert summary["splits"]["test"]["usable"] is False

@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import os
 import sys
 from pathlib import Path
 
-from aptune.errors import ConfigError
+from aptune.errors import ConfigError, OutputError
+
+# Upper bounds for ``aptune data synth``: generous for any test or demo, small enough that
+# a typo (an extra zero or three) is an error rather than hours of encoding or a full disk.
+MAX_PER_CLASS = 100_000
+MAX_FRAMES = 10_000
+MAX_SIDE = 4096
+MAX_WORKERS = 256
 
 
 def add_parser(subparsers) -> None:
@@ -58,45 +66,86 @@ def run_check(args: argparse.Namespace) -> int:
     from aptune.config import load_config
     from aptune.data.check import check_dataset, format_summary
 
+    from aptune.fileio import write_json_atomically
+
     config = load_config(args.config, args.overrides)
     if not config.data.root and not config.data.annotations:
         raise ConfigError("data.root is empty: give --config or --set data.root=PATH")
+    if args.json:
+        _check_writable(Path(args.json))  # before decoding every video, not after
     summary = check_dataset(config.data, progress=not args.no_progress)
     print(format_summary(summary))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_json_atomically(args.json, summary)
     return 0 if summary["usable"] else 1
 
 
+def _check_writable(path: Path) -> None:
+    """Fail in one line now if ``path`` cannot be written later (its folder is created)."""
+    from aptune.fileio import make_folder
+
+    if path.is_dir():
+        raise OutputError(f"{path}: cannot write (a folder of that name is in the way)")
+    folder = make_folder(path.parent if str(path.parent) else Path("."))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write (permission denied)")
+
+
 def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--size {text!r}: expected HxW, e.g. 64x64") from None
-    if height < 2 or width < 2:
-        raise ConfigError(f"--size {text!r}: height and width must be >= 2")
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
+        raise ConfigError(f"--size {text!r}: expected HxW, e.g. 64x64")
+    height, width = (int(part) for part in parts)
+    if not (2 <= height <= MAX_SIDE and 2 <= width <= MAX_SIDE):
+        raise ConfigError(f"--size {text!r}: height and width must be between 2 and {MAX_SIDE}")
     return height, width
 
 
-def run_synth(args: argparse.Namespace) -> int:
-    from aptune.data.synth import MOTIONS, make_synthetic_dataset
+def _check_range(flag: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{flag} must be between {low} and {high}, got {value}")
 
-    motions = [m.strip() for m in args.motions.split(",")] if args.motions else None
+
+def run_synth(args: argparse.Namespace) -> int:
+    from aptune.data.synth import (
+        FPS_RANGE,
+        MAX_GOP,
+        MAX_PIXELS_PER_VIDEO,
+        MOTIONS,
+        make_synthetic_dataset,
+    )
+
+    motions = [m.strip() for m in args.motions.split(",")] if args.motions is not None else None
     known = dict(MOTIONS)
     if motions is not None and (not motions or any(m not in known for m in motions)):
         raise ConfigError(f"--motions {args.motions!r}: use names from {', '.join(known)}")
-    if motions is None and not 1 <= args.classes <= len(MOTIONS):
-        raise ConfigError(f"--classes must be between 1 and {len(MOTIONS)}, got {args.classes}")
-    if args.per_class < 1 or args.frames < 1 or args.workers < 1:
-        raise ConfigError("--per-class, --frames and --workers must be >= 1")
+    if motions is not None and len(set(motions)) != len(motions):
+        raise ConfigError(f"--motions {args.motions!r}: a motion is named twice")
+    if motions is None:
+        _check_range("--classes", args.classes, 1, len(MOTIONS))
+    _check_range("--per-class", args.per_class, 1, MAX_PER_CLASS)
+    _check_range("--frames", args.frames, 1, MAX_FRAMES)
+    _check_range("--workers", args.workers, 1, MAX_WORKERS)
+    _check_range("--seed", args.seed, 0, 2**63 - 1)
+    low, high = FPS_RANGE
+    if not (math.isfinite(args.fps) and low <= args.fps <= high):
+        raise ConfigError(f"--fps must be between {low:g} and {high:g}, got {args.fps}")
+    if args.gop is not None:
+        _check_range("--gop", args.gop, 1, MAX_GOP)
+    size = _parse_size(args.size)
+    pixels = args.frames * size[0] * size[1]
+    if pixels > MAX_PIXELS_PER_VIDEO:
+        raise ConfigError(
+            f"--frames {args.frames} x --size {args.size} is {pixels:,} pixels per video; "
+            f"at most {MAX_PIXELS_PER_VIDEO:,} (each video is rendered in memory)"
+        )
     dataset = make_synthetic_dataset(
         args.out,
         format=args.format,
         num_classes=args.classes,
         per_class=args.per_class,
         frames=args.frames,
-        size=_parse_size(args.size),
+        size=size,
         seed=args.seed,
         fps=args.fps,
         gop=args.gop,

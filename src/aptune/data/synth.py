@@ -16,16 +16,20 @@ frame-counter videos the decoder tests and the decode benchmark rely on.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from aptune.fileio import make_folder, output_error, write_text_atomically
 
 __all__ = [
     "MOTIONS",
@@ -89,6 +93,11 @@ PALETTE = {
 }
 PALETTE_TRAVEL = (0.4, 0.9)  # path length of a travelling palette object, in frame sides
 _SCENE_SIZES = {"two_objects": 2, "three_objects": 3, "four_objects": 4}
+# What the encoders accept (MPEG-4 part 2 refuses a time base past 65535; an H.264 MP4 above
+# 1000 fps decodes to nothing) and what a video rendered in memory may take (float32 RGB).
+FPS_RANGE = (0.001, 1000.0)
+MAX_GOP = 100_000
+MAX_PIXELS_PER_VIDEO = 50_000_000  # frames x height x width: ~0.6 GB rendered
 FORMAT_EXTENSIONS = {
     "list": ".avi",
     "ucf101": ".avi",
@@ -151,8 +160,8 @@ def write_video(
     elif codec == "mpeg4":
         options = {"sc_threshold": "1000000000"} if gop else {}
     rate = Fraction(fps).limit_denominator(1001)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    make_folder(path.parent)
+    with _output_errors(path), av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height = width, height
         stream.pix_fmt = "gray" if grey else "yuv420p"
@@ -179,6 +188,20 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+@contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    """A write that fails (full disk, no permission) removes its partial file and raises
+    :class:`~aptune.errors.OutputError` naming the file and the reason."""
+    try:
+        yield
+    except OSError as exc:  # av's own errors for ENOSPC, EACCES, ... are OSErrors too
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise output_error(path, exc) from None
 
 
 def counter_frames(
@@ -427,10 +450,8 @@ def make_synthetic_dataset(
     unknown = [m for m in motions if m not in names]
     if unknown or not motions or len(set(motions)) != len(motions):
         raise ValueError(f"motions must be distinct names from: {', '.join(names)} (got {list(motions)})")
-    if per_class < 1 or frames < 1:
-        raise ValueError("per_class and frames must be >= 1")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    _check_arguments(per_class, frames, size, seed, fps, gop, workers)
+    root = make_folder(Path(out))
     motions = list(motions)
     readable = [names[m] for m in motions]
     extension = FORMAT_EXTENSIONS[format]
@@ -459,6 +480,30 @@ def make_synthetic_dataset(
     return dataset
 
 
+def _check_arguments(per_class, frames, size, seed, fps, gop, workers) -> None:
+    def whole(value) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if not (whole(per_class) and whole(frames) and per_class >= 1 and frames >= 1):
+        raise ValueError(f"per_class and frames must be integers >= 1, got {per_class}, {frames}")
+    if len(size) != 2 or not all(whole(side) and side >= 2 for side in size):
+        raise ValueError(f"size must be (height, width) of integers >= 2, got {size}")
+    if frames * size[0] * size[1] > MAX_PIXELS_PER_VIDEO:
+        raise ValueError(
+            f"frames x height x width must be at most {MAX_PIXELS_PER_VIDEO:,} (videos are "
+            f"rendered in memory), got {frames} x {size[0]} x {size[1]}"
+        )
+    if not (whole(seed) and seed >= 0):
+        raise ValueError(f"seed must be an integer >= 0, got {seed}")
+    low, high = FPS_RANGE
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and low <= fps <= high):
+        raise ValueError(f"fps must be between {low:g} and {high:g}, got {fps}")
+    if gop is not None and not (whole(gop) and 1 <= gop <= MAX_GOP):
+        raise ValueError(f"gop must be None or an integer between 1 and {MAX_GOP}, got {gop}")
+    if not (whole(workers) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers}")
+
+
 def _render_jobs(jobs: list[tuple], workers: int) -> None:
     """Render and encode every video; each is seeded by its own (seed, label, index), so the
     files are the same whatever the number of worker processes."""
@@ -485,7 +530,8 @@ def _render_one(motion: str, frames: int, size: tuple[int, int], seed: tuple[int
     video = render_motion_video(motion, frames, size, np.random.default_rng(list(seed)))
     if grey:
         video = video.mean(axis=-1).astype(np.uint8)
-    write_video(path, video, **write_kwargs)
+    with _output_errors(path):
+        write_video(path, video, **write_kwargs)
 
 
 def _split_of(index: int, per_class: int) -> str:
@@ -496,7 +542,7 @@ def _split_of(index: int, per_class: int) -> str:
 
 def _write_list(root, names, per_class, ext, render, dataset, seed):
     dataset.class_names = list(names)
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    write_text_atomically(root / "classes.txt", "".join(f"{name}\n" for name in names))
     lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label, name in enumerate(names):
         folder = name.replace(" ", "_")
@@ -506,7 +552,7 @@ def _write_list(root, names, per_class, ext, render, dataset, seed):
             dataset.videos.append((root / relative, label))
             lines[_split_of(index, per_class)].append(f"{relative} {label}\n")
     for split, rows in lines.items():
-        (root / f"{split}.csv").write_text("".join(rows))
+        write_text_atomically(root / f"{split}.csv", "".join(rows))
 
 
 def _camel(name: str) -> str:
@@ -516,9 +562,10 @@ def _camel(name: str) -> str:
 def _write_ucf101(root, names, per_class, ext, render, dataset, seed):
     classes = [_camel(name) for name in names]
     dataset.class_names = classes
-    lists = root / "ucfTrainTestlist"
-    lists.mkdir(parents=True, exist_ok=True)
-    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
+    lists = make_folder(root / "ucfTrainTestlist")
+    write_text_atomically(
+        lists / "classInd.txt", "".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes))
+    )
     train: dict[int, list[str]] = {1: [], 2: [], 3: []}
     test: dict[int, list[str]] = {1: [], 2: [], 3: []}
     for label, name in enumerate(classes):
@@ -536,15 +583,14 @@ def _write_ucf101(root, names, per_class, ext, render, dataset, seed):
                 else:
                     train[split].append(f"{relative} {label + 1}\r\n")
     for split in (1, 2, 3):
-        (lists / f"trainlist0{split}.txt").write_text("".join(train[split]))
-        (lists / f"testlist0{split}.txt").write_text("".join(test[split]))
+        write_text_atomically(lists / f"trainlist0{split}.txt", "".join(train[split]))
+        write_text_atomically(lists / f"testlist0{split}.txt", "".join(test[split]))
 
 
 def _write_hmdb51(root, names, per_class, ext, render, dataset, seed):
     classes = [name.replace(" ", "_") for name in names]
     dataset.class_names = sorted(classes)
-    splits = root / "testTrainMulti_7030_splits"
-    splits.mkdir(parents=True, exist_ok=True)
+    splits = make_folder(root / "testTrainMulti_7030_splits")
     for label, name in enumerate(classes):
         files = []
         for index in range(per_class):
@@ -559,16 +605,15 @@ def _write_hmdb51(root, names, per_class, ext, render, dataset, seed):
                 if per_class >= 6 and index == per_class - split:
                     tag = 0  # unused in this split, as in the real files
                 rows.append(f"{filename} {tag} \n")
-            (splits / f"{name}_test_split{split}.txt").write_text("".join(rows))
+            write_text_atomically(splits / f"{name}_test_split{split}.txt", "".join(rows))
 
 
 def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
     templates = [f"Something {name}" for name in names]
     dataset.class_names = templates
-    labels_dir = root / "labels"
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    (labels_dir / "labels.json").write_text(
-        json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1)
+    labels_dir = make_folder(root / "labels")
+    write_text_atomically(
+        labels_dir / "labels.json", json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1)
     )
     train, validation = [], []
     video_id = 1000 + seed * 100_000
@@ -585,9 +630,9 @@ def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
                 "placeables": ["a ball"],
             }
             (validation if _split_of(index, per_class) == "test" else train).append(entry)
-    (labels_dir / "train.json").write_text(json.dumps(train, indent=1))
-    (labels_dir / "validation.json").write_text(json.dumps(validation, indent=1))
-    (labels_dir / "test.json").write_text(json.dumps([], indent=1))
+    write_text_atomically(labels_dir / "train.json", json.dumps(train, indent=1))
+    write_text_atomically(labels_dir / "validation.json", json.dumps(validation, indent=1))
+    write_text_atomically(labels_dir / "test.json", json.dumps([], indent=1))
 
 
 def _youtube_id(rng: np.random.Generator) -> str:
@@ -608,7 +653,8 @@ def _write_kinetics(root, names, per_class, ext, render, dataset, seed):
             dataset.videos.append((path, dataset.class_names.index(name)))
             rows[split].append([name, youtube_id, str(start), str(start + 10), split])
     for split, filename in (("train", "train.csv"), ("val", "validate.csv"), ("test", "test.csv")):
-        with open(root / filename, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-            writer.writerows(rows[split])
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerows(rows[split])
+        write_text_atomically(root / filename, text.getvalue())
