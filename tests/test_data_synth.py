@@ -113,3 +113,30 @@ def test_worker_processes_write_the_same_files(tmp_path):
     assert [label for _, label in one.videos] == [label for _, label in two.videos]
     for (a, _), (b, _) in zip(one.videos, two.videos):
         assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"fps": 0}, {"fps": -1}, {"fps": float("nan")}, {"fps": float("inf")}, {"fps": 1e6},
+        {"gop": -1}, {"gop": 0}, {"gop": 2.5}, {"per_class": 0}, {"frames": 0},
+        {"size": (1, 16)}, {"size": (16,)}, {"size": (16.0, 16)}, {"seed": -1}, {"workers": 0},
+        {"frames": 10_000, "size": (4096, 4096)},
+    ],
+)
+def test_library_refuses_values_the_encoders_or_memory_cannot_take(tmp_path, options):
+    kwargs = {"num_classes": 1, "per_class": 1, "frames": 2, "size": (8, 8)}
+    kwargs.update(options)
+    with pytest.raises(ValueError):
+        make_synthetic_dataset(tmp_path / "out", format="list", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_extreme_but_allowed_frame_rates_write_readable_videos(tmp_path):
+    for fps in (0.001, 1000):
+        for data_format in ("list", "ssv2", "kinetics"):  # AVI/MPEG-4, WebM/VP9, MP4/H.264
+            dataset = make_synthetic_dataset(tmp_path / f"{data_format}{fps}", format=data_format,
+                                             num_classes=1, per_class=1, frames=3, size=(8, 8),
+                                             fps=fps)
+            info = probe_video(dataset.videos[0][0])
+            assert info.fps == pytest.approx(fps, rel=1e-3) and info.num_frames == 3
