@@ -7,6 +7,7 @@ and ``aptune train`` / ``eval`` / ``predict`` -- never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -204,6 +205,10 @@ def test_decode_error_reasons_are_short_and_name_the_cause(tmp_path):
     folder.mkdir()
     with pytest.raises(DecodeError, match="a folder, not a video file"):
         open_video(folder)
+    pipe = tmp_path / "pipe.mp4"
+    os.mkfifo(pipe)  # nobody writes to it: opening it to read would wait forever
+    with pytest.raises(DecodeError, match="not a regular file"):
+        open_video(pipe)
     text = tmp_path / "text.mp4"
     text.write_text("not a video\n" * 40)
     with pytest.raises(DecodeError) as info:

@@ -116,6 +116,8 @@ class VideoReader:
                 raise DecodeError("file not found")
             if os.path.isdir(self.path):
                 raise DecodeError("a folder, not a video file")
+            if not os.path.isfile(self.path):  # reading a pipe or a device could block forever
+                raise DecodeError("not a regular file (a pipe or a device?)")
             if os.path.getsize(self.path) == 0:
                 raise DecodeError("empty file (0 bytes)")
             self._open()
