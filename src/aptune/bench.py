@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aptune.engine.runtime import pick_device
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.flops import ADAPTER_METHODS, PROMPTED_METHODS, UNPROMPTED_METHODS, count_macs
@@ -313,20 +314,7 @@ def check_settings(settings: BenchSettings) -> None:
 
 def bench_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N`` (``auto``: CUDA when there is one), checked to exist."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"bench device {name!r} is not one of: auto, cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"bench device {name!r} is not one of: auto, cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices")
-    return device
+    return pick_device(name, key="bench device")
 
 
 def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:

@@ -70,7 +70,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from aptune.bench import BenchSettings, format_table, run_bench
     from aptune.engine.distributed import DistInfo
-    from aptune.engine.trainer import pick_device
+    from aptune.engine.runtime import pick_device
     from aptune.errors import ConfigError
     from aptune.fileio import write_json_atomically
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                                  ("--threads", args.threads, 1)):
         if value is not None and value < minimum:
             raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value}")
-    device = pick_device(args.device, DistInfo())
+    device = pick_device(args.device, DistInfo(), key="--device")
     settings = BenchSettings(
         arch=args.arch, methods=tuple(args.methods), prompts=tuple(args.prompts),
         lora_rank=args.lora_rank, adapter_dim=args.adapter_dim, prompt_start=args.prompt_start,

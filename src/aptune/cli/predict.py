@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from aptune.config import load_config
     from aptune.engine.distributed import DistInfo
     from aptune.engine.inference import clip_reading, load_tuned_model, predict_videos_for
-    from aptune.engine.trainer import RANDOM_BACKBONE_NAME, pick_device
+    from aptune.engine.runtime import pick_device
+    from aptune.engine.trainer import RANDOM_BACKBONE_NAME
     from aptune.errors import ConfigError
 
     if args.top_k < 1:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             pretrained = run_dir / RANDOM_BACKBONE_NAME
     if not adapters:
         raise ConfigError("give --run RUN or --adapter FILE (with --pretrained for the backbone)")
-    device = pick_device(args.device, DistInfo())
+    device = pick_device(args.device, DistInfo(), key="--device")
     adapters = list(dict.fromkeys(adapters))
     # adapters that read clips the same way share one decode of every video
     groups: dict[str, list[Path]] = {}

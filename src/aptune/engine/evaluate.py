@@ -23,6 +23,7 @@ from aptune.adapters import printable
 from aptune.data import BadVideoLog
 from aptune.engine import distributed as dist_utils
 from aptune.engine.metrics import classification_metrics, video_scores
+from aptune.engine.runtime import autocast, progress_bar
 from aptune.fileio import make_folder, output_error, write_json_atomically, write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 def evaluate(model, eval_data, device: torch.device, precision: str, num_classes: int,
              desc: str = "eval") -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy and confusion over ``eval_data`` (an EvalData)."""
-    from aptune.engine.trainer import autocast, progress_bar
 
     was_training = model.training
     model.eval()
@@ -40,18 +40,22 @@ def evaluate(model, eval_data, device: torch.device, precision: str, num_classes
     video_ids, view_ids, probs, labels = [], [], [], []
     bad_videos = BadVideoLog(eval_data.num_videos, eval_data.max_bad_fraction, desc.split()[0])
     progress = progress_bar(len(eval_data.loader), desc, info.is_main)
-    for batch in eval_data.loader:
-        bad_videos.record(batch.failures)
-        if batch.clips.shape[0]:
-            with autocast(precision, device):
-                logits = model(batch.clips.to(device, non_blocking=True))
-            probs.append(logits.float().softmax(dim=-1).cpu())
-            video_ids.append(batch.video_indices)
-            view_ids.append(batch.view_indices)
-            labels.append(batch.labels)
-        progress.update(1)
-    progress.close()
-    model.train(was_training)
+    try:
+        # local work only (no collective): a rank that fails here stops every rank at its end
+        with dist_utils.together(f"during {desc}"):
+            for batch in eval_data.loader:
+                bad_videos.record(batch.failures)
+                if batch.clips.shape[0]:
+                    with autocast(precision, device):
+                        logits = model(batch.clips.to(device, non_blocking=True))
+                    probs.append(logits.float().softmax(dim=-1).cpu())
+                    video_ids.append(batch.video_indices)
+                    view_ids.append(batch.view_indices)
+                    labels.append(batch.labels)
+                progress.update(1)
+    finally:
+        progress.close()
+        model.train(was_training)
     rows = _stack(video_ids, view_ids, labels, probs, num_classes)
     rows = dist_utils.gather_rows(rows.to(device)).cpu()
     videos, video_probs, video_labels = video_scores(

@@ -45,7 +45,7 @@ def evaluate_adapter(config: Config, adapter: str | Path, pretrained: str | Path
     """
     from aptune.engine.evaluate import evaluate, write_final_outputs
     from aptune.engine.loaders import _eval_data
-    from aptune.engine.trainer import pick_device
+    from aptune.engine.runtime import pick_device
 
     info = dist_utils.init_distributed(config.train.device)
     try:

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import matplotlib
 
+from aptune.fileio import write_atomically
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Lay out, write as PNG and free ``fig`` (figures are never shown)."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """Lay out, write as PNG (atomically) and free ``fig`` (figures are never shown)."""
+    try:
+        fig.tight_layout()
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:

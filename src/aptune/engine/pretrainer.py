@@ -23,15 +23,13 @@ from aptune.engine.loaders import DataBundle
 from aptune.engine.metrics import MetricsLog
 from aptune.engine.plots import plot_curves
 from aptune.engine.runfolder import RunFolder, run_in_folder
+from aptune.engine.runtime import autocast, pick_device, seed_everything
 from aptune.engine.trainer import (
     TrainLoop,
     TrainState,
-    autocast,
     build_optimisation,
-    pick_device,
     restore,
     save_training_checkpoint,
-    seed_everything,
     wrap_for_training,
 )
 from aptune.errors import ConfigError
