@@ -13,7 +13,7 @@ each attention layer, plus the classifier.
 
 __version__ = "0.1.0"
 
-from aptune.adapters import load_adapter, model_from_adapter, read_adapter, save_adapter
+from aptune.adapters import backbone_fingerprint, load_adapter, model_from_adapter, read_adapter, save_adapter
 from aptune.factory import create_model
 from aptune.interop import init_prompts_from_clips, inject
 from aptune.methods import METHODS, build_method
@@ -26,6 +26,7 @@ __all__ = [
     "PRESETS",
     "VisionTransformer",
     "ViTConfig",
+    "backbone_fingerprint",
     "build_method",
     "count_parameters",
     "create_model",
