@@ -92,8 +92,8 @@ def _check_writable(path: Path) -> None:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    parts = text.strip().lower().split("x")
-    if len(parts) != 2 or not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
+    parts = [part.strip() for part in text.strip().lower().split("x")]
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() for part in parts):
         raise ConfigError(f"--size {text!r}: expected HxW, e.g. 64x64")
     height, width = (int(part) for part in parts)
     if not (2 <= height <= MAX_SIDE and 2 <= width <= MAX_SIDE):

@@ -360,7 +360,9 @@ def _read_json(path: Path) -> tuple[object, str]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     except RecursionError:
-        raise DataError(f"{path}: invalid JSON (nested too deeply to be an annotation file)") from None
+        raise DataError(
+            f"{path}: invalid JSON (nested too deeply to be an annotation file)"
+        ) from None
     except ValueError as exc:  # NaN/Infinity, or an integer of thousands of digits
         reason = str(exc)
         if "integer string conversion" in reason:

@@ -612,9 +612,8 @@ def _write_ssv2(root, names, per_class, ext, render, dataset, seed):
     templates = [f"Something {name}" for name in names]
     dataset.class_names = templates
     labels_dir = make_folder(root / "labels")
-    write_text_atomically(
-        labels_dir / "labels.json", json.dumps({t: str(i) for i, t in enumerate(templates)}, indent=1)
-    )
+    labels = {template: str(index) for index, template in enumerate(templates)}
+    write_text_atomically(labels_dir / "labels.json", json.dumps(labels, indent=1))
     train, validation = [], []
     video_id = 1000 + seed * 100_000
     for label, template in enumerate(templates):
