@@ -374,6 +374,10 @@ def test_train_eval_predict_survive_hostile_videos(hostile, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["num_videos"], metrics["skipped_videos"]) == (7, 1)  # only the wide one
     capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--json", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert (evaluated["num_videos"], evaluated["skipped_videos"]) == (7, 1)
+    capsys.readouterr()
     assert main(["predict", str(hostile["raw_sizes"]), str(hostile["mjpeg_sizes"]),
                  str(hostile["raw"]), str(hostile["wide"]), "--run", str(run), "--json"]) == 0
     answers = json.loads(capsys.readouterr().out)
