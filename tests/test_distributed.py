@@ -176,15 +176,17 @@ def finish(config, model, *args, **kwargs):
     gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     assert all(torch.equal(gathered[0], g) for g in gathered), "ranks diverged"
-    print(json.dumps({"rank": dist.get_rank(), "reductions": reductions["count"]}), file=sys.stderr)
+    report = os.path.join(os.path.dirname(sys.argv[2]), f"{os.path.basename(sys.argv[2])}-rank{dist.get_rank()}.json")
+    with open(report, "w") as handle:  # one file per rank: lines on a shared stderr can interleave
+        json.dump({"rank": dist.get_rank(), "reductions": reductions["count"]}, handle)
     return original_finish(config, model, *args, **kwargs)
 trainer.finish = finish
 trainer.train(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2])
 """
 
 
-def _ranks_report(stderr: str) -> list[dict]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith('{"rank"')]
+def _ranks_report(run: Path) -> list[dict]:
+    return [json.loads((run.parent / f"{run.name}-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def _train_two_ranks(tmp_path: Path, config: Path, run: Path, *overrides: str) -> list[dict]:
@@ -194,7 +196,7 @@ def _train_two_ranks(tmp_path: Path, config: Path, run: Path, *overrides: str) -
                str(script), str(config), str(run), *overrides]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    return _ranks_report(result.stderr)
+    return _ranks_report(run)
 
 
 def test_two_ranks_match_one_process_also_accumulating_and_compiled(tmp_path, fault_setup):
