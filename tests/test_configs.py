@@ -52,3 +52,9 @@ def test_full_recipes_use_videomaes_layer_decay_drop_path_and_mixing(path):
     assert (config.optim.weight_decay, config.optim.warmup_epochs) == (0.05, 5)
     assert (config.train.mixup, config.train.cutmix) == (0.8, 1.0)
     assert config.data.rand_augment == "rand-m7-n4-mstd0.5-inc1"
+    assert config.data.random_erase == 0.25
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.stem.endswith("_full")], ids=lambda p: p.stem)
+def test_only_full_fine_tuning_erases(path):
+    assert load_config(path).data.random_erase == 0.0  # the APT scripts do not erase

@@ -142,3 +142,36 @@ def test_flip_happens_when_enabled_and_never_when_disabled():
         outputs.append(flipping(clip))
     assert any(torch.equal(o, reference.flip(-1)) for o in outputs)
     assert any(torch.equal(o, reference) for o in outputs)
+
+
+def test_random_erasing_puts_one_noise_box_in_each_chosen_frame():
+    from aptune.data.transforms import random_erase
+
+    torch.manual_seed(0)
+    clip = torch.zeros(3, 64, 32, 32)
+    random_erase(clip, probability=1.0)
+    areas = []
+    for frame in range(64):
+        erased = clip[:, frame].abs().sum(dim=0) > 0
+        rows, cols = erased.any(dim=1).nonzero().flatten(), erased.any(dim=0).nonzero().flatten()
+        box_h, box_w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert erased.sum() == box_h * box_w  # one solid box of noise, in every channel
+        areas.append(box_h * box_w / (32 * 32))
+    assert 0.015 <= min(areas) and max(areas) <= 0.36  # 2-33 % of the frame (rounded box sides)
+    assert len({round(a, 3) for a in areas}) > 10  # each frame draws its own box
+    untouched = torch.zeros(3, 8, 32, 32)
+    assert torch.equal(random_erase(untouched, probability=0.0), torch.zeros(3, 8, 32, 32))
+    torch.manual_seed(1)
+    half = random_erase(torch.zeros(3, 400, 16, 16), probability=0.25)
+    share = (half.abs().sum(dim=(0, 2, 3)) > 0).float().mean().item()
+    assert 0.18 < share < 0.32  # about a quarter of the frames
+
+
+def test_the_training_transform_erases_only_when_asked():
+    frames = torch.randint(0, 256, (4, 40, 40, 3), dtype=torch.uint8)
+    torch.manual_seed(3)
+    plain = T.TrainTransform(32, None, False, scale=(1.0, 1.0))(frames)
+    torch.manual_seed(3)
+    erased = T.TrainTransform(32, None, False, scale=(1.0, 1.0), random_erase=1.0)(frames)
+    changed = (plain != erased).any(dim=0).flatten(1).any(dim=1)
+    assert changed.all()  # every frame got its box

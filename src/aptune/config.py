@@ -90,6 +90,7 @@ class DataConfig:
     rand_augment: str | None = "rand-m4-n2-mstd0.2-inc1"
     horizontal_flip: bool | None = None  # None: on, except for ssv2 whose labels say left/right
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area range of the training random resized crop
+    random_erase: float = 0.0  # VideoMAE full fine-tuning's per-frame random erasing probability
     max_bad_fraction: float = 0.01
     sampling: str = "auto"  # auto: segment (TSN) for ssv2, dense windows otherwise | dense | segment
     decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
@@ -277,6 +278,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("data", "num_sample"): (1, None, True, False),
     ("data", "test_num_segment"): (1, None, True, False),
     ("data", "max_bad_fraction"): (0, 1, True, True),
+    ("data", "random_erase"): (0, 1, True, True),
     ("data", "decode_threads"): (0, None, True, False),
     ("optim", "lr"): (0, None, False, False),
     ("optim", "base_lr"): (0, None, False, False),

@@ -382,7 +382,8 @@ def build_dataset(
     if split_name == "train":
         flip = data.horizontal_flip if data.horizontal_flip is not None else data.format != "ssv2"
         transform = TrainTransform(data.input_size, data.rand_augment, flip,
-                                   scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))))
+                                   scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))),
+                                   random_erase=getattr(data, "random_erase", 0.0))
         return VideoTrainDataset(
             annotations.samples, transform=transform, num_sample=data.num_sample, **common
         )

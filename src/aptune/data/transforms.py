@@ -6,8 +6,9 @@ different (CUDA) torch build of several GB, and every operation needed here is a
 lines of torch (interpolate, affine_grid/grid_sample, histogram via scatter_add).
 
 Every random choice is drawn once per clip and applied to all its frames, so motion
-is never confused with augmentation.  Frames enter as uint8 ``(T, H, W, C)`` and
-leave as float32 ``(C, T, H, W)``.
+is never confused with augmentation; the one exception is random erasing, which
+VideoMAE's full fine-tuning applies to each frame on its own (see :func:`random_erase`).
+Frames enter as uint8 ``(T, H, W, C)`` and leave as float32 ``(C, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "normalize",
     "RandAugment",
     "parse_rand_augment",
+    "random_erase",
     "TrainTransform",
     "TestTransform",
 ]
@@ -408,9 +410,38 @@ def parse_rand_augment(spec: str | None) -> RandAugment | None:
 
 
 # --------------------------------------------------------------------------- pipelines
+def random_erase(video: torch.Tensor, probability: float) -> torch.Tensor:
+    """Random erasing as VideoMAE's fine-tuning applies it, in place on a normalised
+    ``(C, T, H, W)`` clip.
+
+    Each frame on its own, with ``probability``, gets one box of N(0, 1) noise (timm's
+    ``RandomErasing`` in "pixel" mode with one box: VideoMAE hands it the clip as a batch
+    of frames).  The box covers 2-33 % of the frame at an aspect ratio in [0.3, 1/0.3]; up
+    to 10 draws are tried for a box that fits, as timm does.
+    """
+    if probability <= 0:
+        return video
+    channels, frames, height, width = video.shape
+    log_low, log_high = math.log(0.3), math.log(1 / 0.3)
+    for frame in range(frames):
+        if torch.rand(()).item() >= probability:
+            continue
+        for _ in range(10):
+            area = height * width * (0.02 + (1 / 3 - 0.02) * torch.rand(()).item())
+            aspect = math.exp(log_low + (log_high - log_low) * torch.rand(()).item())
+            box_h, box_w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if box_w < width and box_h < height:
+                top = int(torch.randint(0, height - box_h + 1, ()))
+                left = int(torch.randint(0, width - box_w + 1, ()))
+                video[:, frame, top : top + box_h, left : left + box_w] = torch.randn(channels, box_h, box_w)
+                break
+    return video
+
+
 class TrainTransform:
     """uint8 ``(T, H, W, C)`` -> random resized crop -> flip -> RandAugment -> normalised
-    float32 ``(C, T, S, S)``.  One crop box, flip and op list per call (per clip)."""
+    float32 ``(C, T, S, S)`` -> random erasing (off by default).  One crop box, flip and op
+    list per call (per clip)."""
 
     def __init__(
         self,
@@ -419,11 +450,13 @@ class TrainTransform:
         horizontal_flip: bool = True,
         scale=(0.08, 1.0),
         ratio=(3 / 4, 4 / 3),
+        random_erase: float = 0.0,
     ):
         self.input_size = input_size
         self.rand_augment = parse_rand_augment(rand_augment)
         self.horizontal_flip = horizontal_flip
         self.scale, self.ratio = scale, ratio
+        self.random_erase = random_erase
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         video = channels_first(frames)
@@ -435,7 +468,7 @@ class TrainTransform:
             video = video.flip(-1)
         if self.rand_augment is not None:
             video = self.rand_augment(video)
-        return normalize(video)
+        return random_erase(normalize(video), self.random_erase)
 
 
 class TestTransform:
