@@ -81,6 +81,22 @@ def test_bad_output_folders_are_one_line_errors(setup, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+@pytest.mark.parametrize("command", [
+    ["eval", "--run", "RUN", "--output-dir", ""], ["eval", "--run", "RUN", "--json", " "],
+    ["demo", "--quick", "--output-dir", ""], ["demo", "--quick", "--cache-dir", ""], ["data", "synth", ""],
+    ["data", "check", "--config", "CONFIG", "--json", ""], ["bench", "--json", ""],
+    ["pretrain", "--config", "CONFIG", "--output-dir", ""],
+    ["merge", "--adapter", "A", "--pretrained", "B", "--output", ""],
+], ids=lambda c: " ".join(c[:2]))
+def test_an_empty_output_path_never_means_the_current_folder(setup, tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    arguments = [str(setup / "config.yaml") if a == "CONFIG" else str(tmp_path / a) if a in ("RUN", "A", "B")
+                 else a for a in command]
+    assert run_cli(*arguments) == 2
+    assert "is empty" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def small_filesystem(tmp_path):
     """A 1 MiB tmpfs (root and mount(8) needed; skipped otherwise), unmounted afterwards."""

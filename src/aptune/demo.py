@@ -102,6 +102,8 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
              backbone: str | Path | None = None) -> list[dict]:
     from aptune.engine.trainer import train
 
+    if not str(output_dir).strip():
+        raise ConfigError("the demo's output folder is empty: give the folder to write to")
     output_dir = Path(output_dir)
     recipe = demo_recipe()
     dataset_spec = dict(recipe["dataset"], **(recipe.get("quick_dataset", {}) if quick else {}))

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        refuse_empty_paths(args)
         return int(args.func(args) or 0)
     except AptuneError as exc:
         if getattr(exc, "report", True):
@@ -60,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return _leave(130)
+
+
+# argument destinations that name a file or folder a command writes, with the flag users type
+OUTPUT_ARGUMENTS = {"output_dir": "--output-dir", "json_out": "--json", "json": "--json", "out": "OUT",
+                    "output": "--output", "cache_dir": "--cache-dir"}
+
+
+def refuse_empty_paths(args: argparse.Namespace) -> None:
+    """An empty output path would mean the current folder: refused before anything runs."""
+    for dest, flag in OUTPUT_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            raise AptuneError(f"{flag} is empty: give the file or folder to write to")
 
 
 def _leave(status: int) -> int:
