@@ -1,6 +1,13 @@
-"""Small models and an independent reference of the APT formula, shared by the tests."""
+"""Small models, tiny recipes, small file systems and an independent reference of the APT
+formula, shared by the tests."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +15,38 @@ import torch.nn.functional as F
 import aptune
 
 TINY = dict(embed_dim=32, depth=3, num_heads=4, num_frames=4, img_size=32, patch_size=16)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, size: str, fill: bool = False):
+    """A small RAM file system at ``folder`` (``fill``: with no byte left), unmounted on exit;
+    a skip where mounting is not allowed (it needs root and mount(8))."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        if fill:
+            _fill(folder / "filler")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+def _fill(path: Path) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(descriptor, b"\0" * 4096)
+    except OSError:
+        pass  # the file system is full
+    finally:
+        os.close(descriptor)
 
 
 def tiny_run_config(**sections) -> dict:

@@ -7,12 +7,11 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
 import yaml
-from helpers import TINY, randomize_, tiny_model
+from helpers import TINY, mounted_tmpfs, randomize_, tiny_model
 
 import aptune
 from aptune.cli import main
@@ -80,23 +79,8 @@ def no_space(*args, **kwargs):
 @pytest.fixture
 def full_disk(tmp_path):
     """A 64 KiB tmpfs filled to the last byte; skipped where tmpfs cannot be mounted."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        descriptor = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while True:
-                os.write(descriptor, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(descriptor)
+    with mounted_tmpfs(tmp_path / "full", "64k", fill=True) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 # ------------------------------------------------------------------------- eval

@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import mounted_tmpfs
 
 from aptune.cli import main
 
@@ -241,25 +240,9 @@ def test_synth_full_disk_is_one_line_and_leaves_no_partial_video(tmp_path, capsy
     assert not list(out.rglob("*.avi"))  # the partial file was removed
 
 
-@contextmanager
-def _tiny_tmpfs(folder: Path, size: str):
-    """A small RAM file system at ``folder``, or a skip where mounting is not allowed."""
-    folder.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, timeout=30)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_synth_onto_a_really_full_disk(tmp_path, capsys, workers):
-    with _tiny_tmpfs(tmp_path / "disk", "256k") as disk:
+    with mounted_tmpfs(tmp_path / "disk", "256k") as disk:
         status = main(["data", "synth", str(disk / "ds"), "--classes", "4", "--per-class", "10",
                        "--frames", "16", "--size", "64x64", "--workers", workers])
         message = _one_line_error(capsys)
@@ -296,7 +279,7 @@ def test_check_json_into_a_new_folder_and_into_places_that_cannot_be_written(tmp
 
 def test_check_json_onto_a_really_full_disk(tmp_path, synthetic, capsys):
     root = synthetic("list").root
-    with _tiny_tmpfs(tmp_path / "disk", "64k") as disk:
+    with mounted_tmpfs(tmp_path / "disk", "64k") as disk:
         descriptor = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
         try:
             while True:  # fill the disk to the last block

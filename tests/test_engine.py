@@ -10,21 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import tiny_run_config
 from safetensors.torch import load_file
 
 from aptune.cli import main as cli_main
 from aptune.data import datasets as datasets_module
 
-TINY_CONFIG = {
-    "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
-              "img_size": 32, "patch_size": 16},
-    "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
-    "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32,
-             "short_side_size": 32, "num_workers": 0, "num_sample": 2, "test_num_segment": 2,
-             "test_num_crop": 3, "rand_augment": "rand-m4-n2-mstd0.2-inc1"},
-    "optim": {"lr": 0.01, "warmup_epochs": 1},
-    "train": {"epochs": 2, "batch_size": 4, "eval_every": 1, "save_every": 1, "log_every": 1},
-}
+# augmentation and 2 x 3 test views on, validation every epoch
+TINY_CONFIG = tiny_run_config(
+    data={"num_sample": 2, "test_num_segment": 2, "test_num_crop": 3, "rand_augment": "rand-m4-n2-mstd0.2-inc1"},
+    optim={"warmup_epochs": 1}, train={"eval_every": 1})
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 import yaml
-from helpers import tiny_run_config
+from helpers import mounted_tmpfs, tiny_run_config
 from safetensors.torch import load_file
 
 from aptune.cli import main as cli_main
@@ -100,13 +100,8 @@ def test_an_empty_output_path_never_means_the_current_folder(setup, tmp_path, ca
 @pytest.fixture
 def small_filesystem(tmp_path):
     """A 1 MiB tmpfs (root and mount(8) needed; skipped otherwise), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
+        yield mount
 
 
 def test_a_read_only_file_system_is_a_one_line_error(setup, small_filesystem, capsys):
