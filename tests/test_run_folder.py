@@ -274,16 +274,16 @@ def test_a_loss_that_diverges_stops_with_the_last_good_checkpoint(setup, tmp_pat
 
 # ------------------------------------------------------------------ values out of range
 BAD_VALUES = [
-    ("model.num_heads=0", "model.num_heads must be >= 1"), ("model.patch_size=0", "model.patch_size must be >= 1"),
-    ("model.tubelet_size=0", "model.tubelet_size must be >= 1"), ("model.embed_dim=-8", "model.embed_dim must be"),
-    ("model.mlp_ratio=0", "model.mlp_ratio must be > 0"), ("model.head_dropout=1.5", "model.head_dropout must be in"),
+    ("model.num_heads=0", "model.num_heads must be in [1, 1024]"), ("model.patch_size=0", "model.patch_size must be in [1,"),
+    ("model.tubelet_size=0", "model.tubelet_size must be in [1,"), ("model.embed_dim=-8", "model.embed_dim must be"),
+    ("model.mlp_ratio=0", "model.mlp_ratio must be in (0, 64]"), ("model.head_dropout=1.5", "model.head_dropout must be in"),
     ("model.drop_path_rate=-0.1", "model.drop_path_rate must be in"), ("model.num_heads=5", "does not divide"),
-    ("method.lora_rank=0", "method.lora_rank must be >= 1"), ("method.adapter_dim=-4", "method.adapter_dim must be"),
+    ("method.lora_rank=0", "method.lora_rank must be in [1,"), ("method.adapter_dim=-4", "method.adapter_dim must be"),
     ("method.prompt_dropout=1", "method.prompt_dropout must be in"), ("method.num_prompts=-1", "method.num_prompts"),
-    ("method.prompt_end=-1", "method.prompt_end must be >= 0"), ("train.log_every=0", "train.log_every must be >= 1"),
+    ("method.prompt_end=-1", "method.prompt_end must be in [0,"), ("train.log_every=0", "train.log_every must be in [1,"),
     ("optim.lr=-0.1", "optim.lr must be > 0"), ("optim.min_lr=-0.05", "optim.min_lr must be >= 0"),
     ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
-    ("optim.warmup_epochs=-3", "optim.warmup_epochs must be >= 0"), ("optim.clip_grad=-1", "optim.clip_grad must be > 0"),
+    ("optim.warmup_epochs=-3", "optim.warmup_epochs must be in [0,"), ("optim.clip_grad=-1", "optim.clip_grad must be > 0"),
     ("optim.clip_grad=0", "optim.clip_grad must be > 0"), ("optim.momentum=-0.5", "optim.momentum must be in"),
     ("optim.betas=[0.9,1.0]", "optim.betas[1] must be in"), ("optim.betas=[-0.1,0.9]", "optim.betas[0] must be in"),
     ("optim.layer_decay=0", "optim.layer_decay must be in"), ("optim.lr=.nan", "optim.lr must be a finite number"),
@@ -294,12 +294,20 @@ BAD_VALUES = [
     ("data.max_bad_fraction=2", "data.max_bad_fraction must be in"), ("train.mixup=-1", "train.mixup must be >= 0"),
     ("pretrain.decoder_heads=5", "does not divide pretrain.decoder_dim"), ("train.epochs=1e400", "train.epochs expects"),
     ("optim.head_lr=0.01", "needs an absolute optim.lr"),
+    # typos that would allocate forever: an extra zero or an exponent
+    ("model.embed_dim=1000000000", "model.embed_dim must be in [1, 16384]"),
+    ("model.depth=100000000", "model.depth must be in [1, 1024]"), ("model.mlp_ratio=1e12", "model.mlp_ratio must be in"),
+    ("method.num_prompts=100000000", "method.num_prompts must be in"),
+    ("data.num_workers=1000000", "data.num_workers must be in [0, 256]"),
+    ("data.test_num_segment=10000000", "data.test_num_segment must be in"),
+    ("optim.warmup_epochs=1e308", "optim.warmup_epochs must be in"),
+    ("model.embed_dim=8192 model.num_heads=16 model.depth=1024", "G parameters (at most 20 G)"),
 ]
 
 
 @pytest.mark.parametrize("override, message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
 def test_values_out_of_range_are_one_line_errors_naming_the_key(setup, tmp_path, capsys, override, message):
-    overrides = ["--set", override]
+    overrides = [part for item in override.split() for part in ("--set", item)]
     if override.startswith("optim.head_lr"):
         overrides = ["--set", "optim.lr=null", "--set", "optim.base_lr=0.05", *overrides]
     assert run_cli("train", "--config", setup / "config.yaml", *overrides, "--output-dir", tmp_path / "r") == 2

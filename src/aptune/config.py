@@ -250,36 +250,38 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 # (section, key): (lowest, highest, lowest allowed?, highest allowed?); None = unbounded.
 # Every number a recipe can hold is checked here, once, before anything is built or written.
+# The upper bounds are far beyond any real model or machine; they turn a typo (an extra
+# zero, 1e9) into a one-line error instead of an allocation that fails or never ends.
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
-    ("model", "num_classes"): (1, None, True, False),
-    ("model", "embed_dim"): (1, None, True, False),
-    ("model", "depth"): (1, None, True, False),
-    ("model", "num_heads"): (1, None, True, False),
-    ("model", "mlp_ratio"): (0, None, False, False),
-    ("model", "patch_size"): (1, None, True, False),
-    ("model", "tubelet_size"): (1, None, True, False),
-    ("model", "num_frames"): (1, None, True, False),
-    ("model", "img_size"): (1, None, True, False),
+    ("model", "num_classes"): (1, 1000000, True, True),
+    ("model", "embed_dim"): (1, 16384, True, True),
+    ("model", "depth"): (1, 1024, True, True),
+    ("model", "num_heads"): (1, 1024, True, True),
+    ("model", "mlp_ratio"): (0, 64, False, True),
+    ("model", "patch_size"): (1, 1024, True, True),
+    ("model", "tubelet_size"): (1, 64, True, True),
+    ("model", "num_frames"): (1, 4096, True, True),
+    ("model", "img_size"): (1, 8192, True, True),
     ("model", "drop_path_rate"): (0, 1, True, False),
     ("model", "head_dropout"): (0, 1, True, False),
-    ("method", "num_prompts"): (0, None, True, False),
-    ("method", "prompt_start"): (0, None, True, False),
-    ("method", "prompt_end"): (0, None, True, False),
+    ("method", "num_prompts"): (0, 100000, True, True),
+    ("method", "prompt_start"): (0, 1024, True, True),
+    ("method", "prompt_end"): (0, 1024, True, True),
     ("method", "prompt_dropout"): (0, 1, True, False),
-    ("method", "lora_rank"): (1, None, True, False),
+    ("method", "lora_rank"): (1, 4096, True, True),
     ("method", "lora_alpha"): (0, None, False, False),
-    ("method", "adapter_dim"): (1, None, True, False),
+    ("method", "adapter_dim"): (1, 65536, True, True),
     ("method", "adapter_scale"): (None, None, False, False),
-    ("data", "num_frames"): (1, None, True, False),
-    ("data", "sampling_rate"): (1, None, True, False),
-    ("data", "input_size"): (1, None, True, False),
-    ("data", "short_side_size"): (1, None, True, False),
-    ("data", "num_workers"): (0, None, True, False),
-    ("data", "num_sample"): (1, None, True, False),
-    ("data", "test_num_segment"): (1, None, True, False),
+    ("data", "num_frames"): (1, 4096, True, True),
+    ("data", "sampling_rate"): (1, 1000, True, True),
+    ("data", "input_size"): (1, 8192, True, True),
+    ("data", "short_side_size"): (1, 8192, True, True),
+    ("data", "num_workers"): (0, 256, True, True),
+    ("data", "num_sample"): (1, 64, True, True),
+    ("data", "test_num_segment"): (1, 1000, True, True),
     ("data", "max_bad_fraction"): (0, 1, True, True),
     ("data", "random_erase"): (0, 1, True, True),
-    ("data", "decode_threads"): (0, None, True, False),
+    ("data", "decode_threads"): (0, 256, True, True),
     ("optim", "lr"): (0, None, False, False),
     ("optim", "base_lr"): (0, None, False, False),
     ("optim", "head_lr"): (0, None, False, False),
@@ -289,24 +291,26 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("optim", "layer_decay"): (0, 1, False, True),
     ("optim", "momentum"): (0, 1, True, False),
     ("optim", "eps"): (0, None, False, False),
-    ("optim", "warmup_epochs"): (0, None, True, False),
+    ("optim", "warmup_epochs"): (0, 1000000, True, True),
     ("optim", "min_lr"): (0, None, True, False),
     ("optim", "clip_grad"): (0, None, False, False),
-    ("train", "epochs"): (1, None, True, False),
-    ("train", "batch_size"): (1, None, True, False),
-    ("train", "accum_steps"): (1, None, True, False),
+    ("train", "epochs"): (1, 1000000, True, True),
+    ("train", "batch_size"): (1, 65536, True, True),
+    ("train", "accum_steps"): (1, 65536, True, True),
     ("train", "seed"): (0, 2**32 - 1, True, True),
-    ("train", "save_every"): (1, None, True, False),
-    ("train", "eval_every"): (1, None, True, False),
+    ("train", "save_every"): (1, 1000000, True, True),
+    ("train", "eval_every"): (1, 1000000, True, True),
     ("train", "label_smoothing"): (0, 1, True, False),
     ("train", "mixup"): (0, None, True, False),
     ("train", "cutmix"): (0, None, True, False),
-    ("train", "log_every"): (1, None, True, False),
+    ("train", "log_every"): (1, 1000000000, True, True),
     ("pretrain", "mask_ratio"): (0, 1, False, False),
-    ("pretrain", "decoder_dim"): (1, None, True, False),
-    ("pretrain", "decoder_depth"): (1, None, True, False),
-    ("pretrain", "decoder_heads"): (1, None, True, False),
+    ("pretrain", "decoder_dim"): (1, 16384, True, True),
+    ("pretrain", "decoder_depth"): (1, 1024, True, True),
+    ("pretrain", "decoder_heads"): (1, 1024, True, True),
 }
+
+MAX_BACKBONE_PARAMETERS = 20e9  # ~ViT-g/14 (1 G) x 20: beyond it a recipe is a typo, not a model
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -401,6 +405,12 @@ def _check_combinations(config: Config, source: str) -> None:
         model.num_heads or _preset_value(model.arch, "num_heads")
     if embed and heads and embed % heads:
         raise ConfigError(f"{source}: model.num_heads={heads} does not divide model.embed_dim={embed}")
+    depth = model.depth or _preset_value(model.arch, "depth")
+    ratio = model.mlp_ratio or 4.0
+    if embed and depth and (4 + 2 * ratio) * embed * embed * depth > MAX_BACKBONE_PARAMETERS:
+        raise ConfigError(f"{source}: model.embed_dim={embed}, depth={depth}, mlp_ratio={ratio:g} make a backbone "
+                          f"of ~{(4 + 2 * ratio) * embed * embed * depth / 1e9:.0f} G parameters (at most "
+                          f"{MAX_BACKBONE_PARAMETERS / 1e9:.0f} G): check for a typo")
 
 
 def _preset_value(arch: str | None, key: str, default: Any = None) -> Any:
