@@ -380,3 +380,15 @@ def test_train_exits_in_seconds_when_interrupted(setup, tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "x.mp4", "--top-k", "nan"], ["bench", "--frames", "abc"], ["data", "bogus"],
+    ["data", "synth", "out", "--fps"], ["train", "--config"], ["eval", "--split", "train"], ["nonsense"],
+], ids=lambda c: " ".join(c))
+def test_usage_errors_are_one_line_too(capsys, command):
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(command)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: aptune") and "--help" in err[0]

@@ -19,16 +19,24 @@ from aptune.errors import AptuneError
 SUBCOMMAND_MODULES = ("data", "train", "eval", "predict", "pretrain", "demo", "bench", "merge")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one ``error: ...`` line like every other aptune error
+    (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aptune import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="aptune",
         description="Attention Prompt Tuning for frozen pretrained video transformers.",
     )
     parser.add_argument("--version", action="version", version=f"aptune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(f"aptune.cli.{name}")
