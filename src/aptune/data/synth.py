@@ -9,8 +9,8 @@ background noise, so a single frame cannot tell the class.  Palette scenes add
 unlabelled-in-spirit scenes of 2-4 objects that move or not, the demo's pre-training
 source.  Deterministic by seed.
 
-Used by the tests, by ``aptune data synth`` and by the demo; also writes the
-frame-counter videos the decoder tests and the decode benchmark rely on.
+Used by the tests, by ``aptune data synth`` and by the demo.  (The decoder tests'
+frame-counter videos are test material: ``tests/videos.py``.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -37,8 +37,6 @@ __all__ = [
     "make_synthetic_dataset",
     "render_motion_video",
     "write_video",
-    "make_counter_video",
-    "counter_frames",
 ]
 
 # (motion, readable name).  The first ten are the most distinct; classes beyond that add
@@ -197,40 +195,9 @@ def _output_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:  # av's own errors for ENOSPC, EACCES, ... are OSErrors too
-        try:
+        with suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
         raise output_error(path, exc) from None
-
-
-def counter_frames(
-    num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False
-) -> np.ndarray:
-    """Frames whose content encodes their index: the left half's grey level is
-    ``(i % 16) * 16 + 8`` and the right half's ``(i // 16) * 16 + 8``."""
-    height, width = size
-    frames = np.zeros((num_frames, height, width), np.uint8)
-    for i in range(num_frames):
-        frames[i, :, : width // 2] = (i % 16) * 16 + 8
-        frames[i, :, width // 2 :] = (i // 16) % 16 * 16 + 8
-    return frames if grey else np.repeat(frames[..., None], 3, axis=-1)
-
-
-def read_counter(frame: np.ndarray) -> int:
-    """The index written by :func:`counter_frames` into one decoded (H,W,3) frame."""
-    width = frame.shape[1]
-    left = float(frame[:, : width // 4].mean())
-    right = float(frame[:, width - width // 4 :].mean())
-    return int(round((left - 8) / 16)) + 16 * int(round((right - 8) / 16))
-
-
-def make_counter_video(
-    path: str | os.PathLike, num_frames: int, size: tuple[int, int] = (32, 48), **write_kwargs
-) -> Path:
-    """Write a video whose frame ``i`` shows the number ``i`` (see :func:`read_counter`)."""
-    write_video(path, counter_frames(num_frames, size), **write_kwargs)
-    return Path(path)
 
 
 # ---------------------------------------------------------------------------- rendering
