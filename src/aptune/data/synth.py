@@ -201,6 +201,100 @@ def _output_errors(path: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- rendering
+@dataclass
+class _Scene:
+    """What a motion renderer draws its objects in: the frame, the clock and the random stream."""
+
+    rng: np.random.Generator
+    width: int
+    height: int
+    side: int  # the shorter frame side
+    tau: np.ndarray  # (T,1,1) time from 0 to 1
+    ones: np.ndarray  # (T,1,1) ones, to turn a constant into a path
+    radius: float  # the default object radius (drawn for every motion, so the stream stays aligned)
+
+
+# one object: (cx(T), cy(T), radius(T), angle(T), alpha(T))
+_Object = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _travel(motion: str, scene: _Scene) -> list[_Object]:
+    """One object moving straight along a direction of :data:`_DIRECTIONS`."""
+    rng, ones, radius = scene.rng, scene.ones, scene.radius
+    dx, dy = _DIRECTIONS[motion]
+    norm = math.hypot(dx, dy)
+    dx, dy = dx / norm, dy / norm
+    length = rng.uniform(0.3, 0.55) * scene.side
+    cx0 = _start(rng, scene.width, radius, dx * length)
+    cy0 = _start(rng, scene.height, radius, dy * length)
+    angle = rng.uniform(0, math.pi) * ones
+    return [(cx0 + dx * length * scene.tau, cy0 + dy * length * scene.tau, radius * ones, angle, ones)]
+
+
+def _rotate(motion: str, scene: _Scene) -> list[_Object]:
+    rng, ones = scene.rng, scene.ones
+    turn = rng.uniform(0.5, 1.1) * math.pi * (1 if motion == "rotate_cw" else -1)
+    radius = rng.uniform(0.2, 0.3) * scene.side
+    cx = rng.uniform(radius, scene.width - radius)
+    cy = rng.uniform(radius, scene.height - radius)
+    return [(cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) + turn * scene.tau, ones)]
+
+
+def _scale(motion: str, scene: _Scene) -> list[_Object]:
+    """Growing or shrinking in place."""
+    rng, ones = scene.rng, scene.ones
+    small = rng.uniform(0.07, 0.11) * scene.side
+    factor = rng.uniform(2.0, 2.8)
+    progress = scene.tau if motion == "grow" else 1 - scene.tau
+    big = small * factor
+    cx = rng.uniform(big * 0.6, scene.width - big * 0.6)
+    cy = rng.uniform(big * 0.6, scene.height - big * 0.6)
+    return [(cx * ones, cy * ones, small * factor**progress, rng.uniform(0, math.pi) * ones, ones)]
+
+
+def _pair(motion: str, scene: _Scene) -> list[_Object]:
+    """Two objects approaching or separating along a random axis."""
+    rng, ones, side = scene.rng, scene.ones, scene.side
+    radius = rng.uniform(0.08, 0.12) * side
+    near, far = rng.uniform(0.2, 0.3) * side, rng.uniform(0.6, 0.75) * side
+    progress = scene.tau if motion == "separate" else 1 - scene.tau
+    distance = near + (far - near) * progress
+    axis = rng.uniform(0, math.pi)
+    ax, ay = math.cos(axis), math.sin(axis)
+    cx = scene.width / 2 + rng.uniform(-0.1, 0.1) * side
+    cy = scene.height / 2 + rng.uniform(-0.1, 0.1) * side
+    return [
+        (cx + sign * ax * distance / 2, cy + sign * ay * distance / 2, radius * ones,
+         rng.uniform(0, math.pi) * ones, ones)
+        for sign in (-1, 1)
+    ]
+
+
+def _fade(motion: str, scene: _Scene) -> list[_Object]:
+    rng, ones, radius, tau = scene.rng, scene.ones, scene.radius, scene.tau
+    cx = rng.uniform(radius, scene.width - radius)
+    cy = rng.uniform(radius, scene.height - radius)
+    if motion == "fade_in":
+        alpha = np.clip(tau * 1.25 - 0.1, 0, 1)
+    else:
+        alpha = np.clip(1.15 - tau * 1.25, 0, 1)
+    return [(cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) * ones, alpha)]
+
+
+# the textured-object motions, by family: motion name -> the renderer of its objects
+_MOTION_RENDERERS = {
+    **{motion: _travel for motion in _DIRECTIONS},
+    "rotate_cw": _rotate,
+    "rotate_ccw": _rotate,
+    "grow": _scale,
+    "shrink": _scale,
+    "approach": _pair,
+    "separate": _pair,
+    "fade_in": _fade,
+    "fade_out": _fade,
+}
+
+
 def render_motion_video(
     motion: str, num_frames: int, size: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
@@ -214,12 +308,23 @@ def render_motion_video(
         colours = list(rng.choice(list(PALETTE), size=_SCENE_SIZES[motion], replace=False))
         moving = [bool(rng.random() < 0.5) for _ in colours]
         return render_palette_scene(colours, moving, num_frames, size, rng)
+    if motion not in _MOTION_RENDERERS:
+        raise ValueError(f"unknown motion {motion!r} (valid: {', '.join(m for m, _ in MOTIONS)})")
     height, width = size
-    side = min(height, width)
     tau = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]  # (T,1,1) time
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     ys, xs = ys[None], xs[None]
+    video = _noisy_background(rng, num_frames, height, width, xs, ys)
+    radius = rng.uniform(0.12, 0.2) * min(height, width)
+    scene = _Scene(rng, width, height, min(height, width), tau, np.ones_like(tau), radius)
+    for cx, cy, r, angle, alpha in _MOTION_RENDERERS[motion](motion, scene):
+        _paint_textured_object(video, rng, xs, ys, cx, cy, r, angle, alpha)
+    video += rng.uniform(0, 6) * rng.standard_normal(video.shape, dtype=np.float32)  # sensor noise
+    return np.clip(video, 0, 255).astype(np.uint8)
 
+
+def _noisy_background(rng, num_frames, height, width, xs, ys) -> np.ndarray:
+    """A random colour with fixed pixel noise and, one time in two, a smooth gradient (float32)."""
     background = rng.uniform(30, 225, size=3)
     static_noise = rng.uniform(4, 30) * rng.standard_normal((height, width, 1), dtype=np.float32)
     video = np.broadcast_to(
@@ -230,97 +335,26 @@ def render_motion_video(
             ys[0] / height - 0.5
         )
         video += gradient[None, ..., None].astype(np.float32)
+    return video
 
-    radius = rng.uniform(0.12, 0.2) * side
-    objects = []  # list of (cx(T), cy(T), radius(T), angle(T), alpha(T))
-    ones = np.ones_like(tau)
-    if motion in _DIRECTIONS:
-        dx, dy = _DIRECTIONS[motion]
-        norm = math.hypot(dx, dy)
-        dx, dy = dx / norm, dy / norm
-        length = rng.uniform(0.3, 0.55) * side
-        cx0 = _start(rng, width, radius, dx * length)
-        cy0 = _start(rng, height, radius, dy * length)
-        objects.append(
-            (
-                cx0 + dx * length * tau,
-                cy0 + dy * length * tau,
-                radius * ones,
-                rng.uniform(0, math.pi) * ones,
-                ones,
-            )
-        )
-    elif motion in ("rotate_cw", "rotate_ccw"):
-        turn = rng.uniform(0.5, 1.1) * math.pi * (1 if motion == "rotate_cw" else -1)
-        radius = rng.uniform(0.2, 0.3) * side
-        cx = rng.uniform(radius, width - radius)
-        cy = rng.uniform(radius, height - radius)
-        objects.append(
-            (cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) + turn * tau, ones)
-        )
-    elif motion in ("grow", "shrink"):
-        small = rng.uniform(0.07, 0.11) * side
-        factor = rng.uniform(2.0, 2.8)
-        progress = tau if motion == "grow" else 1 - tau
-        big = small * factor
-        cx = rng.uniform(big * 0.6, width - big * 0.6)
-        cy = rng.uniform(big * 0.6, height - big * 0.6)
-        objects.append(
-            (cx * ones, cy * ones, small * factor**progress, rng.uniform(0, math.pi) * ones, ones)
-        )
-    elif motion in ("approach", "separate"):
-        radius = rng.uniform(0.08, 0.12) * side
-        near, far = rng.uniform(0.2, 0.3) * side, rng.uniform(0.6, 0.75) * side
-        progress = tau if motion == "separate" else 1 - tau
-        distance = near + (far - near) * progress
-        axis = rng.uniform(0, math.pi)
-        ax, ay = math.cos(axis), math.sin(axis)
-        cx, cy = (
-            width / 2 + rng.uniform(-0.1, 0.1) * side,
-            height / 2 + rng.uniform(-0.1, 0.1) * side,
-        )
-        for sign in (-1, 1):
-            objects.append(
-                (
-                    cx + sign * ax * distance / 2,
-                    cy + sign * ay * distance / 2,
-                    radius * ones,
-                    rng.uniform(0, math.pi) * ones,
-                    ones,
-                )
-            )
-    elif motion in ("fade_in", "fade_out"):
-        cx = rng.uniform(radius, width - radius)
-        cy = rng.uniform(radius, height - radius)
-        alpha = (
-            np.clip(tau * 1.25 - 0.1, 0, 1)
-            if motion == "fade_in"
-            else np.clip(1.15 - tau * 1.25, 0, 1)
-        )
-        objects.append((cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) * ones, alpha))
-    else:
-        raise ValueError(f"unknown motion {motion!r} (valid: {', '.join(m for m, _ in MOTIONS)})")
 
-    for cx, cy, r, angle, alpha in objects:
-        colour_a, colour_b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
-        frequency, phase = rng.uniform(0.6, 1.6), rng.uniform(0, 2 * math.pi)
-        square = rng.random() < 0.5
-        cos, sin = np.cos(angle, dtype=np.float32), np.sin(angle, dtype=np.float32)
-        u = ((xs - cx) * cos + (ys - cy) * sin) / r
-        v = (-(xs - cx) * sin + (ys - cy) * cos) / r
-        inside = np.maximum(np.abs(u), np.abs(v)) < 0.85 if square else (u * u + v * v) < 1.0
-        # stripes plus a bright marker off-centre make the orientation visible
-        stripes = 0.5 + 0.5 * np.sin(2 * math.pi * frequency * u + phase)
-        marker = ((u - 0.45) ** 2 + (v - 0.3) ** 2) < 0.05
-        colour_a, colour_b = colour_a.astype(np.float32), colour_b.astype(np.float32)
-        texture = colour_b + stripes[..., None] * (colour_a - colour_b)
-        texture[marker] = 255 - colour_a
-        weight = (inside * alpha)[..., None].astype(np.float32)
-        video += weight * (texture - video)
-
-    # per-frame sensor noise
-    video += rng.uniform(0, 6) * rng.standard_normal(video.shape, dtype=np.float32)
-    return np.clip(video, 0, 255).astype(np.uint8)
+def _paint_textured_object(video, rng, xs, ys, cx, cy, r, angle, alpha) -> None:
+    """Blend one striped disc or square with an off-centre marker into ``video``, in place."""
+    colour_a, colour_b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    frequency, phase = rng.uniform(0.6, 1.6), rng.uniform(0, 2 * math.pi)
+    square = rng.random() < 0.5
+    cos, sin = np.cos(angle, dtype=np.float32), np.sin(angle, dtype=np.float32)
+    u = ((xs - cx) * cos + (ys - cy) * sin) / r
+    v = (-(xs - cx) * sin + (ys - cy) * cos) / r
+    inside = np.maximum(np.abs(u), np.abs(v)) < 0.85 if square else (u * u + v * v) < 1.0
+    # stripes plus a bright marker off-centre make the orientation visible
+    stripes = 0.5 + 0.5 * np.sin(2 * math.pi * frequency * u + phase)
+    marker = ((u - 0.45) ** 2 + (v - 0.3) ** 2) < 0.05
+    colour_a, colour_b = colour_a.astype(np.float32), colour_b.astype(np.float32)
+    texture = colour_b + stripes[..., None] * (colour_a - colour_b)
+    texture[marker] = 255 - colour_a
+    weight = (inside * alpha)[..., None].astype(np.float32)
+    video += weight * (texture - video)
 
 
 def render_palette_scene(
