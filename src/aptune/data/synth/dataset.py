@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -76,13 +77,7 @@ def make_synthetic_dataset(
     if format not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown format {format!r} (valid: {', '.join(FORMAT_EXTENSIONS)})")
     names = dict(MOTIONS)
-    if motions is None:
-        if not 1 <= num_classes <= len(MOTIONS):
-            raise ValueError(f"num_classes must be between 1 and {len(MOTIONS)}, got {num_classes}")
-        motions = [m for m, _ in MOTIONS[:num_classes]]
-    unknown = [m for m in motions if m not in names]
-    if unknown or not motions or len(set(motions)) != len(motions):
-        raise ValueError(f"motions must be distinct names from: {', '.join(names)} (got {list(motions)})")
+    motions = _chosen_motions(num_classes, motions)
     _check_arguments(per_class, frames, size, seed, fps, gop, workers)
     root = make_folder(Path(out))
     motions = list(motions)
@@ -111,6 +106,19 @@ def make_synthetic_dataset(
     writer(root, readable, per_class, extension, render, dataset, seed)
     _render_jobs(jobs, workers)
     return dataset
+
+
+def _chosen_motions(num_classes: int, motions: Sequence[str] | None) -> Sequence[str]:
+    """The class motions: ``motions`` checked (known, distinct), or the first ``num_classes``."""
+    names = dict(MOTIONS)
+    if motions is None:
+        if not 1 <= num_classes <= len(MOTIONS):
+            raise ValueError(f"num_classes must be between 1 and {len(MOTIONS)}, got {num_classes}")
+        motions = [m for m, _ in MOTIONS[:num_classes]]
+    unknown = [m for m in motions if m not in names]
+    if unknown or not motions or len(set(motions)) != len(motions):
+        raise ValueError(f"motions must be distinct names from: {', '.join(names)} (got {list(motions)})")
+    return motions
 
 
 def _check_arguments(per_class, frames, size, seed, fps, gop, workers) -> None:

@@ -41,22 +41,9 @@ def write_video(
     frames = np.asarray(frames, dtype=np.uint8)
     grey = frames.ndim == 3
     height, width = frames.shape[1:3]
-    suffix = path.suffix.lower()
     if codec is None:
-        codec = {".avi": "mpeg4", ".webm": "libvpx-vp9"}.get(suffix, "libx264")
-        if grey:
-            codec = "ffv1"
-        elif codec == "libx264" and (height % 2 or width % 2):
-            codec = "mpeg4"  # x264 cannot store odd sizes in 4:2:0
-    options: dict[str, str] = {}
-    if codec == "libx264":
-        options = {"preset": "veryfast", "crf": "18"}
-        if gop:
-            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
-    elif codec == "libvpx-vp9":
-        options = {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}
-    elif codec == "mpeg4":
-        options = {"sc_threshold": "1000000000"} if gop else {}
+        codec = _default_codec(path.suffix.lower(), grey, height, width)
+    options = _codec_options(codec, gop)
     rate = Fraction(fps).limit_denominator(1001)
     make_folder(path.parent)
     with _output_errors(path), av.open(str(path), "w") as container:
@@ -86,6 +73,30 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _default_codec(suffix: str, grey: bool, height: int, width: int) -> str:
+    """The codec for a file extension: .avi MPEG-4 part 2, .webm VP9, else H.264; grey FFV1."""
+    codec = {".avi": "mpeg4", ".webm": "libvpx-vp9"}.get(suffix, "libx264")
+    if grey:
+        return "ffv1"
+    if codec == "libx264" and (height % 2 or width % 2):
+        return "mpeg4"  # x264 cannot store odd sizes in 4:2:0
+    return codec
+
+
+def _codec_options(codec: str, gop: int | None) -> dict[str, str]:
+    """Encoder options: fast presets, and a fixed keyframe interval when ``gop`` is given."""
+    if codec == "libx264":
+        options = {"preset": "veryfast", "crf": "18"}
+        if gop:
+            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        return options
+    if codec == "libvpx-vp9":
+        return {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}
+    if codec == "mpeg4":
+        return {"sc_threshold": "1000000000"} if gop else {}
+    return {}
 
 
 @contextmanager
