@@ -224,7 +224,7 @@ def test_synth_into_a_file_or_below_one_is_one_line(tmp_path, capsys):
 
 
 def test_synth_full_disk_is_one_line_and_leaves_no_partial_video(tmp_path, capsys, monkeypatch):
-    import aptune.data.synth as synth
+    import aptune.data.synth.dataset as synth  # where the dataset writer looks write_video up
 
     def full_disk(path, *args, **kwargs):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
+from videos import counter_frames, make_counter_video, read_counter
 
 from aptune.data.decode import (
     DecodeError,
@@ -14,7 +15,7 @@ from aptune.data.decode import (
     probe_video,
     read_frames,
 )
-from aptune.data.synth import counter_frames, make_counter_video, read_counter, write_video
+from aptune.data.synth import write_video
 
 
 def _indices(frames) -> list[int]:

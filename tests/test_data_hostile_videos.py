@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from videos import counter_frames, make_counter_video, read_counter
 
 from aptune.cli import main
 from aptune.config import DataConfig
 from aptune.data import decode as decode_module
 from aptune.data.datasets import BadVideoLog, build_dataset, build_loader
 from aptune.data.decode import MAX_ASPECT_RATIO, DecodeError, open_video, probe_video, read_frames
-from aptune.data.synth import counter_frames, make_counter_video, read_counter, write_video
+from aptune.data.synth import write_video
 
 
 def _indices(frames) -> list[int]:

@@ -32,7 +32,7 @@ def _write(path, data):
 
 
 def test_written_files_get_the_umask_mode_not_the_temporary_files_0600(tmp_path, monkeypatch):
-    monkeypatch.setattr(fileio, "_UMASK", 0o022)
+    monkeypatch.setattr(fileio, "_umask_cache", [0o022])  # the umask, as if read on first use
     path = _write(tmp_path / "sub" / "a.bin", b"new")
     assert path.read_bytes() == b"new"
     assert path.stat().st_mode & 0o777 == 0o644
@@ -43,3 +43,15 @@ def test_a_replaced_file_keeps_the_mode_its_owner_gave_it(tmp_path):
     os.chmod(path, 0o600)
     _write(path, b"new")
     assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_umask_is_read_on_first_use_and_put_back(monkeypatch):
+    monkeypatch.setattr(fileio, "_umask_cache", [])
+    previous = os.umask(0o027)
+    try:
+        assert fileio._process_umask() == 0o027
+        os.umask(0o077)  # read once: a later change is not seen, as before
+        assert fileio._process_umask() == 0o027
+        assert os.umask(0o027) == 0o077  # reading it left the process umask as it was
+    finally:
+        os.umask(previous)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,19 +138,25 @@ def _disk_is_full(folder: Path) -> bool:
 def _give_ordinary_mode(tmp: str, path: Path) -> None:
     """mkstemp makes a private (0600) file: give it the target's mode, or what open() would."""
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_process_umask()
         os.chmod(tmp, mode)
     except OSError:
         pass  # file systems without POSIX modes: the file is still written
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back (once, at import)
-    os.umask(mask)
-    return mask
+_umask_cache: list[int] = []  # filled on the first write that needs it, then read from here
+_umask_lock = threading.Lock()
 
 
-_UMASK = _read_umask()
+def _process_umask() -> int:
+    """The process umask, read once, on first use (not at import: reading it means setting it)."""
+    if not _umask_cache:
+        with _umask_lock:  # two threads must not both set it to 0 and race to put it back
+            if not _umask_cache:
+                mask = os.umask(0)
+                os.umask(mask)
+                _umask_cache.append(mask)
+    return _umask_cache[0]
 
 
 def save_safetensors_atomically(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
