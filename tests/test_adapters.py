@@ -223,7 +223,8 @@ def test_fingerprint_is_computed_once_per_load_and_ignores_lossless_dtype_change
 
 
 def test_adapters_of_a_random_backbone_match_the_runs_backbone_file(tmp_path):
-    from aptune.engine.trainer import RANDOM_BACKBONE_NAME, save_random_backbone
+    from aptune.engine.runfolder import RANDOM_BACKBONE_NAME
+    from aptune.engine.trainer import save_random_backbone
 
     source = tiny_model("apt", num_prompts=2).eval()  # as the trainer builds it without model.pretrained
     save_random_backbone(source, tmp_path)

@@ -11,8 +11,14 @@ import pytest
 import torch
 from helpers import randomize_, tiny_clip, tiny_model
 
-from aptune.engine.optim import CosineSchedule, build_optimizer, lr_at, weight_decay_at
-from aptune.engine.trainer import classifier_lr, standardize_head_inputs
+from aptune.engine.optim import (
+    CosineSchedule,
+    build_optimizer,
+    classifier_lr,
+    lr_at,
+    weight_decay_at,
+)
+from aptune.engine.trainer import standardize_head_inputs
 
 
 def _groups_by_name(model, optimizer):

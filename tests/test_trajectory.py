@@ -33,10 +33,12 @@ from torch.utils.data import Dataset
 
 from aptune.config import config_from_dict
 from aptune.data import TrainItem
+from aptune.engine.checkpoint import TrainState
 from aptune.engine.distributed import DistInfo
 from aptune.engine.loaders import DataBundle
+from aptune.engine.loop import TrainLoop, build_optimisation
 from aptune.engine.metrics import MetricsLog
-from aptune.engine.trainer import ClassificationLoss, TrainLoop, TrainState, build_optimisation
+from aptune.engine.trainer import ClassificationLoss
 
 NUM_VIDEOS, NUM_CLASSES = 24, 5
 

@@ -25,6 +25,13 @@ from typing import Any
 import torch
 import yaml
 
+from aptune.adapters import model_from_adapter
+from aptune.bench import inference_step, machine_description, spread, time_interleaved
+from aptune.config import config_from_dict
+from aptune.data.synth import make_synthetic_dataset
+from aptune.engine.plots import pyplot, save_figure
+from aptune.engine.runfolder import ADAPTER_NAME, METRICS_NAME, RunFolder
+from aptune.engine.trainer import train
 from aptune.errors import AptuneError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,6 @@ def shipped_backbone() -> Path:
 
 def target_dataset(cache_dir: Path, spec: dict[str, Any]) -> Path:
     """The synthetic target set, generated once per spec and reused."""
-    from aptune.data.synth import make_synthetic_dataset
-
     root = target_dataset_path(cache_dir, spec)
     done = root / ".complete"
     if not done.exists():
@@ -77,8 +82,6 @@ def _synth_arguments(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def method_config(recipe: dict[str, Any], method: str, dataset: Path, backbone: Path, quick: bool):
-    from aptune.config import config_from_dict
-
     raw = copy.deepcopy(recipe["base"])
     _merge(raw, recipe["methods"].get(method, {}))
     if quick:
@@ -100,8 +103,6 @@ def _merge(into: dict, update: dict) -> None:
 def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
              methods: tuple[str, ...] = DEMO_METHODS, cache_dir: str | Path | None = None,
              backbone: str | Path | None = None) -> list[dict]:
-    from aptune.engine.trainer import train
-
     if not str(output_dir).strip():
         raise ConfigError("the demo's output folder is empty: give the folder to write to")
     output_dir = Path(output_dir)
@@ -120,7 +121,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
         log.info("== %s", method)
         started = time.time()
         metrics = train(config, output_dir / method, resume=None)
-        run_metrics = json.loads((output_dir / method / "metrics.json").read_text())
+        run_metrics = json.loads((output_dir / method / METRICS_NAME).read_text())
         rows.append({
             "method": method,
             "prompts": config.method.num_prompts if method in ("apt", "vpt-deep", "vpt-shallow") else None,
@@ -143,8 +144,6 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
 def refuse_runs_of_another_recipe(output_dir: Path, configs: dict) -> None:
     """Before any work: a method folder holding a run of another recipe (an older aptune, another
     backbone, a user's own run) is refused, never deleted or resumed with the wrong recipe."""
-    from aptune.engine.runfolder import RunFolder
-
     for method, config in configs.items():
         try:
             RunFolder(output_dir / method).check(config, resume=None)
@@ -155,10 +154,7 @@ def refuse_runs_of_another_recipe(output_dir: Path, configs: dict) -> None:
 
 def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> dict[str, dict]:
     """Inference latency per clip of every tuned model, timed interleaved in this process."""
-    from aptune.adapters import model_from_adapter
-    from aptune.bench import inference_step, spread, time_interleaved
-
-    models = {m: model_from_adapter(output_dir / m / "adapter.safetensors", pretrained=backbone).eval()
+    models = {m: model_from_adapter(output_dir / m / ADAPTER_NAME, pretrained=backbone).eval()
               for m in methods}
     config = next(iter(models.values())).config
     clip = torch.randn(1, config.in_chans, config.num_frames, config.img_size, config.img_size)
@@ -187,8 +183,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_outputs(rows: list[dict], output_dir: Path, quick: bool, chance: float | None = None) -> None:
-    from aptune.bench import machine_description
-
     table = format_table(rows)
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     machine = machine_description()
@@ -203,8 +197,7 @@ def write_outputs(rows: list[dict], output_dir: Path, quick: bool, chance: float
 
 
 def plot_demo(rows: list[dict], path: Path, chance: float | None = None) -> Path:
-    from aptune.engine.plots import plt, save_figure
-
+    plt = pyplot()
     colours = {"linear": "tab:gray", "vpt-deep": "tab:orange", "apt": "tab:blue", "full": "tab:green"}
     fig, (ax_params, ax_flops) = plt.subplots(1, 2, figsize=(10, 3.8))
     for row in rows:

@@ -13,6 +13,9 @@ import logging
 import os
 import sys
 
+import torch.distributed as dist
+
+from aptune import __version__
 from aptune.errors import AptuneError
 
 # Module names under aptune.cli; a missing module is skipped so partial installs still work.
@@ -28,8 +31,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from aptune import __version__
-
     parser = OneLineParser(
         prog="aptune",
         description="Attention Prompt Tuning for frozen pretrained video transformers.",
@@ -87,8 +88,6 @@ def refuse_empty_paths(args: argparse.Namespace) -> None:
 def _leave(status: int) -> int:
     """A failed rank of a distributed run exits at once: tearing down a process group whose
     peers may still wait in a collective can block, and the launcher stops the rest."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         sys.stdout.flush()
         sys.stderr.flush()

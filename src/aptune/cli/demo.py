@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from aptune.demo import DEMO_METHODS, run_demo
+from aptune.errors import ConfigError
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,9 +26,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.demo import DEMO_METHODS, run_demo
-    from aptune.errors import ConfigError
-
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:

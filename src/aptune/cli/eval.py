@@ -9,6 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aptune.config import load_config
+from aptune.engine.inference import evaluate_adapter
+from aptune.engine.runfolder import ADAPTER_NAME, CONFIG_NAME, EVAL_DIR, RANDOM_BACKBONE_NAME
+from aptune.errors import ConfigError
+from aptune.fileio import write_json_atomically
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -34,19 +40,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.config import load_config
-    from aptune.engine.inference import evaluate_adapter
-    from aptune.engine.trainer import RANDOM_BACKBONE_NAME
-    from aptune.errors import ConfigError
-    from aptune.fileio import write_json_atomically
-
     if not args.run and not (args.config and args.adapter):
         raise ConfigError("give --run RUN, or --config CONFIG with --adapter FILE")
     run_dir = Path(args.run) if args.run else None
-    config_path = args.config or (run_dir / "config.yaml")
-    adapter = args.adapter or (run_dir / "adapter.safetensors")
+    config_path = args.config or (run_dir / CONFIG_NAME)
+    adapter = args.adapter or (run_dir / ADAPTER_NAME)
     config = load_config(config_path, args.overrides)
-    output_dir = Path(args.output_dir) if args.output_dir else (run_dir / "eval" if run_dir else None)
+    output_dir = Path(args.output_dir) if args.output_dir else (run_dir / EVAL_DIR if run_dir else None)
     pretrained = args.pretrained
     if pretrained is None and config.model.pretrained is None and run_dir is not None:
         random_backbone = run_dir / RANDOM_BACKBONE_NAME

@@ -31,8 +31,11 @@ import argparse
 import json
 from pathlib import Path
 
+from aptune.adapters import adapter_metadata, model_from_adapter, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.fileio import save_safetensors_atomically
+from aptune.methods import method_to_dict
+from aptune.methods.lora import merge_lora
 
 MERGED_FORMAT = "aptune-merged"
 MERGED_FORMAT_VERSION = 1
@@ -49,10 +52,6 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
     ``pretrained`` may be None only for a ``full`` adapter (which holds every
     tensor); other adapters hold only what they trained.
     """
-    from aptune.adapters import adapter_metadata, model_from_adapter, read_adapter
-    from aptune.methods import method_to_dict
-    from aptune.methods.lora import merge_lora
-
     adapter, output = Path(adapter), Path(output)
     if output.suffix != ".safetensors":
         raise ConfigError(f"{output}: the merged checkpoint is written as safetensors; "

@@ -13,6 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from aptune.adapters import printable, read_adapter
+from aptune.config import load_config
+from aptune.engine.distributed import DistInfo
+from aptune.engine.inference import clip_reading, load_tuned_model, predict_videos_for
+from aptune.engine.runfolder import ADAPTER_NAME, CONFIG_NAME, RANDOM_BACKBONE_NAME
+from aptune.engine.runtime import pick_device
+from aptune.errors import ConfigError
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -38,23 +46,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.adapters import printable, read_adapter
-    from aptune.config import load_config
-    from aptune.engine.distributed import DistInfo
-    from aptune.engine.inference import clip_reading, load_tuned_model, predict_videos_for
-    from aptune.engine.runtime import pick_device
-    from aptune.engine.trainer import RANDOM_BACKBONE_NAME
-    from aptune.errors import ConfigError
-
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be a positive integer, got {args.top_k}")
     adapters = [Path(a) for a in args.adapter]
     pretrained = args.pretrained
     if args.run:
         run_dir = Path(args.run)
-        adapters = adapters or [run_dir / "adapter.safetensors"]
-        if pretrained is None and (run_dir / "config.yaml").is_file():
-            pretrained = load_config(run_dir / "config.yaml").model.pretrained
+        adapters = adapters or [run_dir / ADAPTER_NAME]
+        if pretrained is None and (run_dir / CONFIG_NAME).is_file():
+            pretrained = load_config(run_dir / CONFIG_NAME).model.pretrained
         if pretrained is None and (run_dir / RANDOM_BACKBONE_NAME).is_file():
             pretrained = run_dir / RANDOM_BACKBONE_NAME
     if not adapters:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from aptune.config import load_config
+from aptune.engine.pretrainer import pretrain, refuse_classifier_options
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,9 +25,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.config import load_config
-    from aptune.engine.pretrainer import pretrain, refuse_classifier_options
-
     config = load_config(args.config, args.overrides)
     refuse_classifier_options(config, source=args.config)  # the error names the file
     pretrain(config, args.output_dir, resume=args.resume)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from aptune.config import load_config
+from aptune.engine.trainer import train
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -26,9 +29,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.config import load_config
-    from aptune.engine.trainer import train
-
     config = load_config(args.config, args.overrides)
     train(config, args.output_dir, resume=args.resume)
     return 0

@@ -22,9 +22,24 @@ import torch
 from aptune.adapters import printable
 from aptune.data import BadVideoLog
 from aptune.engine import distributed as dist_utils
+from aptune.engine import plots
 from aptune.engine.metrics import classification_metrics, video_scores
+from aptune.engine.runfolder import (
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    METRICS_NAME,
+    PER_CLASS_PLOT,
+    PLOTS_DIR,
+    REPORT_NAME,
+)
 from aptune.engine.runtime import autocast, progress_bar
 from aptune.fileio import make_folder, output_error, write_json_atomically, write_text_atomically
+from aptune.models.vit import count_parameters
+
+try:
+    from aptune.flops import count_macs
+except ImportError:  # a PyTorch without torch.utils.flop_counter: the report says None
+    count_macs = None
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +95,6 @@ def _stack(video_ids, view_ids, labels, probs, num_classes: int) -> torch.Tensor
 def write_final_outputs(model, result: dict[str, Any], summary: dict[str, Any], class_names: list[str],
                         output_dir: Path, records: list[dict], config) -> dict[str, Any]:
     """metrics.json, PNG plots and report.md for a finished run."""
-    from aptune.engine import plots
-    from aptune.models.vit import count_parameters
 
     trainable, total = count_parameters(model)
     metrics = {
@@ -93,15 +106,15 @@ def write_final_outputs(model, result: dict[str, Any], summary: dict[str, Any], 
         "confusion": result["confusion"],
         "class_names": list(class_names),
     }
-    write_json_atomically(output_dir / "metrics.json", metrics)
-    plot_dir = make_folder(output_dir / "plots")
+    write_json_atomically(output_dir / METRICS_NAME, metrics)
+    plot_dir = make_folder(output_dir / PLOTS_DIR)
     shown = [printable(name) for name in class_names]
     figures = {
-        "curves": _plot(plots.plot_curves, records, plot_dir / "curves.png"),
-        "confusion": _plot(plots.plot_confusion, result["confusion"], shown, plot_dir / "confusion.png"),
-        "per_class": _plot(plots.plot_per_class, result["per_class_accuracy"], shown, plot_dir / "per_class.png"),
+        "curves": _plot(plots.plot_curves, records, plot_dir / CURVES_PLOT),
+        "confusion": _plot(plots.plot_confusion, result["confusion"], shown, plot_dir / CONFUSION_PLOT),
+        "per_class": _plot(plots.plot_per_class, result["per_class_accuracy"], shown, plot_dir / PER_CLASS_PLOT),
     }
-    write_text_atomically(output_dir / "report.md", render_report(metrics, figures, output_dir, config))
+    write_text_atomically(output_dir / REPORT_NAME, render_report(metrics, figures, output_dir, config))
     return metrics
 
 
@@ -116,9 +129,7 @@ def _plot(draw, *args) -> Path:
 
 def gflops_per_view(model) -> float | None:
     """Multiply-add count of one view, in G (the VideoMAE/APT papers' 'FLOPs')."""
-    try:
-        from aptune.flops import count_macs
-    except ImportError:
+    if count_macs is None:
         return None
     config = model.config
     shape = (1, config.in_chans, config.num_frames, config.img_size, config.img_size)

@@ -11,7 +11,14 @@ import torch
 
 from aptune.adapters import model_from_adapter, printable, read_adapter
 from aptune.config import Config
+from aptune.data import Sample, VideoEvalDataset, build_loader
+from aptune.data.transforms import TestTransform
 from aptune.engine import distributed as dist_utils
+from aptune.engine.evaluate import evaluate, write_final_outputs
+from aptune.engine.loaders import VideoShardSampler, build_eval_data
+from aptune.engine.metrics import MetricsLog
+from aptune.engine.runfolder import METRICS_LOG_NAME
+from aptune.engine.runtime import pick_device
 from aptune.errors import CheckpointError, ConfigError
 from aptune.fileio import make_folder
 
@@ -43,16 +50,12 @@ def evaluate_adapter(config: Config, adapter: str | Path, pretrained: str | Path
 
     With no video decoded, top1/top5 are NaN here and null in ``metrics.json``.
     """
-    from aptune.engine.evaluate import evaluate, write_final_outputs
-    from aptune.engine.loaders import _eval_data
-    from aptune.engine.runtime import pick_device
-
     info = dist_utils.init_distributed(config.train.device)
     try:
         device = pick_device(config.train.device, info)
         model = load_tuned_model(adapter, pretrained or config.model.pretrained, device,
                                  allow_backbone_mismatch=allow_backbone_mismatch)
-        eval_data = _eval_data(config, split, info, multi_view=True)
+        eval_data = build_eval_data(config, split, info, multi_view=True)
         class_names = list(eval_data.dataset.class_names)
         if model.class_names and list(model.class_names) != class_names:
             raise ConfigError(f"{adapter}: adapter classes {_class_sample(model.class_names, class_names)}")
@@ -81,9 +84,7 @@ def _class_sample(adapter_names: list[str], data_names: list[str]) -> str:
 
 
 def _records_of(run_dir: Path) -> list[dict]:
-    from aptune.engine.metrics import MetricsLog
-
-    return MetricsLog(run_dir / "metrics.jsonl").read()
+    return MetricsLog(run_dir / METRICS_LOG_NAME).read()
 
 
 @torch.no_grad()
@@ -122,9 +123,6 @@ def predict_videos_for(models: Mapping[str, torch.nn.Module], paths: list[str],
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
-    from aptune.data import Sample, VideoEvalDataset, build_loader
-    from aptune.data.transforms import TestTransform
-    from aptune.engine.loaders import VideoShardSampler
 
     transform = TestTransform(preprocess["input_size"], preprocess["short_side_size"],
                               preprocess.get("test_num_crop", 1))

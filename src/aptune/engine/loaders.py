@@ -51,8 +51,8 @@ def build_data(config: Config, info, splits: tuple[str, ...] = ("train", "val", 
     data = config.data
     train = build_dataset(data, "train")
     class_names = list(train.class_names) or [str(i) for i in range(1 + max(s.label for s in train.samples))]
-    val = _eval_data(config, "val", info, multi_view=False) if "val" in splits else None
-    test = _eval_data(config, "test", info, multi_view=True)
+    val = build_eval_data(config, "val", info, multi_view=False) if "val" in splits else None
+    test = build_eval_data(config, "test", info, multi_view=True)
     return DataBundle(train, val, test, class_names, preprocess_metadata(config))
 
 
@@ -112,7 +112,7 @@ def new_bad_video_log(data: DataBundle, config: Config) -> BadVideoLog:
     return BadVideoLog(len(data.train), config.data.max_bad_fraction, "train")
 
 
-def _eval_data(config: Config, split: str, info, multi_view: bool) -> EvalData:
+def build_eval_data(config: Config, split: str, info, multi_view: bool) -> EvalData:
     dataset = build_dataset(config.data, split, multi_view=multi_view)
     return EvalData(eval_loader(dataset, config.train.batch_size, config.data.num_workers, info), dataset,
                     len(dataset.samples), config.data.max_bad_fraction)

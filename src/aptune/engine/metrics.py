@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from aptune.engine.runfolder import TENSORBOARD_DIR
 from aptune.fileio import output_error, write_text_atomically
 
 
@@ -98,11 +99,11 @@ class MetricsLog:
     def _writer(self):
         if not self._tensorboard_tried:
             self._tensorboard_tried = True
-            try:
+            try:  # imported here: tensorboard is optional, and slow to import
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
+            except ImportError:
                 return None
-            self._tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR))
         return self._tensorboard
 
     def read(self) -> list[dict[str, Any]]:

@@ -157,3 +157,30 @@ class CosineSchedule:
 def _depth(model: nn.Module) -> int:
     blocks = getattr(model, "blocks", None)
     return len(blocks) if blocks is not None else 0
+
+
+# ------------------------------------------------------------------ the recipe's rules
+def peak_lr(optim, total_batch: int) -> tuple[float, float]:
+    """(peak lr, min lr) of a run whose lr-scaling batch is ``total_batch`` videos (``optim``:
+    the config's optim section)."""
+    if optim.lr is not None:
+        return optim.lr, optim.min_lr
+    scale = total_batch / 256
+    return optim.base_lr * scale, optim.min_lr * scale
+
+
+def head_lr_scale(optim) -> float:
+    """The classifier's peak lr over the body's; fixed by the recipe, whatever the number of GPUs."""
+    if optim.head_lr is not None:
+        return optim.head_lr / optim.lr
+    if optim.head_base_lr is not None:
+        return optim.head_base_lr / optim.base_lr
+    return 1.0
+
+
+def classifier_lr(optimizer: torch.optim.Optimizer) -> float | None:
+    """The current lr of the classifier groups when ``optim.head_lr`` gave them their own, else None."""
+    for group in optimizer.param_groups:
+        if group.get("lr_scale", 1.0) != 1.0:
+            return group["lr"]
+    return None

@@ -1,7 +1,8 @@
 """``aptune pretrain``: VideoMAE masked auto-encoding with the same engine as ``train``.
 
-Progress, seeded epochs, atomic resumable checkpoints and DDP are shared with
-fine-tuning (:class:`aptune.engine.trainer.TrainLoop`); only the loss differs.
+Progress, seeded epochs, atomic resumable checkpoints and DDP are the same components
+as fine-tuning's (:class:`aptune.engine.loop.TrainLoop`, :mod:`aptune.engine.checkpoint`,
+:mod:`aptune.engine.runtime`); only the model and its loss differ.
 The encoder is saved as ``pretrained.safetensors`` in the original VideoMAE
 pre-training layout, which ``create_model(pretrained=...)`` reads directly.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +19,31 @@ import torch
 from aptune.config import Config
 from aptune.data import build_dataset
 from aptune.engine import distributed as dist_utils
+from aptune.engine.checkpoint import (
+    TrainState,
+    restore,
+    rewrite_artifacts_if_finished,
+    save_training_checkpoint,
+)
 from aptune.engine.loaders import DataBundle
+from aptune.engine.loop import TrainLoop, build_optimisation, open_metrics_log
 from aptune.engine.metrics import MetricsLog
 from aptune.engine.plots import plot_curves
-from aptune.engine.runfolder import RunFolder, run_in_folder
-from aptune.engine.runtime import autocast, pick_device, seed_everything
-from aptune.engine.trainer import (
-    TrainLoop,
-    TrainState,
-    build_optimisation,
-    restore,
-    save_training_checkpoint,
-    wrap_for_training,
+from aptune.engine.runfolder import (
+    CURVES_PLOT,
+    METRICS_NAME,
+    PLOTS_DIR,
+    PRETRAINED_NAME,
+    RunFolder,
+    run_in_folder,
 )
+from aptune.engine.runtime import autocast, pick_device, seed_everything, wrap_for_training
 from aptune.errors import ConfigError
 from aptune.fileio import make_folder, save_safetensors_atomically, write_json_atomically
 from aptune.models.pretrain import VideoMAEPretrainer
 from aptune.models.vit import arch_config
 
 log = logging.getLogger(__name__)
-
-PRETRAINED_NAME = "pretrained.safetensors"
 
 
 def reconstruction_loss(runner, clips: torch.Tensor, labels: torch.Tensor, precision: str,
@@ -94,10 +98,7 @@ def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device
             state = restore(folder.checkpoint_path, folder.payload, model, optimizer, schedule, scaler)
     with dist_utils.together("while writing the run folder"):
         folder.write_config(config)
-    metrics = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main)
-    with dist_utils.together("while reading metrics.jsonl"):
-        # a resumed run drops what was logged after its checkpoint; a new one, a killed start's lines
-        metrics.truncate_after(state.step if resuming else -1)
+    metrics = open_metrics_log(folder, resuming, state, info)
     if resuming:
         log.info("resumed from %s at epoch %d", folder.checkpoint_path, state.epoch)
     runner = wrap_for_training(model, device, info, config.train.compile)
@@ -107,23 +108,23 @@ def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device
     def write_encoder() -> None:
         save_pretrained(model, output_dir / PRETRAINED_NAME, config)
 
-    if state.epoch >= config.train.epochs:
-        with dist_utils.together("while writing the encoder"):
-            if info.is_main:
-                write_encoder()  # resumed after the last save: the encoder is rewritten from the checkpoint
-    for epoch in range(state.epoch, config.train.epochs):
-        started = time.time()
-        loop.run_epoch(epoch, state, steps_per_epoch)
-        state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.time() - started
-        if state.epoch == config.train.epochs or state.epoch % config.train.save_every == 0:
-            save_training_checkpoint(output_dir, model, optimizer, schedule, scaler, state, config, info,
-                                     artifacts=write_encoder)
+    def save_checkpoint() -> None:
+        save_training_checkpoint(folder.checkpoint_path, model, optimizer, schedule, scaler, state, config, info,
+                                 artifacts=write_encoder)
+
+    rewrite_artifacts_if_finished(state, config.train.epochs, info, write_encoder, "the encoder")
+    loop.run_epochs(state, steps_per_epoch, save_checkpoint)
+    return finish(output_dir, state, metrics, info)
+
+
+def finish(output_dir: Path, state: TrainState, metrics: MetricsLog, info) -> dict[str, Any]:
+    """The summary (``metrics.json``) and the loss curve of a finished pre-training."""
     summary = {"epochs": state.epoch, "train_seconds": round(state.train_seconds, 2),
                "final_loss": _last_loss(metrics), "pretrained": str(output_dir / PRETRAINED_NAME)}
     with dist_utils.together("while writing the final metrics"):
         if info.is_main:
-            write_json_atomically(output_dir / "metrics.json", summary)
-            plot_curves(metrics.read(), make_folder(output_dir / "plots") / "curves.png")
+            write_json_atomically(output_dir / METRICS_NAME, summary)
+            plot_curves(metrics.read(), make_folder(output_dir / PLOTS_DIR) / CURVES_PLOT)
     if info.is_main:
         log.info("pre-training done: loss %.4f after %d epochs; encoder at %s", summary["final_loss"] or
                  float("nan"), state.epoch, summary["pretrained"])

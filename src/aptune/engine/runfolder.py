@@ -27,19 +27,31 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from aptune.config import Config, save_config
-from aptune.engine.checkpoint import CHECKPOINT_NAME, load_training_state
+from aptune.config import Config, read_yaml_mapping, save_config
+from aptune.engine import distributed as dist_utils
+from aptune.engine.checkpoint import load_training_state
 from aptune.errors import ConfigError, OutputError
 from aptune.fileio import make_folder, output_error, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
+# The run folder's layout: every name a command writes into it (or reads back) is spelled here once.
+CONFIG_NAME = "config.yaml"  # the resolved recipe
+CHECKPOINT_NAME = "checkpoint.pt"  # what a resume continues from (aptune.engine.checkpoint)
+ADAPTER_NAME = "adapter.safetensors"  # aptune train's result
+RANDOM_BACKBONE_NAME = "backbone.safetensors"  # the frozen weights when model.pretrained is not set
+PRETRAINED_NAME = "pretrained.safetensors"  # aptune pretrain's encoder
+METRICS_LOG_NAME = "metrics.jsonl"  # one JSON line per logged step and evaluation
+METRICS_NAME = "metrics.json"  # the final summary
+REPORT_NAME = "report.md"
+PLOTS_DIR = "plots"
+CURVES_PLOT, CONFUSION_PLOT, PER_CLASS_PLOT = "curves.png", "confusion.png", "per_class.png"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval"  # aptune eval --run RUN writes its outputs here
 LOCK_NAME = ".aptune.lock"
 # what train / pretrain / eval write into a run folder: a new run must not find another's
-RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, "adapter.safetensors", "backbone.safetensors",
-             "pretrained.safetensors", "metrics.jsonl", "metrics.json", "report.md", "plots", "tensorboard",
-             "eval")
+RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, ADAPTER_NAME, RANDOM_BACKBONE_NAME, PRETRAINED_NAME,
+             METRICS_LOG_NAME, METRICS_NAME, REPORT_NAME, PLOTS_DIR, TENSORBOARD_DIR, EVAL_DIR)
 
 # Keys a resumed run may change: they decide how long it runs, how often it reports, and
 # where it computes, never which numbers it produces (data order and augmentation are
@@ -140,8 +152,6 @@ class RunFolder:
                           "nothing there is overwritten: use another --output-dir or remove those files")
 
     def _stored_config(self) -> dict[str, Any] | None:
-        from aptune.config import read_yaml_mapping
-
         path = self.path / CONFIG_NAME
         if not path.is_file():
             return None
@@ -185,8 +195,6 @@ class RunFolder:
 
 def run_in_folder(config: Config, output_dir: str | Path, resume: bool | None, info, device, body):
     """Open the run folder on every rank, run ``body(folder, resuming)``, always close it."""
-    from aptune.engine import distributed as dist_utils
-
     folder = RunFolder(output_dir, is_main=info.is_main)
     succeeded = False
     try:
