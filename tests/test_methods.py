@@ -5,6 +5,7 @@ import torch
 from helpers import randomize_, tiny_clip, tiny_model
 
 import aptune
+from aptune.errors import ConfigError
 from aptune.methods import METHODS, build_method
 
 PROMPT_METHODS = {"apt", "vpt-shallow", "vpt-deep"}
@@ -266,3 +267,49 @@ def test_an_adapter_with_an_unknown_prompt_init_still_loads():
 
     method = method_from_dict({"name": "apt", "num_prompts": 2, "prompt_init": "from-a-newer-version"})
     assert method.prompt_init == "uniform" and method.num_prompts == 2
+
+
+def test_lists_of_methods_elsewhere_are_derived_from_the_registry():
+    """A method registered later (as a plugin or a new file would) is known to the recipe
+    checks and to every capability list without an edit anywhere else."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from aptune.config import config_from_dict
+    from aptune.methods import methods_that, register
+
+    @register("probe-test-only")
+    @dataclass
+    class ProbeOnly:
+        shareable: ClassVar[bool] = True
+
+        def attach(self, model) -> None:
+            pass
+
+        def trainable_prefixes(self) -> tuple[str, ...]:
+            return ("head.",)
+
+    try:
+        assert config_from_dict({"method": {"name": "probe-test-only"}}).method.name == "probe-test-only"
+        assert "probe-test-only" in methods_that("shareable")
+        assert "probe-test-only" not in methods_that("mergeable")
+        with pytest.raises(ValueError, match="already registered"):
+            register("probe-test-only")(ProbeOnly)
+    finally:
+        METHODS.pop("probe-test-only")
+    with pytest.raises(ConfigError, match="probe-test-only"):
+        config_from_dict({"method": {"name": "probe-test-only"}})
+    with pytest.raises(ValueError, match="unknown method capability"):
+        methods_that("fast")
+
+
+def test_capabilities_of_the_built_in_methods():
+    from aptune.methods import method_names, methods_that
+
+    assert method_names() == ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer")
+    assert methods_that("prompted") == ("apt", "vpt-shallow", "vpt-deep")
+    assert methods_that("injectable") == ("apt", "vpt-shallow", "vpt-deep", "linear")
+    assert methods_that("mergeable") == ("linear", "full", "lora")
+    assert methods_that("shareable") == ("apt", "linear")
+    assert methods_that("adapter") == ("lora", "adaptformer")
+    assert methods_that("trains_backbone") == ("full",)

@@ -21,9 +21,9 @@ import yaml
 
 from aptune.errors import ConfigError
 from aptune.fileio import write_text_atomically
+from aptune.methods import method_names, methods_that
+from aptune.methods.prompt_init import PROMPT_INITS
 
-METHOD_NAMES = ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer")
-PROMPT_INITS = ("uniform", "tokens")  # how prompt methods start their prompts (methods/prompt_init.py)
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -167,7 +167,7 @@ class Config:
 
 
 _CHOICES = {
-    ("method", "name"): METHOD_NAMES,
+    ("method", "name"): method_names,  # called: methods registered after import count too
     ("data", "format"): DATA_FORMATS,
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
@@ -318,6 +318,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 def validate(config: Config, source: str = "config") -> None:
     """Every choice, range and combination of the recipe; the first problem is a ConfigError."""
     for (section, key), choices in _CHOICES.items():
+        choices = choices() if callable(choices) else choices
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(
@@ -378,9 +379,10 @@ def _check_combinations(config: Config, source: str) -> None:
     if method.prompt_end is not None and method.prompt_end < method.prompt_start:
         raise ConfigError(f"{source}: method.prompt_end={method.prompt_end} is before "
                           f"method.prompt_start={method.prompt_start}")
-    if method.prompt_init != "uniform" and method.name not in ("apt", "vpt-shallow", "vpt-deep"):
+    prompted = methods_that("prompted")
+    if method.prompt_init != "uniform" and method.name not in prompted:
         raise ConfigError(f"{source}: method.prompt_init={method.prompt_init!r} needs a prompt method "
-                          f"(apt, vpt-shallow, vpt-deep), not {method.name}")
+                          f"({', '.join(prompted)}), not {method.name}")
     if optim.head_lr is not None and optim.lr is None:
         raise ConfigError(f"{source}: optim.head_lr is an absolute lr and needs an absolute optim.lr; with "
                           "the scaled optim.base_lr give optim.head_base_lr (scaled the same way)")

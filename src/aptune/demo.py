@@ -33,6 +33,7 @@ from aptune.engine.plots import pyplot, save_figure
 from aptune.engine.runfolder import ADAPTER_NAME, METRICS_NAME, RunFolder
 from aptune.engine.trainer import train
 from aptune.errors import AptuneError, ConfigError
+from aptune.methods import methods_that
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
         run_metrics = json.loads((output_dir / method / METRICS_NAME).read_text())
         rows.append({
             "method": method,
-            "prompts": config.method.num_prompts if method in ("apt", "vpt-deep", "vpt-shallow") else None,
+            "prompts": config.method.num_prompts if method in methods_that("prompted") else None,
             "top1": round(metrics["top1"], 2),
             "top5": round(metrics["top5"], 2),
             "trainable_params": run_metrics["trainable_params"],

@@ -45,15 +45,16 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from aptune.errors import ConfigError
+from aptune.methods import method_names, methods_that
 from aptune.methods.apt import resolve_layer_range
 from aptune.models.vit import ViTConfig
 
 aten = torch.ops.aten
 
-PROMPTED_METHODS = ("apt", "vpt-shallow", "vpt-deep")
-UNPROMPTED_METHODS = ("linear", "full")
+PROMPTED_METHODS = methods_that("prompted")
 #: methods whose size is a rank / bottleneck width instead of a prompt count
-ADAPTER_METHODS = ("lora", "adaptformer")
+ADAPTER_METHODS = methods_that("adapter")
+UNPROMPTED_METHODS = tuple(name for name in method_names() if name not in PROMPTED_METHODS + ADAPTER_METHODS)
 
 
 # ------------------------------------------------------------------ counter

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from aptune.adapters import backbone_fingerprint, check_backbone_fingerprint, read_adapter
 from aptune.errors import CheckpointError, ConfigError
-from aptune.methods import method_from_dict
+from aptune.methods import method_from_dict, methods_that
 from aptune.methods.apt import resolve_layer_range
 from aptune.models.attention import append_kv
 from aptune.models.vit import Block, VisionTransformer
@@ -46,7 +46,7 @@ from aptune.models.vit import Block, VisionTransformer
 log = logging.getLogger(__name__)
 
 AdapterSource = str | Path | tuple[dict, dict]
-SUPPORTED_METHODS = ("apt", "linear")
+SUPPORTED_METHODS = methods_that("shareable")
 # architecture fields that must agree between the backbone and every adapter
 SHARED_ARCH = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size",
                "in_chans", "qkv_bias", "layer_scale_init", "layer_norm_eps")

@@ -34,12 +34,12 @@ from pathlib import Path
 from aptune.adapters import adapter_metadata, model_from_adapter, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.fileio import save_safetensors_atomically
-from aptune.methods import method_to_dict
+from aptune.methods import method_to_dict, methods_that
 from aptune.methods.lora import merge_lora
 
 MERGED_FORMAT = "aptune-merged"
 MERGED_FORMAT_VERSION = 1
-MERGEABLE_METHODS = ("lora", "linear", "full")
+MERGEABLE_METHODS = methods_that("mergeable")
 
 
 def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
@@ -87,7 +87,7 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
 def _why_not(method: str | None) -> str:
     if method == "adaptformer":
         return "its bottleneck adapters sit behind a ReLU, so no single weight equals them"
-    if method in ("apt", "vpt-shallow", "vpt-deep"):
+    if method in methods_that("prompted"):
         return "prompts add keys, values or tokens that no backbone weight can express"
     return f"mergeable methods: {', '.join(MERGEABLE_METHODS)}"
 

@@ -31,12 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from aptune.errors import CheckpointError, ConfigError
-from aptune.methods import build_method, method_to_dict
+from aptune.methods import build_method, method_to_dict, methods_that
 from aptune.methods.prompt_init import KeyValueSampler
 
 log = logging.getLogger(__name__)
 
-INJECTABLE_METHODS = ("apt", "vpt-deep", "vpt-shallow", "linear")
+INJECTABLE_METHODS = methods_that("injectable")
 
 
 @dataclass

@@ -1,163 +1,34 @@
-"""Tuning methods: one module each, one small interface, one registry.
+"""Tuning methods: one module each, behind one small interface, in one registry.
 
-A method is a dataclass of its options with two methods:
-
-* ``attach(model)`` adds the method's modules to a :class:`VisionTransformer`
-  (through its ``kv_prompts`` / ``token_prompts`` slots, or its own submodules);
-* ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix;
-* optionally ``init_from_clips(model, clips, generator)``, which the trainer calls once
-  with a batch of training clips before the first step (prompts started from data);
-* optionally ``LOAD_IGNORES``, the options that do not change what a trained adapter
-  computes (dropout, how prompts were started), so loading an adapter does not compare
-  them (:func:`options_compared_on_load`); every other option must match the model's.
-
-:func:`apply_method` attaches a method and freezes everything else, so which
-tensors train is decided in exactly one place per method.
+:mod:`aptune.methods.registry` holds the registry and the interface; each method lives in
+a module of its own and registers itself on import.  The built-in methods are imported
+here, in the order their names are listed to users.
 """
 
-from __future__ import annotations
+# the import order is the order method names are listed to users
+# isort: off
+from aptune.methods import apt, vpt, linear, full, lora, adaptformer  # noqa: F401  (registers them)
+# isort: on
 
-import dataclasses
-import math
-from typing import Any, Protocol
+from aptune.methods.registry import (
+    CAPABILITIES,
+    METHODS,
+    TuningMethod,
+    apply_method,
+    build_method,
+    check_method_dict,
+    method_from_dict,
+    method_names,
+    method_options,
+    method_to_dict,
+    methods_that,
+    options_compared_on_load,
+    register,
+    trainable_state_dict,
+)
 
-from torch import nn
-
-from aptune.config import PROMPT_INITS
-from aptune.errors import CheckpointError, ConfigError
-
-
-class TuningMethod(Protocol):
-    name: str
-
-    def attach(self, model: nn.Module) -> None: ...
-
-    def trainable_prefixes(self) -> tuple[str, ...]: ...
-
-
-METHODS: dict[str, type] = {}
-
-
-def register(name: str):
-    """Class decorator adding a method to the registry; a duplicate name is a bug."""
-
-    def wrap(cls: type) -> type:
-        if name in METHODS:
-            raise ValueError(f"tuning method '{name}' is already registered by {METHODS[name]}")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return wrap
-
-
-def method_options(name: str) -> tuple[str, ...]:
-    """The option names a method accepts."""
-    return tuple(f.name for f in dataclasses.fields(_method_class(name)))
-
-
-def build_method(name: str, **options: Any) -> TuningMethod:
-    cls = _method_class(name)
-    valid = method_options(name)
-    for key in options:
-        if key not in valid:
-            raise ConfigError(
-                f"method '{name}' takes no option '{key}' (valid: {', '.join(valid) or 'none'})"
-            )
-    return cls(**options)
-
-
-def method_to_dict(method: TuningMethod) -> dict[str, Any]:
-    return {"name": method.name, **dataclasses.asdict(method)}
-
-
-def method_from_dict(values: dict[str, Any], where: str = "method") -> TuningMethod:
-    """The method a stored dict describes (an adapter header); types are checked first.
-
-    Options this version does not know (a newer file's) are dropped, and an unknown
-    ``prompt_init`` reads as ``uniform``: training-time choices must not block loading.
-    """
-    values = dict(check_method_dict(values, where))
-    name = values.pop("name")
-    valid = method_options(name)
-    if values.get("prompt_init", "uniform") not in PROMPT_INITS:
-        values["prompt_init"] = "uniform"  # a training-time choice: a newer file's value must not block loading
-    return build_method(name, **{k: v for k, v in values.items() if k in valid})
-
-
-# Ranges of stored options; a crafted file must not ask for a billion prompts before any check.
-_OPTION_RANGES = {"num_prompts": (0, 65536), "prompt_start": (0, 255), "prompt_end": (0, 255),
-                  "lora_rank": (1, 65536), "adapter_dim": (1, 65536)}
-
-
-def check_method_dict(values: Any, where: str = "method") -> dict[str, Any]:
-    """Check a stored method dict's name and option types; raises CheckpointError naming ``where``."""
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{where} is {_short(values)}, expected a JSON object with a 'name'")
-    name = values.get("name")
-    _import_builtin_methods()
-    if not isinstance(name, str) or name not in METHODS:
-        raise CheckpointError(f"{where} names method {_short(name)}, which this aptune does not have "
-                              f"(valid: {', '.join(METHODS)})")
-    for field in dataclasses.fields(METHODS[name]):
-        if field.name not in values:
-            continue
-        value, kind = values[field.name], str(field.type)
-        if value is None and "None" in kind:
-            continue
-        is_int = isinstance(value, int) and not isinstance(value, bool)
-        if kind.startswith("int"):
-            low, high = _OPTION_RANGES.get(field.name, (0, None))
-            ok = is_int and value >= low and (high is None or value <= high)
-            wanted = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
-        elif kind.startswith("float"):
-            ok = (is_int or isinstance(value, float)) and math.isfinite(value)
-            wanted = "a finite number"
-            if ok and field.name.endswith("dropout"):
-                ok, wanted = 0 <= value < 1, "a number in [0, 1)"
-        elif kind.startswith("bool"):
-            ok, wanted = isinstance(value, bool), "true or false"
-        else:
-            ok, wanted = isinstance(value, str), "a string"
-        if not ok:
-            raise CheckpointError(f"{where} option '{field.name}' is {_short(value)}, expected {wanted}")
-    return values
-
-
-def options_compared_on_load(method: TuningMethod) -> tuple[str, ...]:
-    """The options an adapter must share with the model it loads into: all but ``LOAD_IGNORES``."""
-    ignored = getattr(method, "LOAD_IGNORES", ())
-    return tuple(f.name for f in dataclasses.fields(method) if f.name not in ignored)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)  # control characters escaped
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def apply_method(model: nn.Module, method: TuningMethod) -> nn.Module:
-    """Attach ``method`` to ``model`` and freeze every parameter it does not train."""
-    method.attach(model)
-    prefixes = method.trainable_prefixes()
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(prefixes))
-    model.tuning_method = method
-    return model
-
-
-def trainable_state_dict(model: nn.Module) -> dict:
-    """The tensors the model's method trains: exactly what an adapter file holds."""
-    prefixes = model.tuning_method.trainable_prefixes()
-    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
-
-
-def _method_class(name: str) -> type:
-    _import_builtin_methods()
-    if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}' (valid: {', '.join(METHODS)})")
-    return METHODS[name]
-
-
-def _import_builtin_methods() -> None:
-    # imported lazily so that each method module can import this registry
-    from aptune.methods import adaptformer, apt, full, linear, lora, vpt  # noqa: F401
+__all__ = [
+    "CAPABILITIES", "METHODS", "TuningMethod", "apply_method", "build_method", "check_method_dict",
+    "method_from_dict", "method_names", "method_options", "method_to_dict", "methods_that",
+    "options_compared_on_load", "register", "trainable_state_dict",
+]

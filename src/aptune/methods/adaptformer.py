@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aptune.methods import register
 from aptune.methods.apt import resolve_layer_range
+from aptune.methods.registry import register
 
 
 class ParallelAdapters(nn.Module):
@@ -47,6 +48,7 @@ class ParallelAdapters(nn.Module):
 @register("adaptformer")
 @dataclass
 class AdaptFormer:
+    adapter: ClassVar[bool] = True
     adapter_dim: int = 64
     adapter_scale: float = 0.1
     prompt_start: int = 0

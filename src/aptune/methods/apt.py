@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from aptune.errors import ConfigError
-from aptune.methods import register
 from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
+from aptune.methods.registry import register
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
@@ -60,6 +60,10 @@ class AttentionPrompts(nn.Module):
 @register("apt")
 @dataclass
 class APT:
+    prompted: ClassVar[bool] = True
+    injectable: ClassVar[bool] = True
+    shareable: ClassVar[bool] = True  # prompts change only attention: tasks can share a batch
+
     num_prompts: int = 400
     prompt_start: int = 0
     prompt_end: int | None = None  # inclusive; None = last block

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from aptune.methods import register
+from aptune.methods.registry import register
 
 
 @register("full")
 @dataclass
 class Full:
+    trains_backbone: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = True
     def attach(self, model) -> None:
         pass
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from aptune.methods import register
+from aptune.methods.registry import register
 
 
 @register("linear")
 @dataclass
 class Linear:
+    injectable: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = True
+    shareable: ClassVar[bool] = True
     def attach(self, model) -> None:
         pass
 

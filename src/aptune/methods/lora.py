@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from aptune.methods import register
 from aptune.methods.apt import resolve_layer_range
+from aptune.methods.registry import register
 
 
 class QKVLowRank(nn.Module):
@@ -44,6 +45,8 @@ class QKVLowRank(nn.Module):
 @register("lora")
 @dataclass
 class LoRA:
+    adapter: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = True  # merge_lora folds the update into the qkv weights
     lora_rank: int = 8
     lora_alpha: float = 16.0
     prompt_start: int = 0  # first block adapted (shared range option name)

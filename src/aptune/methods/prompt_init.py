@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aptune.config import PROMPT_INITS
 from aptune.errors import ConfigError
+
+PROMPT_INITS = ("uniform", "tokens")  # how prompt methods start their prompts
 
 
 def check_prompt_init(value: str) -> None:

@@ -18,9 +18,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from aptune.methods import register
 from aptune.methods.apt import resolve_layer_range
 from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
+from aptune.methods.registry import register
 from aptune.models.vit import VisionTransformer, prompt_init_bound
 
 
@@ -52,6 +52,8 @@ class _VPT:
     prompt_init: str = "uniform"
 
     deep = False
+    prompted: ClassVar[bool] = True
+    injectable: ClassVar[bool] = True
     # training-only: an adapter trained with other values computes the same at inference
     LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init")
 
