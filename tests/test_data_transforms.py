@@ -157,7 +157,7 @@ def test_random_erasing_puts_one_noise_box_in_each_chosen_frame():
         box_h, box_w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
         assert erased.sum() == box_h * box_w  # one solid box of noise, in every channel
         areas.append(box_h * box_w / (32 * 32))
-    assert 0.015 <= min(areas) and max(areas) <= 0.36  # 2-33 % of the frame (rounded box sides)
+    assert min(areas) >= 0.015 and max(areas) <= 0.36  # 2-33 % of the frame (rounded box sides)
     assert len({round(a, 3) for a in areas}) > 10  # each frame draws its own box
     untouched = torch.zeros(3, 8, 32, 32)
     assert torch.equal(random_erase(untouched, probability=0.0), torch.zeros(3, 8, 32, 32))

@@ -11,9 +11,14 @@ each attention layer, plus the classifier.
     aptune.save_adapter(model, "ucf101.safetensors")
 """
 
-__version__ = "0.1.0"
-
-from aptune.adapters import backbone_fingerprint, load_adapter, model_from_adapter, read_adapter, save_adapter
+from aptune._version import __version__ as __version__
+from aptune.adapters import (
+    backbone_fingerprint,
+    load_adapter,
+    model_from_adapter,
+    read_adapter,
+    save_adapter,
+)
 from aptune.factory import create_model
 from aptune.interop import init_prompts_from_clips, inject
 from aptune.methods import METHODS, build_method

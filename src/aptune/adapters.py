@@ -84,7 +84,7 @@ TEST_CROPS = (1, 3)  # what aptune.data.transforms.crop_positions makes
 
 # ------------------------------------------------------------------ writing
 def adapter_metadata(model, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
-    from aptune import __version__
+    from aptune._version import __version__
 
     config = model.config
     preprocess = {

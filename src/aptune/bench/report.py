@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aptune import __version__
+from aptune._version import __version__
 
 if TYPE_CHECKING:  # run.py imports this module: the settings class is only a type here
     from aptune.bench.run import BenchSettings

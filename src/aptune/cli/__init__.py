@@ -15,7 +15,7 @@ import sys
 
 import torch.distributed as dist
 
-from aptune import __version__
+from aptune._version import __version__
 from aptune.errors import AptuneError
 
 # Module names under aptune.cli; a missing module is skipped so partial installs still work.

@@ -65,7 +65,6 @@ def add_parser(subparsers) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from aptune.config import load_config
     from aptune.data.check import check_dataset, format_summary
-
     from aptune.fileio import write_json_atomically
 
     config = load_config(args.config, args.overrides)

@@ -27,6 +27,7 @@ closed, so thousands of videos never hold thousands of file handles.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -329,10 +330,9 @@ class VideoReader:
     def close(self) -> None:
         container, self.container = self.container, None
         if container is not None:
-            try:
+            # closing a broken file must not hide the frames already read
+            with contextlib.suppress(Exception):
                 container.close()
-            except Exception:  # noqa: BLE001 - closing a broken file must not hide its frames
-                pass
 
     def __enter__(self) -> VideoReader:
         return self

@@ -118,7 +118,7 @@ class Injection:
     def adapter_metadata(self, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
         import json
 
-        from aptune import __version__
+        from aptune._version import __version__
         from aptune.adapters import FORMAT_VERSION
 
         return {
