@@ -37,9 +37,7 @@ from aptune.data.transforms import TestTransform, TrainTransform
 NUM_FRAMES, SAMPLING_RATE = 16, 4
 
 
-def make_videos(
-    folder: Path, count: int, gop: int, frames: int, size: tuple[int, int]
-) -> list[str]:
+def make_videos(folder: Path, count: int, gop: int, frames: int, size: tuple[int, int]) -> list[str]:
     paths = []
     for index in range(count):
         path = folder / f"gop{gop}_{index}.mp4"
@@ -72,16 +70,10 @@ def interleaved(methods: dict, items: int, repeats: int) -> dict[str, float]:
     return {name: items / seconds for name, seconds in best.items()}
 
 
-def training_windows(
-    paths, frames: int, per_video: int = 4, seed: int = 0
-) -> list[tuple[str, list[int]]]:
+def training_windows(paths, frames: int, per_video: int = 4, seed: int = 0) -> list[tuple[str, list[int]]]:
     """The same random training windows for every decoder, so they are compared fairly."""
     torch.manual_seed(seed)
-    return [
-        (p, dense_train_indices(frames, NUM_FRAMES, SAMPLING_RATE))
-        for p in paths
-        for _ in range(per_video)
-    ]
+    return [(p, dense_train_indices(frames, NUM_FRAMES, SAMPLING_RATE)) for p in paths for _ in range(per_video)]
 
 
 def bench_decode(windows, threads):
@@ -176,16 +168,12 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "av": av.__version__,
-        "ffmpeg": ".".join(str(v) for v in av.ffmpeg_version_info[:1])
-        if hasattr(av, "ffmpeg_version_info")
-        else "",
+        "ffmpeg": ".".join(str(v) for v in av.ffmpeg_version_info[:1]) if hasattr(av, "ffmpeg_version_info") else "",
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=8, help="videos per GOP setting")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=100, help="frames per video (25 fps)")
@@ -217,9 +205,7 @@ def main() -> None:
         methods["decode_naive_from_start"] = bench_naive(windows)
         row.update(interleaved(methods, len(windows), args.repeats))
         if decord_status == "available":
-            row["ratio_ours_to_decord_threads1"] = (
-                row["decode_threads1"] / row["decord_get_batch_threads1"]
-            )
+            row["ratio_ours_to_decord_threads1"] = row["decode_threads1"] / row["decord_get_batch_threads1"]
         row["train_num_sample1"] = bench_train(paths, 1, args.repeats)
         row["train_num_sample2"] = bench_train(paths, 2, args.repeats)
         row["test_videos"], row["test_views"] = bench_test(paths, args.repeats)

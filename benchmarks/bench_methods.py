@@ -17,10 +17,8 @@ RESULTS = Path(__file__).parent / "results"
 
 # ViT-B takes about 3x as long per forward as ViT-S: fewer prompt counts and repeats
 RUNS = {
-    "vit_small": ["--arch", "vit_small_patch16_224", "--prompts", "1,2,100,400",
-                  "--repeats", "5", "--warmup", "1"],
-    "vit_base": ["--arch", "vit_base_patch16_224", "--prompts", "2,400",
-                 "--repeats", "3", "--warmup", "1"],
+    "vit_small": ["--arch", "vit_small_patch16_224", "--prompts", "1,2,100,400", "--repeats", "5", "--warmup", "1"],
+    "vit_base": ["--arch", "vit_base_patch16_224", "--prompts", "2,400", "--repeats", "3", "--warmup", "1"],
 }
 
 
@@ -35,9 +33,24 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         out = RESULTS / f"methods_{name}{'_train' if args.train else ''}.json"
-        argv = ["bench", *options, "--methods", "apt,vpt-shallow,vpt-deep,linear,full",
-                "--frames", "16", "--img-size", "224", "--batch", "1", "--device", args.device,
-                "--threads", args.threads, "--json", str(out)]
+        argv = [
+            "bench",
+            *options,
+            "--methods",
+            "apt,vpt-shallow,vpt-deep,linear,full",
+            "--frames",
+            "16",
+            "--img-size",
+            "224",
+            "--batch",
+            "1",
+            "--device",
+            args.device,
+            "--threads",
+            args.threads,
+            "--json",
+            str(out),
+        ]
         if args.train:
             argv.append("--train")
         status = aptune_main(argv)

@@ -114,10 +114,13 @@ def main() -> None:
             multi = aptune.MultiAdapterModel(backbone, paths)
             order = torch.randperm(args.batch, generator=generator).tolist()
             names = [multi.tasks[i % len(counts)] for i in order]
-            times, outputs = time_interleaved({
-                "multi": lambda m=multi, n=names: run_multi(m, clips, n),
-                "separate": lambda m=models, n=names: run_separate(m, clips, n),
-            }, args.repeats)
+            times, outputs = time_interleaved(
+                {
+                    "multi": lambda m=multi, n=names: run_multi(m, clips, n),
+                    "separate": lambda m=models, n=names: run_separate(m, clips, n),
+                },
+                args.repeats,
+            )
             max_diff = max(float((x - y).abs().max()) for x, y in zip(outputs["multi"], outputs["separate"]))
             results[setting] = {
                 "prompt_counts": counts,
@@ -131,16 +134,26 @@ def main() -> None:
                     for name, t in times.items()
                 },
             }
-            results[setting]["speedup"] = (results[setting]["separate"]["median_seconds_per_batch"]
-                                           / results[setting]["multi"]["median_seconds_per_batch"])
-            print(f"{setting:14s} multi {results[setting]['multi']['clips_per_second']:7.2f} clips/s   "
-                  f"separate {results[setting]['separate']['clips_per_second']:7.2f} clips/s   "
-                  f"speed-up x{results[setting]['speedup']:.2f}   max |diff| {max_diff:.1e}", flush=True)
+            results[setting]["speedup"] = (
+                results[setting]["separate"]["median_seconds_per_batch"]
+                / results[setting]["multi"]["median_seconds_per_batch"]
+            )
+            print(
+                f"{setting:14s} multi {results[setting]['multi']['clips_per_second']:7.2f} clips/s   "
+                f"separate {results[setting]['separate']['clips_per_second']:7.2f} clips/s   "
+                f"speed-up x{results[setting]['speedup']:.2f}   max |diff| {max_diff:.1e}",
+                flush=True,
+            )
             backbone_params = sum(v.numel() for v in backbone_state.values())
             results[setting]["weights_mib"] = {
-                "multi": (backbone_params + sum(p.numel() for p in multi.heads.parameters())
-                          + sum(b.numel() for b in multi.buffers()) - sum(b.numel() for b in backbone.buffers()))
-                * 4 / 2**20,
+                "multi": (
+                    backbone_params
+                    + sum(p.numel() for p in multi.heads.parameters())
+                    + sum(b.numel() for b in multi.buffers())
+                    - sum(b.numel() for b in backbone.buffers())
+                )
+                * 4
+                / 2**20,
                 "separate": sum(sum(p.numel() for p in m.parameters()) for m in models.values()) * 4 / 2**20,
             }
 
@@ -148,14 +161,23 @@ def main() -> None:
         "benchmark": "multitask",
         "date": subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip(),
         "machine": {
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
             "aptune": aptune.__version__,
             # other jobs on a shared machine slow both sides; the runs are interleaved for that
             "load_average_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
-        "model": {"arch": "quick" if args.quick else args.arch, **{k: v for k, v in arch.items()},
-                  "tokens": config.num_patches, "batch": args.batch, "tasks": 4, "repeats": args.repeats},
+        "model": {
+            "arch": "quick" if args.quick else args.arch,
+            **{k: v for k, v in arch.items()},
+            "tokens": config.num_patches,
+            "batch": args.batch,
+            "tasks": 4,
+            "repeats": args.repeats,
+        },
         "results": results,
     }
     if not args.quick:

@@ -66,8 +66,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mm-size", type=int, default=2048)
-    parser.add_argument("--no-checkpointing", action="store_true",
-                        help="skip the gradient-checkpointed training step")
+    parser.add_argument("--no-checkpointing", action="store_true", help="skip the gradient-checkpointed training step")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "targets.json"))
     args = parser.parse_args()
 
@@ -87,8 +86,7 @@ def main() -> None:
         step = inference_step(model, clip)
         return lambda: (case.activate(model).eval(), step())
 
-    half_optimizer = torch.optim.AdamW(
-        [p for p in apt_half.activate(model).parameters() if p.requires_grad], lr=1e-6)
+    half_optimizer = torch.optim.AdamW([p for p in apt_half.activate(model).parameters() if p.requires_grad], lr=1e-6)
     apt.activate(model)
 
     def train(checkpointing: bool, case=apt, case_optimizer=optimizer):
@@ -101,20 +99,23 @@ def main() -> None:
                 return step()
             finally:
                 model.grad_checkpointing = False
+
         return run
 
     # phase 1: inference and the matmul, many rounds; phase 2: training against inference
-    inference_tasks = {"matmul": matmul_task(args.mm_size), "backbone": infer(backbone),
-                       "apt2": infer(apt)}
-    times = time_interleaved(inference_tasks, repeats=args.inference_repeats, warmup=args.warmup,
-                             description="inference")
-    train_tasks = {"apt2_inference": infer(apt), "apt2_train": train(False),
-                   "apt2_half_inference": infer(apt_half),
-                   "apt2_half_train": train(False, apt_half, half_optimizer)}
+    inference_tasks = {"matmul": matmul_task(args.mm_size), "backbone": infer(backbone), "apt2": infer(apt)}
+    times = time_interleaved(
+        inference_tasks, repeats=args.inference_repeats, warmup=args.warmup, description="inference"
+    )
+    train_tasks = {
+        "apt2_inference": infer(apt),
+        "apt2_train": train(False),
+        "apt2_half_inference": infer(apt_half),
+        "apt2_half_train": train(False, apt_half, half_optimizer),
+    }
     if not args.no_checkpointing:
         train_tasks["apt2_train_checkpointed"] = train(True)
-    times.update(time_interleaved(train_tasks, repeats=args.repeats, warmup=args.warmup,
-                                  description="training"))
+    times.update(time_interleaved(train_tasks, repeats=args.repeats, warmup=args.warmup, description="training"))
     tasks = {**inference_tasks, **train_tasks}
     stats = {name: spread(values) for name, values in times.items()}
 
@@ -136,17 +137,24 @@ def main() -> None:
     memory["apt2_inference"] = (held_infer, peak_allocated_bytes(tasks["apt2"]))
     held_train = resident_bytes(apt.activate(model), optimizer, clip, labels)
     memory["apt2_train"] = (held_train, peak_allocated_bytes(tasks["apt2_train"]))
-    memory["apt2_half_inference"] = (resident_bytes(apt_half.activate(model), clip),
-                                     peak_allocated_bytes(tasks["apt2_half_inference"]))
-    memory["apt2_half_train"] = (resident_bytes(apt_half.activate(model), half_optimizer, clip, labels),
-                                 peak_allocated_bytes(tasks["apt2_half_train"]))
+    memory["apt2_half_inference"] = (
+        resident_bytes(apt_half.activate(model), clip),
+        peak_allocated_bytes(tasks["apt2_half_inference"]),
+    )
+    memory["apt2_half_train"] = (
+        resident_bytes(apt_half.activate(model), half_optimizer, clip, labels),
+        peak_allocated_bytes(tasks["apt2_half_train"]),
+    )
     if "apt2_train_checkpointed" in tasks:
-        memory["apt2_train_checkpointed"] = (
-            held_train, peak_allocated_bytes(tasks["apt2_train_checkpointed"]))
-    memory_mb = {name: {"resident_mb": round(held / MIB, 1),
-                        "peak_extra_mb": None if extra is None else round(extra / MIB, 1),
-                        "peak_mb": None if extra is None else round((held + extra) / MIB, 1)}
-                 for name, (held, extra) in memory.items()}
+        memory["apt2_train_checkpointed"] = (held_train, peak_allocated_bytes(tasks["apt2_train_checkpointed"]))
+    memory_mb = {
+        name: {
+            "resident_mb": round(held / MIB, 1),
+            "peak_extra_mb": None if extra is None else round(extra / MIB, 1),
+            "peak_mb": None if extra is None else round((held + extra) / MIB, 1),
+        }
+        for name, (held, extra) in memory.items()
+    }
 
     def ratio(a, b):
         return None if a is None or b is None else round(a / b, 3)
@@ -166,61 +174,79 @@ def main() -> None:
         def ok(v):
             return v is not None and (v - offset <= bound if at_most else v - offset >= bound)
 
-        return {"value": shown(value), "value_best_runs": shown(best_value),
-                "target": f"{'<=' if at_most else '>='} {bound}",
-                "met": ok(value), "met_best_runs": ok(best_value) if best_value else None}
+        return {
+            "value": shown(value),
+            "value_best_runs": shown(best_value),
+            "target": f"{'<=' if at_most else '>='} {bound}",
+            "met": ok(value),
+            "met_best_runs": ok(best_value) if best_value else None,
+        }
 
     flops_ratio = statistics.median(
-        (2 * backbone_macs / b) / (2 * args.mm_size**3 / m)
-        for b, m in zip(times["backbone"], times["matmul"]))
+        (2 * backbone_macs / b) / (2 * args.mm_size**3 / m) for b, m in zip(times["backbone"], times["matmul"])
+    )
     targets = {
-        "apt2_latency_overhead": target(paired("apt2", "backbone"), best("apt2", "backbone"),
-                                        0.02, offset=1.0),
-        "inference_vs_matmul_throughput": target(flops_ratio, infer_gflops_best / mm_gflops_best,
-                                                 0.75, at_most=False),
-        "train_step_vs_inference_latency": target(paired("apt2_train", "apt2_inference"),
-                                                  best("apt2_train", "apt2_inference"), 2.3),
+        "apt2_latency_overhead": target(paired("apt2", "backbone"), best("apt2", "backbone"), 0.02, offset=1.0),
+        "inference_vs_matmul_throughput": target(flops_ratio, infer_gflops_best / mm_gflops_best, 0.75, at_most=False),
+        "train_step_vs_inference_latency": target(
+            paired("apt2_train", "apt2_inference"), best("apt2_train", "apt2_inference"), 2.3
+        ),
         "train_vs_inference_peak_memory": target(
-            ratio(memory_mb["apt2_train"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]),
-            None, 1.6),
+            ratio(memory_mb["apt2_train"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]), None, 1.6
+        ),
     }
     targets["half_prompted_train_step_vs_inference_latency (diagnostic)"] = target(
-        paired("apt2_half_train", "apt2_half_inference"),
-        best("apt2_half_train", "apt2_half_inference"), 2.3)
+        paired("apt2_half_train", "apt2_half_inference"), best("apt2_half_train", "apt2_half_inference"), 2.3
+    )
     targets["half_prompted_train_vs_inference_peak_memory (diagnostic)"] = target(
-        ratio(memory_mb["apt2_half_train"]["peak_mb"], memory_mb["apt2_half_inference"]["peak_mb"]),
-        None, 1.6)
+        ratio(memory_mb["apt2_half_train"]["peak_mb"], memory_mb["apt2_half_inference"]["peak_mb"]), None, 1.6
+    )
     if "apt2_train_checkpointed" in tasks:
         targets["checkpointed_train_step_vs_inference_latency (diagnostic)"] = target(
-            paired("apt2_train_checkpointed", "apt2_inference"),
-            best("apt2_train_checkpointed", "apt2_inference"), 2.3)
+            paired("apt2_train_checkpointed", "apt2_inference"), best("apt2_train_checkpointed", "apt2_inference"), 2.3
+        )
         targets["checkpointed_train_vs_inference_peak_memory (diagnostic)"] = target(
-            ratio(memory_mb["apt2_train_checkpointed"]["peak_mb"],
-                  memory_mb["apt2_inference"]["peak_mb"]), None, 1.6)
+            ratio(memory_mb["apt2_train_checkpointed"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]), None, 1.6
+        )
 
     result = {
         "date": _date_utc(),
         "machine": machine_description(),
-        "setup": {"arch": ARCH, "input": list(SHAPE), "dtype": "float32", "threads": args.threads,
-                  "inference_repeats": args.inference_repeats, "training_repeats": args.repeats,
-                  "warmup": args.warmup,
-                  "ratios": "value: median over rounds of the ratio within a round (tasks timed "
-                            "back to back); value_best_runs: ratio of the fastest runs",
-                  "load_average_before": load_before, "matmul_size": args.mm_size,
-                  "optimizer": "AdamW", "interleaved": list(tasks),
-                  "half_prompt_start": half},
-        "gmacs": {"backbone": round(backbone_macs / 1e9, 3), "apt2": round(apt_macs / 1e9, 3),
-                  "apt2_train": round(apt_train_macs / 1e9, 3),
-                  "apt2_half_train": round(half_train_macs / 1e9, 3)},
+        "setup": {
+            "arch": ARCH,
+            "input": list(SHAPE),
+            "dtype": "float32",
+            "threads": args.threads,
+            "inference_repeats": args.inference_repeats,
+            "training_repeats": args.repeats,
+            "warmup": args.warmup,
+            "ratios": "value: median over rounds of the ratio within a round (tasks timed "
+            "back to back); value_best_runs: ratio of the fastest runs",
+            "load_average_before": load_before,
+            "matmul_size": args.mm_size,
+            "optimizer": "AdamW",
+            "interleaved": list(tasks),
+            "half_prompt_start": half,
+        },
+        "gmacs": {
+            "backbone": round(backbone_macs / 1e9, 3),
+            "apt2": round(apt_macs / 1e9, 3),
+            "apt2_train": round(apt_train_macs / 1e9, 3),
+            "apt2_half_train": round(half_train_macs / 1e9, 3),
+        },
         # the least multiple of the inference time a step can take at equal speed per MAC
-        "train_macs_ratio": {"apt2": round(apt_train_macs / apt_macs, 3),
-                             "apt2_half": round(half_train_macs / apt_macs, 3)},
+        "train_macs_ratio": {
+            "apt2": round(apt_train_macs / apt_macs, 3),
+            "apt2_half": round(half_train_macs / apt_macs, 3),
+        },
         "latency_ms": {name: {k: round(v, 2) for k, v in s.items()} for name, s in stats.items()},
-        "throughput_gflops": {"matmul_median": round(mm_gflops, 1),
-                              "matmul_best": round(mm_gflops_best, 1),
-                              "inference_median": round(infer_gflops, 1),
-                              "inference_best": round(infer_gflops_best, 1),
-                              "best_ratio": round(infer_gflops_best / mm_gflops_best, 3)},
+        "throughput_gflops": {
+            "matmul_median": round(mm_gflops, 1),
+            "matmul_best": round(mm_gflops_best, 1),
+            "inference_median": round(infer_gflops, 1),
+            "inference_best": round(infer_gflops_best, 1),
+            "best_ratio": round(infer_gflops_best / mm_gflops_best, 3),
+        },
         "memory": memory_mb,
         "targets": targets,
     }
@@ -230,8 +256,10 @@ def main() -> None:
     result["setup"]["load_average_after"] = _load_average()
     out.write_text(json.dumps(result, indent=2) + "\n")
     for name, item in targets.items():
-        print(f"{'met   ' if item['met'] else 'MISSED'} {name}: {item['value']} "
-              f"(best runs {item['value_best_runs']}; target {item['target']})")
+        print(
+            f"{'met   ' if item['met'] else 'MISSED'} {name}: {item['value']} "
+            f"(best runs {item['value_best_runs']}; target {item['target']})"
+        )
     print(f"wrote {out}")
 
 
@@ -244,8 +272,7 @@ def _load_average() -> list[float] | None:
 
 def _date_utc() -> str:
     try:
-        return subprocess.run(["date", "-u"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         from datetime import datetime, timezone
 

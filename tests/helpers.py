@@ -26,8 +26,9 @@ def mounted_tmpfs(folder: Path, size: str, fill: bool = False):
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, timeout=30)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, timeout=30
+    )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
@@ -55,12 +56,28 @@ def tiny_run_config(**sections) -> dict:
     ``sections`` update the sections of the same name (e.g. ``train={"epochs": 2}``).
     """
     config = {
-        "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
-                  "img_size": 32, "patch_size": 16},
+        "model": {
+            "arch": None,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 4,
+            "num_frames": 4,
+            "img_size": 32,
+            "patch_size": 16,
+        },
         "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
-        "data": {"format": "list", "num_frames": 4, "sampling_rate": 2, "input_size": 32,
-                 "short_side_size": 32, "num_workers": 0, "num_sample": 1, "test_num_segment": 1,
-                 "test_num_crop": 1, "rand_augment": None},
+        "data": {
+            "format": "list",
+            "num_frames": 4,
+            "sampling_rate": 2,
+            "input_size": 32,
+            "short_side_size": 32,
+            "num_workers": 0,
+            "num_sample": 1,
+            "test_num_segment": 1,
+            "test_num_crop": 1,
+            "rand_augment": None,
+        },
         "optim": {"lr": 0.01, "warmup_epochs": 0},
         "train": {"epochs": 2, "batch_size": 4, "eval_every": 100, "save_every": 1, "log_every": 1},
     }
@@ -121,8 +138,7 @@ def reference_apt_logits(model, x: torch.Tensor) -> torch.Tensor:
         tokens = tokens + out @ attn.proj.weight.T + attn.proj.bias
         h = F.layer_norm(tokens, (dim,), block.norm2.weight, block.norm2.bias, config.layer_norm_eps)
         tokens = tokens + block.mlp.fc2(F.gelu(block.mlp.fc1(h)))
-    pooled = F.layer_norm(tokens.mean(1), (dim,), model.fc_norm.weight, model.fc_norm.bias,
-                          config.layer_norm_eps)
+    pooled = F.layer_norm(tokens.mean(1), (dim,), model.fc_norm.weight, model.fc_norm.bias, config.layer_norm_eps)
     return pooled @ model.head.weight.T + model.head.bias
 
 
@@ -132,8 +148,15 @@ def tiny_hf_model(num_labels: int = 5, seed: int = 0):
 
     transformers = pytest.importorskip("transformers")
     config = transformers.VideoMAEConfig(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-        image_size=32, patch_size=16, num_frames=4, tubelet_size=2, num_labels=num_labels,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        tubelet_size=2,
+        num_labels=num_labels,
         id2label={i: f"action_{i}" for i in range(num_labels)},
         label2id={f"action_{i}": i for i in range(num_labels)},
     )

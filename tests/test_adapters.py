@@ -67,16 +67,28 @@ DEPTH_12 = dict(depth=12)
 
 # (method, the adapter's options, the model's options, words the error must contain)
 MISMATCHES = [
-    ("apt", dict(num_prompts=2, prompt_start=0, prompt_end=5, **DEPTH_12),
-     dict(num_prompts=2, prompt_start=6, prompt_end=11, **DEPTH_12), ["blocks 0-5", "blocks 6-11"]),
+    (
+        "apt",
+        dict(num_prompts=2, prompt_start=0, prompt_end=5, **DEPTH_12),
+        dict(num_prompts=2, prompt_start=6, prompt_end=11, **DEPTH_12),
+        ["blocks 0-5", "blocks 6-11"],
+    ),
     ("apt", dict(num_prompts=2), dict(num_prompts=3), ["num_prompts=2", "num_prompts=3"]),
     ("apt", dict(num_prompts=2, reparam=True), dict(num_prompts=2, reparam=False), ["reparam=True", "reparam=False"]),
     ("apt", dict(num_prompts=2, prompt_end=1), dict(num_prompts=2), ["blocks 0-1", "blocks 0-2"]),
-    ("vpt-shallow", dict(num_prompts=2, prompt_start=0), dict(num_prompts=2, prompt_start=1),
-     ["prompt_start=0", "prompt_start=1"]),
+    (
+        "vpt-shallow",
+        dict(num_prompts=2, prompt_start=0),
+        dict(num_prompts=2, prompt_start=1),
+        ["prompt_start=0", "prompt_start=1"],
+    ),
     ("vpt-shallow", dict(num_prompts=2), dict(num_prompts=4), ["num_prompts=2", "num_prompts=4"]),
-    ("vpt-deep", dict(num_prompts=2, prompt_start=0, prompt_end=1), dict(num_prompts=2, prompt_start=1, prompt_end=2),
-     ["blocks 0-1", "blocks 1-2"]),
+    (
+        "vpt-deep",
+        dict(num_prompts=2, prompt_start=0, prompt_end=1),
+        dict(num_prompts=2, prompt_start=1, prompt_end=2),
+        ["blocks 0-1", "blocks 1-2"],
+    ),
     ("vpt-deep", dict(num_prompts=3), dict(num_prompts=2), ["num_prompts=3", "num_prompts=2"]),
     ("lora", dict(lora_rank=4), dict(lora_rank=8), ["lora_rank=4", "lora_rank=8"]),
     ("lora", dict(lora_alpha=8.0), dict(lora_alpha=16.0), ["lora_alpha=8.0", "lora_alpha=16.0"]),
@@ -87,14 +99,22 @@ MISMATCHES = [
 ]
 
 
-@pytest.mark.parametrize("method, theirs, mine, words", MISMATCHES,
-                         ids=[f"{m}-{'-'.join(w)}" for m, _, _, w in MISMATCHES])
+@pytest.mark.parametrize(
+    "method, theirs, mine, words", MISMATCHES, ids=[f"{m}-{'-'.join(w)}" for m, _, _, w in MISMATCHES]
+)
 def test_a_method_option_that_changes_the_output_must_match(tmp_path, method, theirs, mine, words):
-    source = trained(method, **{"method_options": {k: v for k, v in theirs.items() if k != "depth"}},
-                     **({"depth": theirs["depth"]} if "depth" in theirs else {}))
+    source = trained(
+        method,
+        **{"method_options": {k: v for k, v in theirs.items() if k != "depth"}},
+        **({"depth": theirs["depth"]} if "depth" in theirs else {}),
+    )
     path = aptune.save_adapter(source, tmp_path / "adapter.safetensors")
-    target = on_same_backbone(source, method, method_options={k: v for k, v in mine.items() if k != "depth"},
-                              **({"depth": mine["depth"]} if "depth" in mine else {}))
+    target = on_same_backbone(
+        source,
+        method,
+        method_options={k: v for k, v in mine.items() if k != "depth"},
+        **({"depth": mine["depth"]} if "depth" in mine else {}),
+    )
     with pytest.raises(CheckpointError) as caught:
         aptune.load_adapter(target, path)
     message = one_line(caught)
@@ -103,11 +123,14 @@ def test_a_method_option_that_changes_the_output_must_match(tmp_path, method, th
         assert word in message
 
 
-@pytest.mark.parametrize("method, options", [
-    ("apt", dict(prompt_dropout=0.3, prompt_init="tokens")),
-    ("vpt-deep", dict(prompt_dropout=0.2, prompt_init="tokens")),
-    ("vpt-shallow", dict(prompt_dropout=0.2, prompt_end=2)),  # shallow prompts never use prompt_end
-])
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("apt", dict(prompt_dropout=0.3, prompt_init="tokens")),
+        ("vpt-deep", dict(prompt_dropout=0.2, prompt_init="tokens")),
+        ("vpt-shallow", dict(prompt_dropout=0.2, prompt_end=2)),  # shallow prompts never use prompt_end
+    ],
+)
 def test_training_only_options_do_not_block_loading(tmp_path, method, options):
     source = trained(method, method_options={"num_prompts": 2, **options})
     path = aptune.save_adapter(source, tmp_path / "adapter.safetensors")
@@ -334,8 +357,9 @@ def valid_adapter(tmp_path_factory):
     model.class_names = [f"c{i}" for i in range(5)]
     weights = folder / "backbone.pth"
     torch.save(backbone_of(model), weights)
-    path = aptune.save_adapter(model, folder / "adapter.safetensors",
-                               preprocess={"sampling_rate": 2, "short_side_size": 32})
+    path = aptune.save_adapter(
+        model, folder / "adapter.safetensors", preprocess={"sampling_rate": 2, "short_side_size": 32}
+    )
     return path, weights
 
 
@@ -349,10 +373,12 @@ def test_a_crafted_header_is_a_one_line_error(tmp_path, valid_adapter, changes, 
         else:
             header[key] = value
     crafted = rewrite_header(path, tmp_path / "crafted.safetensors", **header)
-    for load in (lambda: aptune.read_adapter(crafted),
-                 lambda: aptune.model_from_adapter(crafted, pretrained=weights),
-                 lambda: aptune.load_adapter(tiny_model("apt", num_prompts=2), crafted),
-                 lambda: aptune.MultiAdapterModel.from_files({"t": crafted}, pretrained=weights)):
+    for load in (
+        lambda: aptune.read_adapter(crafted),
+        lambda: aptune.model_from_adapter(crafted, pretrained=weights),
+        lambda: aptune.load_adapter(tiny_model("apt", num_prompts=2), crafted),
+        lambda: aptune.MultiAdapterModel.from_files({"t": crafted}, pretrained=weights),
+    ):
         with pytest.raises(CheckpointError) as caught:
             load()
         message = one_line(caught)
@@ -362,8 +388,11 @@ def test_a_crafted_header_is_a_one_line_error(tmp_path, valid_adapter, changes, 
 
 def test_tensors_that_contradict_the_header_are_refused_before_building(tmp_path, valid_adapter):
     path, weights = valid_adapter
-    crafted = rewrite_header(path, tmp_path / "wide.safetensors",
-                             arch=json.dumps({**header_json(path, "arch"), "embed_dim": 4096, "num_heads": 4}))
+    crafted = rewrite_header(
+        path,
+        tmp_path / "wide.safetensors",
+        arch=json.dumps({**header_json(path, "arch"), "embed_dim": 4096, "num_heads": 4}),
+    )
     with pytest.raises(CheckpointError, match=r"'fc_norm.weight' has shape \(32,\) but the header's arch"):
         aptune.model_from_adapter(crafted, pretrained=weights)
 
@@ -380,8 +409,11 @@ def test_a_tensor_the_model_does_not_have_is_named(tmp_path, valid_adapter):
     assert "'\\x1b[31mextra' has no place" in one_line(caught) and "\x1b" not in str(caught.value)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"{}", b"junk" * 100, b"\x10\x00\x00\x00\x00\x00\x00\x00{"],
-                         ids=["empty", "short", "no-length", "junk", "cut-header"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00" * 7, b"{}", b"junk" * 100, b"\x10\x00\x00\x00\x00\x00\x00\x00{"],
+    ids=["empty", "short", "no-length", "junk", "cut-header"],
+)
 def test_a_file_that_is_not_an_adapter_is_a_one_line_error(tmp_path, content):
     path = tmp_path / "junk.safetensors"
     path.write_bytes(content)

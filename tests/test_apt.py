@@ -11,8 +11,9 @@ def test_apt_matches_explicit_formula(reparam):
     randomize_(model)
     if reparam:
         with torch.no_grad():  # scales both below and above 1: max(s, 1) must clip the former
-            model.kv_prompts.scales.copy_(torch.linspace(0.2, 2.5, model.kv_prompts.scales.numel())
-                                          .view_as(model.kv_prompts.scales))
+            model.kv_prompts.scales.copy_(
+                torch.linspace(0.2, 2.5, model.kv_prompts.scales.numel()).view_as(model.kv_prompts.scales)
+            )
     x = tiny_clip()
     torch.testing.assert_close(model(x), reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
 
@@ -78,12 +79,12 @@ def test_prompts_change_outputs_and_leave_token_count():
 def test_trainable_count_matches_the_paper_setting():
     import aptune
 
-    model = aptune.create_model("vit_base_patch16_224", num_classes=101, method="apt",
-                                num_prompts=400, reparam=True)
+    model = aptune.create_model("vit_base_patch16_224", num_classes=101, method="apt", num_prompts=400, reparam=True)
     trainable, total = aptune.count_parameters(model)
     assert trainable == 703_205
-    assert total == trainable + sum(p.numel() for n, p in model.named_parameters()
-                                    if not n.startswith(("kv_prompts.", "fc_norm.", "head.")))
+    assert total == trainable + sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith(("kv_prompts.", "fc_norm.", "head."))
+    )
 
 
 def test_prompt_init_bound():

@@ -35,16 +35,23 @@ def test_time_interleaved_is_round_robin_and_drops_warmup():
     order = []
     tasks = {name: (lambda name=name: order.append(name)) for name in "abc"}
     times = time_interleaved(tasks, repeats=3, warmup=1, progress=False)
-    assert order == list("abc" "bca" "cab" "abc")  # rotating start, warm-up round included
+    assert order == list("abcbcacababc")  # rotating start, warm-up round included
     assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_cases_switch_methods_on_one_backbone():
     model = tiny_model("full")
-    cases = build_cases(model, ["apt", "vpt-deep", "lora", "adaptformer", "linear", "full"],
-                        [1, 4])
-    assert [c.label for c in cases] == ["apt/P=1", "apt/P=4", "vpt-deep/P=1", "vpt-deep/P=4",
-                                        "lora", "adaptformer", "linear", "full"]
+    cases = build_cases(model, ["apt", "vpt-deep", "lora", "adaptformer", "linear", "full"], [1, 4])
+    assert [c.label for c in cases] == [
+        "apt/P=1",
+        "apt/P=4",
+        "vpt-deep/P=1",
+        "vpt-deep/P=4",
+        "lora",
+        "adaptformer",
+        "linear",
+        "full",
+    ]
     for case in cases:
         options = {"num_prompts": case.num_prompts} if case.num_prompts is not None else {}
         reference = tiny_model(case.method, **options)
@@ -80,13 +87,27 @@ def test_resident_bytes_counts_shared_storage_once():
 
 
 def test_run_bench_rows():
-    settings = BenchSettings(arch=None, methods=("apt", "vpt-shallow", "linear"), prompts=(1, 3),
-                             frames=4, img_size=32, num_classes=5, repeats=2, warmup=0,
-                             train=True, arch_overrides=TINY_ARCH)
+    settings = BenchSettings(
+        arch=None,
+        methods=("apt", "vpt-shallow", "linear"),
+        prompts=(1, 3),
+        frames=4,
+        img_size=32,
+        num_classes=5,
+        repeats=2,
+        warmup=0,
+        train=True,
+        arch_overrides=TINY_ARCH,
+    )
     result = run_bench(settings, progress=False)
     rows = result["rows"]
     assert [(r["method"], r["prompts"]) for r in rows] == [
-        ("apt", 1), ("apt", 3), ("vpt-shallow", 1), ("vpt-shallow", 3), ("linear", None)]
+        ("apt", 1),
+        ("apt", 3),
+        ("vpt-shallow", 1),
+        ("vpt-shallow", 3),
+        ("linear", None),
+    ]
     config = tiny_model("linear").config
     for row in rows:
         assert list(row) == list(ROW_KEYS)
@@ -107,14 +128,23 @@ def test_run_bench_rows():
 
 
 def test_run_bench_adapter_rows():
-    settings = BenchSettings(arch=None, methods=("lora", "adaptformer", "linear"), prompts=(1, 3),
-                             frames=4, img_size=32, num_classes=5, repeats=1, warmup=0,
-                             lora_rank=4, adapter_dim=6, arch_overrides=TINY_ARCH)
+    settings = BenchSettings(
+        arch=None,
+        methods=("lora", "adaptformer", "linear"),
+        prompts=(1, 3),
+        frames=4,
+        img_size=32,
+        num_classes=5,
+        repeats=1,
+        warmup=0,
+        lora_rank=4,
+        adapter_dim=6,
+        arch_overrides=TINY_ARCH,
+    )
     result = run_bench(settings, progress=False)
     rows = result["rows"]
     # one row each, whatever the prompt list says
-    assert [(r["method"], r["prompts"]) for r in rows] == [
-        ("lora", None), ("adaptformer", None), ("linear", None)]
+    assert [(r["method"], r["prompts"]) for r in rows] == [("lora", None), ("adaptformer", None), ("linear", None)]
     config = tiny_model("linear").config
     sizes = {"lora": {"lora_rank": 4}, "adaptformer": {"adapter_dim": 6}, "linear": {}}
     for row in rows:
@@ -130,34 +160,88 @@ def test_run_bench_adapter_rows():
     meta = result["meta"]
     assert (meta["lora_rank"], meta["adapter_dim"], meta["lora_merged"]) == (4, 6, False)
     with pytest.raises(ConfigError, match="lora_rank"):
-        run_bench(BenchSettings(arch=None, methods=("lora",), lora_rank=0,
-                                arch_overrides=TINY_ARCH), progress=False)
+        run_bench(BenchSettings(arch=None, methods=("lora",), lora_rank=0, arch_overrides=TINY_ARCH), progress=False)
 
 
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    status = main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
-                   "--methods", "apt,full", "--prompts", "2", "--repeats", "1", "--warmup", "0",
-                   "--no-progress", "--json", str(out)])
+    status = main(
+        [
+            "bench",
+            "--arch",
+            "vit_small_patch16_224",
+            "--frames",
+            "2",
+            "--img-size",
+            "32",
+            "--methods",
+            "apt,full",
+            "--prompts",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
     assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("apt", 2), ("full", None)]
     assert result["rows"][1]["train_step_ms_median"] is None  # no --train
     assert "GMACs" in capsys.readouterr().out
-    assert main(["bench", "--methods", "nope", "--arch", "vit_small_patch16_224", "--frames",
-                 "2", "--img-size", "32", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--methods",
+                "nope",
+                "--arch",
+                "vit_small_patch16_224",
+                "--frames",
+                "2",
+                "--img-size",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def test_cli_adapter_methods(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    status = main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
-                   "--methods", "lora,adaptformer", "--prompts", "2,3", "--lora-rank", "4",
-                   "--adapter-dim", "16", "--repeats", "1", "--warmup", "0", "--no-progress",
-                   "--json", str(out)])
+    status = main(
+        [
+            "bench",
+            "--arch",
+            "vit_small_patch16_224",
+            "--frames",
+            "2",
+            "--img-size",
+            "32",
+            "--methods",
+            "lora,adaptformer",
+            "--prompts",
+            "2,3",
+            "--lora-rank",
+            "4",
+            "--adapter-dim",
+            "16",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     result = json.loads(out.read_text())
-    assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("lora", None),
-                                                                     ("adaptformer", None)]
+    assert [(r["method"], r["prompts"]) for r in result["rows"]] == [("lora", None), ("adaptformer", None)]
     assert (result["meta"]["lora_rank"], result["meta"]["adapter_dim"]) == (4, 16)
     printed = capsys.readouterr().out
     assert "lora r=4" in printed and "adaptformer d=16" in printed
@@ -166,9 +250,19 @@ def test_cli_adapter_methods(tmp_path, capsys):
 
 
 def test_prompt_start_limits_prompted_blocks_and_macs(tmp_path):
-    settings = BenchSettings(arch=None, methods=("apt", "vpt-deep", "lora", "linear"), prompts=(3,),
-                             frames=4, img_size=32, num_classes=5, repeats=1, warmup=0,
-                             prompt_start=1, train=True, arch_overrides=TINY_ARCH)
+    settings = BenchSettings(
+        arch=None,
+        methods=("apt", "vpt-deep", "lora", "linear"),
+        prompts=(3,),
+        frames=4,
+        img_size=32,
+        num_classes=5,
+        repeats=1,
+        warmup=0,
+        prompt_start=1,
+        train=True,
+        arch_overrides=TINY_ARCH,
+    )
     result = run_bench(settings, progress=False)
     assert result["meta"]["prompt_start"] == 1
     rows = {r["method"]: r for r in result["rows"]}
@@ -187,42 +281,120 @@ def test_prompt_start_limits_prompted_blocks_and_macs(tmp_path):
     assert rows["linear"]["trainable_params"] == aptune.count_parameters(tiny_model("linear"))[0]
     lora = tiny_model("lora", method_options={"prompt_start": 1})
     assert rows["lora"]["trainable_params"] == aptune.count_parameters(lora)[0]
-    assert rows["lora"]["gmacs"] == pytest.approx(
-        closed_form_macs(config, "lora", prompt_start=1) / 1e9, abs=1e-6)
+    assert rows["lora"]["gmacs"] == pytest.approx(closed_form_macs(config, "lora", prompt_start=1) / 1e9, abs=1e-6)
     with pytest.raises(ConfigError, match="prompt_start=9 must be a block index"):
         run_bench(BenchSettings(**{**settings.__dict__, "prompt_start": 9}), progress=False)
     out = tmp_path / "b.json"
-    assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
-                 "--methods", "apt", "--prompts", "2", "--prompt-start", "11", "--repeats", "1",
-                 "--warmup", "0", "--no-progress", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--arch",
+                "vit_small_patch16_224",
+                "--frames",
+                "2",
+                "--img-size",
+                "32",
+                "--methods",
+                "apt",
+                "--prompts",
+                "2",
+                "--prompt-start",
+                "11",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--no-progress",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["meta"]["prompt_start"] == 11
-    assert main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
-                 "--methods", "apt", "--prompts", "2", "--prompt-start", "12", "--repeats", "1",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--arch",
+                "vit_small_patch16_224",
+                "--frames",
+                "2",
+                "--img-size",
+                "32",
+                "--methods",
+                "apt",
+                "--prompts",
+                "2",
+                "--prompt-start",
+                "12",
+                "--repeats",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def _bench(*flags):
-    return main(["bench", "--arch", "vit_small_patch16_224", "--frames", "2", "--img-size", "32",
-                 "--methods", "apt", "--prompts", "2", "--repeats", "1", "--warmup", "0", "--no-progress",
-                 *[str(f) for f in flags]])
+    return main(
+        [
+            "bench",
+            "--arch",
+            "vit_small_patch16_224",
+            "--frames",
+            "2",
+            "--img-size",
+            "32",
+            "--methods",
+            "apt",
+            "--prompts",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-progress",
+            *[str(f) for f in flags],
+        ]
+    )
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--device", "gpu"], "'gpu'"),
-    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "cuda"),
-    (["--device", "meta"], "'meta'"),
-    (["--threads", "-1"], "--threads must be an integer >= 1, got -1"),
-    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
-    (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
-    (["--img-size", "0"], "--img-size must be an integer >= 1, got 0"),
-    (["--num-classes", "0"], "--num-classes must be an integer >= 1, got 0"),
-    (["--batch", "-2"], "--batch must be an integer >= 1, got -2"),
-    (["--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
-    (["--warmup", "-1"], "--warmup must be an integer >= 0, got -1"),
-    (["--frames", "3"], "tubelet_size"),  # not a multiple of the tubelet
-    (["--methods", ","], "no method to benchmark"),
-], ids=["gpu", "cuda-missing", "meta", "threads-negative", "threads-zero", "frames", "img-size", "num-classes",
-        "batch", "repeats", "warmup", "frames-odd", "no-methods"])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--device", "gpu"], "'gpu'"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "cuda:999"], "cuda"),
+        (["--device", "meta"], "'meta'"),
+        (["--threads", "-1"], "--threads must be an integer >= 1, got -1"),
+        (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+        (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
+        (["--img-size", "0"], "--img-size must be an integer >= 1, got 0"),
+        (["--num-classes", "0"], "--num-classes must be an integer >= 1, got 0"),
+        (["--batch", "-2"], "--batch must be an integer >= 1, got -2"),
+        (["--repeats", "0"], "--repeats must be an integer >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be an integer >= 0, got -1"),
+        (["--frames", "3"], "tubelet_size"),  # not a multiple of the tubelet
+        (["--methods", ","], "no method to benchmark"),
+    ],
+    ids=[
+        "gpu",
+        "cuda-missing",
+        "meta",
+        "threads-negative",
+        "threads-zero",
+        "frames",
+        "img-size",
+        "num-classes",
+        "batch",
+        "repeats",
+        "warmup",
+        "frames-odd",
+        "no-methods",
+    ],
+)
 def test_cli_bad_values_are_one_line_errors(tmp_path, capsys, flags, words):
     threads = torch.get_num_threads()
     assert _bench(*flags) == 2
@@ -232,11 +404,26 @@ def test_cli_bad_values_are_one_line_errors(tmp_path, capsys, flags, words):
 
 
 def test_library_settings_are_checked_too():
-    base = dict(arch=None, methods=("apt",), prompts=(2,), frames=4, img_size=32, num_classes=5, repeats=1,
-                warmup=0, arch_overrides=TINY_ARCH)
-    for change, words in (({"device": "gpu"}, "'gpu'"), ({"threads": -1}, "threads"), ({"frames": 0}, "frames"),
-                          ({"img_size": 0}, "img_size"), ({"num_classes": 0}, "num_classes"),
-                          ({"prompts": (-1,)}, "prompts"), ({"methods": ()}, "no method")):
+    base = dict(
+        arch=None,
+        methods=("apt",),
+        prompts=(2,),
+        frames=4,
+        img_size=32,
+        num_classes=5,
+        repeats=1,
+        warmup=0,
+        arch_overrides=TINY_ARCH,
+    )
+    for change, words in (
+        ({"device": "gpu"}, "'gpu'"),
+        ({"threads": -1}, "threads"),
+        ({"frames": 0}, "frames"),
+        ({"img_size": 0}, "img_size"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"prompts": (-1,)}, "prompts"),
+        ({"methods": ()}, "no method"),
+    ):
         with pytest.raises(ConfigError, match=words):
             run_bench(BenchSettings(**{**base, **change}), progress=False)
 

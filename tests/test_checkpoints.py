@@ -34,11 +34,16 @@ def _pooled(model, x):
 
 def test_videomae_pretraining_checkpoint(source, tmp_path):
     state = {f"encoder.{k}": v for k, v in backbone_state(source).items()}
-    state.update({
-        "encoder.norm.weight": torch.ones(32), "encoder.norm.bias": torch.zeros(32),
-        "mask_token": torch.zeros(1, 1, 16), "encoder_to_decoder.weight": torch.zeros(16, 32),
-        "decoder.blocks.0.attn.qkv.weight": torch.zeros(48, 16), "decoder.head.weight": torch.zeros(1536, 16),
-    })
+    state.update(
+        {
+            "encoder.norm.weight": torch.ones(32),
+            "encoder.norm.bias": torch.zeros(32),
+            "mask_token": torch.zeros(1, 1, 16),
+            "encoder_to_decoder.weight": torch.zeros(16, 32),
+            "decoder.blocks.0.attn.qkv.weight": torch.zeros(48, 16),
+            "decoder.head.weight": torch.zeros(1536, 16),
+        }
+    )
     path = tmp_path / "pretrain.pth"
     torch.save({"model": state, "epoch": 799}, path)
     model = tiny_model("apt", num_prompts=2, pretrained=path).eval()
@@ -57,8 +62,9 @@ def test_videomae_finetuned_checkpoint_drops_a_mismatched_head(source, tmp_path)
     torch.testing.assert_close(other.forward_features(x), source.forward_features(x))
 
 
-def official_apt_state(reparam: bool, seed: int = 0, depth: int = 3, dim: int = 32, heads: int = 4,
-                       prompts: int = 3, classes: int = 5) -> dict:
+def official_apt_state(
+    reparam: bool, seed: int = 0, depth: int = 3, dim: int = 32, heads: int = 4, prompts: int = 3, classes: int = 5
+) -> dict:
     """A checkpoint of the official APT code, written from its description, not from aptune's model.
 
     VideoMAE block names (fused ``attn.qkv.weight`` with separate ``q_bias``/``v_bias``, ``norm1``,
@@ -72,15 +78,23 @@ def official_apt_state(reparam: bool, seed: int = 0, depth: int = 3, dim: int = 
 
     state = {"patch_embed.proj.weight": rand(dim, 3, 2, 16, 16), "patch_embed.proj.bias": rand(dim)}
     for i in range(depth):
-        state.update({
-            f"blocks.{i}.norm1.weight": rand(dim, offset=1.0), f"blocks.{i}.norm1.bias": rand(dim),
-            f"blocks.{i}.attn.qkv.weight": rand(3 * dim, dim),
-            f"blocks.{i}.attn.q_bias": rand(dim), f"blocks.{i}.attn.v_bias": rand(dim),
-            f"blocks.{i}.attn.proj.weight": rand(dim, dim), f"blocks.{i}.attn.proj.bias": rand(dim),
-            f"blocks.{i}.norm2.weight": rand(dim, offset=1.0), f"blocks.{i}.norm2.bias": rand(dim),
-            f"blocks.{i}.mlp.fc1.weight": rand(4 * dim, dim), f"blocks.{i}.mlp.fc1.bias": rand(4 * dim),
-            f"blocks.{i}.mlp.fc2.weight": rand(dim, 4 * dim), f"blocks.{i}.mlp.fc2.bias": rand(dim),
-        })
+        state.update(
+            {
+                f"blocks.{i}.norm1.weight": rand(dim, offset=1.0),
+                f"blocks.{i}.norm1.bias": rand(dim),
+                f"blocks.{i}.attn.qkv.weight": rand(3 * dim, dim),
+                f"blocks.{i}.attn.q_bias": rand(dim),
+                f"blocks.{i}.attn.v_bias": rand(dim),
+                f"blocks.{i}.attn.proj.weight": rand(dim, dim),
+                f"blocks.{i}.attn.proj.bias": rand(dim),
+                f"blocks.{i}.norm2.weight": rand(dim, offset=1.0),
+                f"blocks.{i}.norm2.bias": rand(dim),
+                f"blocks.{i}.mlp.fc1.weight": rand(4 * dim, dim),
+                f"blocks.{i}.mlp.fc1.bias": rand(4 * dim),
+                f"blocks.{i}.mlp.fc2.weight": rand(dim, 4 * dim),
+                f"blocks.{i}.mlp.fc2.bias": rand(dim),
+            }
+        )
     state["prompt_embeddings_k"] = rand(depth, prompts, dim // heads, offset=0.0) * 5
     state["prompt_embeddings_v"] = rand(depth, prompts, dim // heads) * 5
     if reparam:  # scales on both sides of one: max(s, 1) must clip those below
@@ -116,18 +130,35 @@ def official_reference_logits(state: dict, x: torch.Tensor, depth: int = 3, head
     scales = state.get("prompt_scale")
     model = NS(
         config=NS(num_heads=heads, head_dim=dim // heads, layer_norm_eps=1e-6),
-        patch_embed=NS(proj=lambda clip: F.conv3d(clip, state["patch_embed.proj.weight"],
-                                                  state["patch_embed.proj.bias"], stride=(2, 16, 16))),
+        patch_embed=NS(
+            proj=lambda clip: F.conv3d(
+                clip, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=(2, 16, 16)
+            )
+        ),
         pos_embed=videomae_position_table(tokens, dim)[None],
-        kv_prompts=NS(first_layer=0, last_layer=depth - 1, keys=state["prompt_embeddings_k"],
-                      values=state["prompt_embeddings_v"], scales=scales),
-        blocks=[NS(norm1=norm(f"blocks.{i}.norm1"), norm2=norm(f"blocks.{i}.norm2"),
-                   attn=NS(qkv=NS(weight=state[f"blocks.{i}.attn.qkv.weight"]),
-                           q_bias=state[f"blocks.{i}.attn.q_bias"], v_bias=state[f"blocks.{i}.attn.v_bias"],
-                           proj=norm(f"blocks.{i}.attn.proj")),
-                   mlp=NS(fc1=linear(f"blocks.{i}.mlp.fc1"), fc2=linear(f"blocks.{i}.mlp.fc2")))
-                for i in range(depth)],
-        fc_norm=norm("head_norm"), head=norm("head"),
+        kv_prompts=NS(
+            first_layer=0,
+            last_layer=depth - 1,
+            keys=state["prompt_embeddings_k"],
+            values=state["prompt_embeddings_v"],
+            scales=scales,
+        ),
+        blocks=[
+            NS(
+                norm1=norm(f"blocks.{i}.norm1"),
+                norm2=norm(f"blocks.{i}.norm2"),
+                attn=NS(
+                    qkv=NS(weight=state[f"blocks.{i}.attn.qkv.weight"]),
+                    q_bias=state[f"blocks.{i}.attn.q_bias"],
+                    v_bias=state[f"blocks.{i}.attn.v_bias"],
+                    proj=norm(f"blocks.{i}.attn.proj"),
+                ),
+                mlp=NS(fc1=linear(f"blocks.{i}.mlp.fc1"), fc2=linear(f"blocks.{i}.mlp.fc2")),
+            )
+            for i in range(depth)
+        ],
+        fc_norm=norm("head_norm"),
+        head=norm("head"),
     )
     return reference_apt_logits(model, x)
 
@@ -155,10 +186,12 @@ def test_official_apt_checkpoint_gives_the_official_logits(tmp_path, reparam):
 
 def test_official_apt_prompt_tensors_are_checked(tmp_path):
     state = official_apt_state(True)
-    for change, words in (({"prompt_embeddings_v": None}, "no 'prompt_embeddings_v'"),
-                          ({"prompt_embeddings_v": torch.zeros(3, 2, 8)}, "must both be (layers, P, head_dim)"),
-                          ({"prompt_embeddings_k": torch.zeros(3, 8)}, "must both be (layers, P, head_dim)"),
-                          ({"prompt_scale": torch.ones(3, 3)}, "'prompt_scale' has shape (3, 3)")):
+    for change, words in (
+        ({"prompt_embeddings_v": None}, "no 'prompt_embeddings_v'"),
+        ({"prompt_embeddings_v": torch.zeros(3, 2, 8)}, "must both be (layers, P, head_dim)"),
+        ({"prompt_embeddings_k": torch.zeros(3, 8)}, "must both be (layers, P, head_dim)"),
+        ({"prompt_scale": torch.ones(3, 3)}, "'prompt_scale' has shape (3, 3)"),
+    ):
         broken = {k: v for k, v in state.items() if not (k in change and change[k] is None)}
         broken.update({k: v for k, v in change.items() if v is not None})
         path = tmp_path / "apt_official.pth"
@@ -201,9 +234,17 @@ def test_huggingface_legacy_bias_names_and_bin_weights(tmp_path):
 def test_huggingface_pretraining_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.VideoMAEConfig(
-        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-        image_size=32, patch_size=16, num_frames=4, decoder_hidden_size=16,
-        decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=16,
+        num_frames=4,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
     )
     transformers.VideoMAEForPreTraining(config).save_pretrained(tmp_path / "pre")
     model = aptune.create_model(pretrained=tmp_path / "pre", num_classes=3, method="apt", num_prompts=2)
@@ -273,9 +314,11 @@ def test_safetensors_checkpoint(source, tmp_path):
 
 # ------------------------------------------------------ malformed pretrained inputs
 def test_integer_state_dict_keys_are_a_one_line_error(source, tmp_path):
-    for name, payload in (("flat", {0: torch.zeros(2), **backbone_state(source)}),
-                          ("wrapped", {"model": {**backbone_state(source), 7: torch.zeros(2)}}),
-                          ("tuple-key", {("blocks", 0): torch.zeros(2)})):
+    for name, payload in (
+        ("flat", {0: torch.zeros(2), **backbone_state(source)}),
+        ("wrapped", {"model": {**backbone_state(source), 7: torch.zeros(2)}}),
+        ("tuple-key", {("blocks", 0): torch.zeros(2)}),
+    ):
         path = tmp_path / f"{name}.pth"
         torch.save(payload, path)
         with pytest.raises(CheckpointError) as caught:
@@ -351,16 +394,20 @@ def test_a_broken_hugging_face_config_is_a_one_line_error(hf_folder, changes, wo
     assert "config.json" in message and words in message and "\n" not in message, message
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"[1, 2, 3]", "holds a JSON list, expected a JSON object"),
-    (b'"videomae"', "holds a string"),
-    (b"\xff\xfe{\x00}\x00", "is not UTF-8 text"),
-    (b'{"model_type": "vid\xe9omae"}', "is not UTF-8 text"),
-    (b"", "invalid JSON"),
-    (b"[" * 100_000, "invalid JSON"),
-    (b'{"hidden_size": 1' + b"0" * 5000 + b"}", "invalid JSON"),
-    (b"null", "holds a null"),
-], ids=["list", "string", "utf16", "latin1", "empty", "deep", "long-number", "null"])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"[1, 2, 3]", "holds a JSON list, expected a JSON object"),
+        (b'"videomae"', "holds a string"),
+        (b"\xff\xfe{\x00}\x00", "is not UTF-8 text"),
+        (b'{"model_type": "vid\xe9omae"}', "is not UTF-8 text"),
+        (b"", "invalid JSON"),
+        (b"[" * 100_000, "invalid JSON"),
+        (b'{"hidden_size": 1' + b"0" * 5000 + b"}", "invalid JSON"),
+        (b"null", "holds a null"),
+    ],
+    ids=["list", "string", "utf16", "latin1", "empty", "deep", "long-number", "null"],
+)
 def test_a_config_json_that_is_not_an_object_is_a_one_line_error(hf_folder, content, words):
     (hf_folder / "config.json").write_bytes(content)
     with pytest.raises(CheckpointError) as caught:
@@ -388,20 +435,36 @@ def test_a_sharded_hugging_face_folder_loads(hf_folder):
     torch.testing.assert_close(sharded(x), reference(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("index, words", [
-    ("{nope", "invalid JSON"),
-    ("[]", "holds a JSON list"),
-    ("{}", "'weight_map' is None"),
-    ('{"weight_map": ["model.safetensors"]}', "'weight_map' is ['model.safetensors']"),
-    ('{"weight_map": {}}', "'weight_map' is {}"),
-    ('{"weight_map": {"NAME": 3}}', "weight_map['NAME'] is 3"),
-    ('{"weight_map": {"NAME": "model-00002-of-00002.safetensors"}}', "names shard 'model-00002-of-00002.safetensors', "
-     "which does not exist"),
-    ('{"weight_map": {"NAME": "../outside.safetensors"}}', "outside the checkpoint folder"),
-    ('{"weight_map": {"NAME": "/etc/passwd"}}', "outside the checkpoint folder"),
-    ('{"weight_map": {"not.in.the.shard": "model-00001-of-00001.safetensors"}}', "which does not hold it"),
-], ids=["bad-json", "list", "no-map", "map-list", "map-empty", "shard-number", "missing-shard", "parent",
-        "absolute", "tensor-elsewhere"])
+@pytest.mark.parametrize(
+    "index, words",
+    [
+        ("{nope", "invalid JSON"),
+        ("[]", "holds a JSON list"),
+        ("{}", "'weight_map' is None"),
+        ('{"weight_map": ["model.safetensors"]}', "'weight_map' is ['model.safetensors']"),
+        ('{"weight_map": {}}', "'weight_map' is {}"),
+        ('{"weight_map": {"NAME": 3}}', "weight_map['NAME'] is 3"),
+        (
+            '{"weight_map": {"NAME": "model-00002-of-00002.safetensors"}}',
+            "names shard 'model-00002-of-00002.safetensors', which does not exist",
+        ),
+        ('{"weight_map": {"NAME": "../outside.safetensors"}}', "outside the checkpoint folder"),
+        ('{"weight_map": {"NAME": "/etc/passwd"}}', "outside the checkpoint folder"),
+        ('{"weight_map": {"not.in.the.shard": "model-00001-of-00001.safetensors"}}', "which does not hold it"),
+    ],
+    ids=[
+        "bad-json",
+        "list",
+        "no-map",
+        "map-list",
+        "map-empty",
+        "shard-number",
+        "missing-shard",
+        "parent",
+        "absolute",
+        "tensor-elsewhere",
+    ],
+)
 def test_a_broken_shard_index_is_a_one_line_error(hf_folder, index, words):
     index_path, names = _shard(hf_folder)
     (hf_folder.parent / "outside.safetensors").write_bytes(b"")

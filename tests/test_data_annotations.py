@@ -43,8 +43,7 @@ def test_round_trip_every_video_once_with_its_label(synthetic, data_format):
 def test_official_splits_differ(synthetic, data_format):
     root = synthetic(data_format).root
     tests = [
-        frozenset(s.path for s in load_annotations(data_format, root, "test", split).samples)
-        for split in (1, 2, 3)
+        frozenset(s.path for s in load_annotations(data_format, root, "test", split).samples) for split in (1, 2, 3)
     ]
     assert len(set(tests)) == 3
     for split in (1, 2, 3):
@@ -61,10 +60,7 @@ def test_counts_per_format(synthetic):
     assert len(load_annotations("ucf101", ucf.root, "test", 1)) == 3 * 2
     assert len(load_annotations("ucf101", ucf.root, "train", 1)) == 3 * 4
     ssv2 = synthetic("ssv2")
-    assert (
-        load_annotations("ssv2", ssv2.root, "val").samples
-        == load_annotations("ssv2", ssv2.root, "test").samples
-    )
+    assert load_annotations("ssv2", ssv2.root, "val").samples == load_annotations("ssv2", ssv2.root, "test").samples
     hmdb = synthetic("hmdb51")
     assert load_annotations("hmdb51", hmdb.root, "train", 1).class_names == sorted(hmdb.class_names)
 
@@ -106,16 +102,11 @@ def test_list_format_paths_with_spaces_and_defaults(tmp_path):
     assert train.samples[0].label == 2
     assert train.samples[1].path == "/abs/path.avi"
     assert train.class_names == ["0", "1", "2"]  # no classes.txt: names are the numbers
-    assert (
-        load_annotations("list", tmp_path, "val").samples
-        == load_annotations("list", tmp_path, "test").samples
-    )
+    assert load_annotations("list", tmp_path, "val").samples == load_annotations("list", tmp_path, "test").samples
     elsewhere = tmp_path / "lists"
     elsewhere.mkdir()
     (elsewhere / "train.csv").write_text("v.avi 0\n")
-    assert load_annotations("list", tmp_path, "train", annotations=elsewhere).samples[
-        0
-    ].path == str(tmp_path / "v.avi")
+    assert load_annotations("list", tmp_path, "train", annotations=elsewhere).samples[0].path == str(tmp_path / "v.avi")
 
 
 def test_ucf101_errors(synthetic, tmp_path):
@@ -200,10 +191,7 @@ def test_kinetics_finds_flat_layout(synthetic, tmp_path):
     train = load_annotations("kinetics", root, "train")
     assert all(Path(p).parent == root and Path(p).is_file() for p, _ in train.samples)
     # no test.csv: the validation set is the test set
-    assert (
-        load_annotations("kinetics", root, "test").samples
-        == load_annotations("kinetics", root, "val").samples
-    )
+    assert load_annotations("kinetics", root, "test").samples == load_annotations("kinetics", root, "val").samples
 
 
 def test_bad_arguments(tmp_path):
@@ -266,23 +254,23 @@ TEXT_FILES = [
 ]
 
 
-@pytest.mark.parametrize(("data_format", "name", "line", "split"), TEXT_FILES,
-                         ids=[f"{f}:{n.split('/')[-1]}" for f, n, _, _ in TEXT_FILES])
-def test_text_that_is_not_utf8_names_the_file_and_line(synthetic, tmp_path, data_format, name,
-                                                       line, split):
+@pytest.mark.parametrize(
+    ("data_format", "name", "line", "split"), TEXT_FILES, ids=[f"{f}:{n.split('/')[-1]}" for f, n, _, _ in TEXT_FILES]
+)
+def test_text_that_is_not_utf8_names_the_file_and_line(synthetic, tmp_path, data_format, name, line, split):
     root = _copy(synthetic(data_format), tmp_path)
     _bad_bytes(root / name, line)
     file_name = re.escape(name.split("/")[-1])
     _expect(rf"{file_name}:{line}: not UTF-8 text", data_format, root, split)
 
 
-@pytest.mark.parametrize(("data_format", "name", "line", "split"), TEXT_FILES,
-                         ids=[f"{f}:{n.split('/')[-1]}" for f, n, _, _ in TEXT_FILES])
+@pytest.mark.parametrize(
+    ("data_format", "name", "line", "split"), TEXT_FILES, ids=[f"{f}:{n.split('/')[-1]}" for f, n, _, _ in TEXT_FILES]
+)
 def test_nul_bytes_name_the_file_and_line(synthetic, tmp_path, data_format, name, line, split):
     root = _copy(synthetic(data_format), tmp_path)
     _bad_bytes(root / name, line, b"a\x00b")
-    _expect(rf"{re.escape(name.split('/')[-1])}:{line}: contains a NUL byte", data_format, root,
-            split)
+    _expect(rf"{re.escape(name.split('/')[-1])}:{line}: contains a NUL byte", data_format, root, split)
 
 
 def test_utf16_annotation_file_is_named(tmp_path):
@@ -325,8 +313,7 @@ def test_ucf101_train_labels(synthetic, tmp_path, label):
     lines = train.read_text().splitlines()
     lines[0] = f"{lines[0].split()[0]} {label}"
     train.write_text("\n".join(lines) + "\n")
-    _expect(r"trainlist01\.txt:1: (expected '<path> <1-based label>'|label .* out of range)",
-            "ucf101", root, "train")
+    _expect(r"trainlist01\.txt:1: (expected '<path> <1-based label>'|label .* out of range)", "ucf101", root, "train")
 
 
 @pytest.mark.parametrize("tag", ["3", "-1", "１", "1.0", ""])
@@ -336,8 +323,7 @@ def test_hmdb51_tags(synthetic, tmp_path, tag):
     lines = split_file.read_text().splitlines()
     lines[1] = f"{lines[1].split()[0]} {tag}"
     split_file.write_text("\n".join(lines) + "\n")
-    _expect(r"moving_left_test_split1\.txt:2: expected '<video> <0\|1\|2>'", "hmdb51", root,
-            "train")
+    _expect(r"moving_left_test_split1\.txt:2: expected '<video> <0\|1\|2>'", "hmdb51", root, "train")
 
 
 @pytest.mark.parametrize(
@@ -380,8 +366,7 @@ def test_kinetics_malformed_csv(synthetic, tmp_path):
     root = _copy(synthetic("kinetics"), tmp_path)
     header = (root / "train.csv").read_text().splitlines()[0]
     (root / "train.csv").write_text(f"{header}\nmoving right,{'a' * 200_000},1,11,train\n")
-    _expect(r"train\.csv:2: malformed CSV \(field larger than field limit", "kinetics", root,
-            "train")
+    _expect(r"train\.csv:2: malformed CSV \(field larger than field limit", "kinetics", root, "train")
     (root / "train.csv").write_text(f"{header}\n,abc,1,11,train\n")
     _expect(r"train\.csv:2: empty label", "kinetics", root, "train")
 
@@ -482,6 +467,6 @@ def test_ssv2_entry_lines_survive_escaped_quotes_and_plain_values(synthetic, tmp
     message = _expect(r"train\.json:\d+: entry 2: unknown class", "ssv2", root, "train")
     line = int(message.split("train.json:")[1].split(":")[0])
     lines = train_file.read_text().splitlines()
-    assert lines[line - 1].strip() == "{" and sum(t.strip() == "{" for t in lines[:line - 1]) == 2
+    assert lines[line - 1].strip() == "{" and sum(t.strip() == "{" for t in lines[: line - 1]) == 2
     train_file.write_text('[\n {"id": "1", "template": "Something moving right"},\n\n 7\n]')
     _expect(r"train\.json:4: entry 1: entry needs 'id' and 'template'", "ssv2", root, "train")

@@ -71,20 +71,14 @@ def test_check_fails_on_too_many_bad_videos(tmp_path, synthetic, capsys):
     root.mkdir()
     (root / "zero.avi").write_bytes(b"")
     for split in ("train", "val", "test"):
-        lines = [
-            f"{source.root / line}"
-            for line in (source.root / f"{split}.csv").read_text().splitlines()
-        ]
+        lines = [f"{source.root / line}" for line in (source.root / f"{split}.csv").read_text().splitlines()]
         if split == "train":
             lines += ["gone.avi 0", "zero.avi 1"]
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     config = tmp_path / "recipe.yaml"
     config.write_text(f"data:\n  format: list\n  root: {root}\n  num_workers: 0\n")
     report = tmp_path / "report.json"
-    assert (
-        main(["data", "check", "--config", str(config), "--json", str(report), "--no-progress"])
-        == 1
-    )
+    assert main(["data", "check", "--config", str(config), "--json", str(report), "--no-progress"]) == 1
     summary = json.loads(report.read_text())
     assert (summary["ok"], summary["missing"], summary["unreadable"]) == (18, 1, 1)
     assert summary["missing_files"] == [str(root / "gone.avi")]
@@ -233,8 +227,9 @@ def test_synth_full_disk_is_one_line_and_leaves_no_partial_video(tmp_path, capsy
 
     monkeypatch.setattr(synth, "write_video", full_disk)
     out = tmp_path / "out"
-    assert main(["data", "synth", str(out), "--classes", "2", "--per-class", "2", "--frames", "4",
-                 "--size", "16x16"]) == 2
+    assert (
+        main(["data", "synth", str(out), "--classes", "2", "--per-class", "2", "--frames", "4", "--size", "16x16"]) == 2
+    )
     message = _one_line_error(capsys)
     assert "no space left on the device" in message and ".avi" in message
     assert not list(out.rglob("*.avi"))  # the partial file was removed
@@ -243,25 +238,50 @@ def test_synth_full_disk_is_one_line_and_leaves_no_partial_video(tmp_path, capsy
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_synth_onto_a_really_full_disk(tmp_path, capsys, workers):
     with mounted_tmpfs(tmp_path / "disk", "256k") as disk:
-        status = main(["data", "synth", str(disk / "ds"), "--classes", "4", "--per-class", "10",
-                       "--frames", "16", "--size", "64x64", "--workers", workers])
+        status = main(
+            [
+                "data",
+                "synth",
+                str(disk / "ds"),
+                "--classes",
+                "4",
+                "--per-class",
+                "10",
+                "--frames",
+                "16",
+                "--size",
+                "64x64",
+                "--workers",
+                workers,
+            ]
+        )
         message = _one_line_error(capsys)
     assert status == 2 and "no space left on the device" in message
 
 
-def test_check_json_into_a_new_folder_and_into_places_that_cannot_be_written(tmp_path, synthetic,
-                                                                              capsys, monkeypatch):
+def test_check_json_into_a_new_folder_and_into_places_that_cannot_be_written(tmp_path, synthetic, capsys, monkeypatch):
     root = synthetic("list").root
-    check = ["data", "check", "--set", "data.format=list", "--set", f"data.root={root}",
-             "--set", "data.num_workers=0", "--no-progress"]
+    check = [
+        "data",
+        "check",
+        "--set",
+        "data.format=list",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        "data.num_workers=0",
+        "--no-progress",
+    ]
     report = tmp_path / "new" / "deeper" / "report.json"
     assert main([*check, "--json", str(report)]) == 0
     assert json.loads(report.read_text())["ok"] == 18
     capsys.readouterr()
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    for target, reason in ((blocker / "report.json", "in the way"),
-                           (tmp_path / "new", "a folder of that name is in the way")):
+    for target, reason in (
+        (blocker / "report.json", "in the way"),
+        (tmp_path / "new", "a folder of that name is in the way"),
+    ):
         assert main([*check, "--json", str(target)]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""  # refused before decoding anything
@@ -288,9 +308,21 @@ def test_check_json_onto_a_really_full_disk(tmp_path, synthetic, capsys):
             pass
         finally:
             os.close(descriptor)
-        status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={root}",
-                       "--set", "data.num_workers=0", "--no-progress",
-                       "--json", str(disk / "report.json")])
+        status = main(
+            [
+                "data",
+                "check",
+                "--set",
+                "data.format=list",
+                "--set",
+                f"data.root={root}",
+                "--set",
+                "data.num_workers=0",
+                "--no-progress",
+                "--json",
+                str(disk / "report.json"),
+            ]
+        )
         message = _one_line_error(capsys)
     assert status == 2 and "no space left on the device" in message
 
@@ -309,9 +341,23 @@ def test_check_where_every_video_is_bad_is_clear_and_strict(tmp_path, capsys):
     for split in ("train", "test"):
         (tmp_path / f"{split}.csv").write_text(lines)
     report = tmp_path / "out" / "report.json"
-    status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={tmp_path}",
-                   "--set", "data.num_workers=0", "--set", "data.max_bad_fraction=1.0",
-                   "--json", str(report), "--no-progress"])
+    status = main(
+        [
+            "data",
+            "check",
+            "--set",
+            "data.format=list",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            "data.num_workers=0",
+            "--set",
+            "data.max_bad_fraction=1.0",
+            "--json",
+            str(report),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 1
     assert "ok 0, missing 1, unreadable 2" in out
@@ -329,9 +375,23 @@ def test_check_names_the_split_that_is_all_bad(tmp_path, synthetic, capsys):
     (tmp_path / "train.csv").write_text("".join(f"{source.root / line}\n" for line in train))
     (tmp_path / "test.csv").write_text("gone1.avi 0\ngone2.avi 1\n")
     report = tmp_path / "report.json"
-    status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={tmp_path}",
-                   "--set", "data.num_workers=0", "--set", "data.max_bad_fraction=0.5",
-                   "--json", str(report), "--no-progress"])
+    status = main(
+        [
+            "data",
+            "check",
+            "--set",
+            "data.format=list",
+            "--set",
+            f"data.root={tmp_path}",
+            "--set",
+            "data.num_workers=0",
+            "--set",
+            "data.max_bad_fraction=0.5",
+            "--json",
+            str(report),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 1  # 2 of 14 videos bad overall (14 %), but nothing to test on
     last = out.strip().splitlines()[-1]

@@ -38,10 +38,7 @@ def with_bad_videos(synthetic, tmp_path):
     (tmp_path / "text.avi").write_text("not a video\n" * 20)
     bad = ["missing.avi 0", "zero.avi 1", "text.avi 2"]
     for split in ("train", "test"):
-        lines = [
-            f"{source.root / line}"
-            for line in (source.root / f"{split}.csv").read_text().splitlines()
-        ]
+        lines = [f"{source.root / line}" for line in (source.root / f"{split}.csv").read_text().splitlines()]
         (tmp_path / f"{split}.csv").write_text("\n".join(lines + bad) + "\n")
     (tmp_path / "classes.txt").write_text((source.root / "classes.txt").read_text())
     return tmp_path
@@ -72,9 +69,7 @@ def test_training_skips_bad_videos_and_counts_them_across_workers(with_bad_video
         assert batch.labels.max() < 3
         seen += batch.clips.shape[0]
     assert len(dataset) == 15 and seen == 30
-    assert set(log.bad) == {
-        str(with_bad_videos / n) for n in ("missing.avi", "zero.avi", "text.avi")
-    }
+    assert set(log.bad) == {str(with_bad_videos / n) for n in ("missing.avi", "zero.avi", "text.avi")}
     assert log.bad[str(with_bad_videos / "missing.avi")] == "file not found"
     assert log.bad[str(with_bad_videos / "zero.avi")] == "empty file (0 bytes)"
     assert log.skipped >= 3 and log.as_dict()["num_bad"] == 3
@@ -82,18 +77,13 @@ def test_training_skips_bad_videos_and_counts_them_across_workers(with_bad_video
     # in the main process the one-line warning is visible
     caplog.set_level("WARNING", logger="aptune.data")
     dataset[len(dataset) - 3]  # missing.avi
-    assert any(
-        "skipping" in r.message and "missing.avi: file not found" in r.message
-        for r in caplog.records
-    )
+    assert any("skipping" in r.message and "missing.avi: file not found" in r.message for r in caplog.records)
 
 
 def test_too_many_bad_videos_stop_with_the_first_files(with_bad_videos):
     dataset = build_dataset(_config(with_bad_videos), "train")  # default max_bad_fraction 1%
     log = BadVideoLog(len(dataset), 0.01, "train")
-    with pytest.raises(
-        DataError, match=r"of \d+ train videos cannot be decoded .*max_bad_fraction=0.01.*\.avi"
-    ):
+    with pytest.raises(DataError, match=r"of \d+ train videos cannot be decoded .*max_bad_fraction=0.01.*\.avi"):
         for batch in build_loader(dataset, batch_size=1, drop_last=False):
             log.record(batch.failures)
 
@@ -113,9 +103,7 @@ def test_evaluation_reports_bad_videos_and_never_substitutes(with_bad_videos):
     for batch in build_loader(dataset, batch_size=6, num_workers=2):
         log.record(batch.failures)
         assert batch.clips.shape[0] == batch.labels.shape[0] == batch.video_indices.shape[0]
-        for video, view, label in zip(
-            batch.video_indices.tolist(), batch.view_indices.tolist(), batch.labels.tolist()
-        ):
+        for video, view, label in zip(batch.video_indices.tolist(), batch.view_indices.tolist(), batch.labels.tolist()):
             views.setdefault(video, []).append(view)
             assert dataset.samples[video].label == label
     bad_indices = {i for i, s in enumerate(dataset.samples) if s.path in log.bad}
@@ -149,9 +137,7 @@ def test_all_views_of_a_video_share_one_decode(synthetic, monkeypatch):
 def test_val_uses_one_view_and_segment_sampling_for_ssv2(synthetic):
     val = build_dataset(_config(synthetic("list").root), "val")
     assert val.views_per_video == 1 and len(val) == len(val.samples)
-    assert (
-        build_dataset(_config(synthetic("list").root), "val", multi_view=True).views_per_video == 6
-    )
+    assert build_dataset(_config(synthetic("list").root), "val", multi_view=True).views_per_video == 6
     ssv2 = build_dataset(_config(synthetic("ssv2").root, format="ssv2"), "test")
     assert ssv2.sampling == "segment"
     item = ssv2[0]

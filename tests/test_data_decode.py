@@ -28,9 +28,7 @@ def counter_videos(tmp_path_factory):
     videos = {}
     for extension in ("avi", "mp4", "webm"):
         for gop in (6, 250):  # short GOP, and one keyframe for the whole file
-            videos[(extension, gop)] = make_counter_video(
-                folder / f"c{gop}.{extension}", 80, gop=gop
-            )
+            videos[(extension, gop)] = make_counter_video(folder / f"c{gop}.{extension}", 80, gop=gop)
     return videos
 
 
@@ -141,9 +139,7 @@ def _bad_files(tmp_path, counter_avi, counter_webm):
     files["audio"] = tmp_path / "audio.wav"
     with av.open(str(files["audio"]), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 800), np.int16), format="s16", layout="mono"
-        )
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
         frame.sample_rate = 8000
         for packet in stream.encode(frame):
             container.mux(packet)

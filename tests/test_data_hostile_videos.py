@@ -141,14 +141,10 @@ class _FailingSeeks:
     ],
     ids=lambda e: type(e).__module__ + "." + type(e).__name__,
 )
-def test_a_failing_seek_of_any_ffmpeg_or_os_class_falls_back_to_the_start(
-    tmp_path, monkeypatch, error
-):
+def test_a_failing_seek_of_any_ffmpeg_or_os_class_falls_back_to_the_start(tmp_path, monkeypatch, error):
     path = make_counter_video(tmp_path / "c.mp4", 30, gop=5)
     real_open = av.open
-    monkeypatch.setattr(
-        decode_module.av, "open", lambda *a, **k: _FailingSeeks(real_open(*a, **k), error)
-    )
+    monkeypatch.setattr(decode_module.av, "open", lambda *a, **k: _FailingSeeks(real_open(*a, **k), error))
     with open_video(path) as video:
         assert video.num_frames == 30
         assert _indices(video.get_frames(range(12, 18))) == list(range(12, 18))
@@ -247,9 +243,20 @@ def _list_dataset(root: Path, videos: list[Path], labels: list[int] | None = Non
 
 
 def _config(root: Path, **overrides) -> DataConfig:
-    values = dict(format="list", root=str(root), num_frames=4, sampling_rate=2, input_size=24,
-                  short_side_size=28, num_sample=1, test_num_segment=2, test_num_crop=3,
-                  num_workers=0, decode_threads=1, max_bad_fraction=0.5)
+    values = dict(
+        format="list",
+        root=str(root),
+        num_frames=4,
+        sampling_rate=2,
+        input_size=24,
+        short_side_size=28,
+        num_sample=1,
+        test_num_segment=2,
+        test_num_crop=3,
+        num_workers=0,
+        decode_threads=1,
+        max_bad_fraction=0.5,
+    )
     values.update(overrides)
     return DataConfig(**values)
 
@@ -308,9 +315,7 @@ def test_extreme_aspect_video_is_a_counted_bad_video_not_gigabytes(hostile, tmp_
 
 def test_the_widest_accepted_video_stays_within_the_bound(tmp_path):
     path = write_extreme_aspect(tmp_path / "ten.mp4", height=16, width=160, frames=8)
-    dataset = build_dataset(
-        _config(_list_dataset(tmp_path, [path]), input_size=224, short_side_size=224), "test"
-    )
+    dataset = build_dataset(_config(_list_dataset(tmp_path, [path]), input_size=224, short_side_size=224), "test")
     item = dataset[0]
     assert item.failure is None and item.clip.shape == (3, 4, 224, 224)
     segments = dataset._cache[1]
@@ -327,8 +332,7 @@ def test_large_frames_are_scaled_down_while_decoding(tmp_path):
         video.get_frames([0])
         assert (video.info().height, video.info().width) == (240, 320)  # the file's own size
     # datasets decode at most 4x the size they need
-    dataset = build_dataset(_config(_list_dataset(tmp_path, [path]), input_size=8,
-                                    short_side_size=10), "test")
+    dataset = build_dataset(_config(_list_dataset(tmp_path, [path]), input_size=8, short_side_size=10), "test")
     assert dataset.max_short_side == 40
     frames = read_frames(path, [0], max_short_side=dataset.max_short_side)
     assert frames.shape == (1, 40, 53, 3)
@@ -337,12 +341,25 @@ def test_large_frames_are_scaled_down_while_decoding(tmp_path):
 
 # ------------------------------------------------------------ the commands
 def test_data_check_counts_and_uses_hostile_videos(hostile, tmp_path, capsys):
-    root = _list_dataset(tmp_path, [hostile["raw"], hostile["raw_sizes"], hostile["mjpeg_sizes"],
-                                    hostile["wide"]])
+    root = _list_dataset(tmp_path, [hostile["raw"], hostile["raw_sizes"], hostile["mjpeg_sizes"], hostile["wide"]])
     report = tmp_path / "report.json"
-    status = main(["data", "check", "--set", "data.format=list", "--set", f"data.root={root}",
-                   "--set", "data.max_bad_fraction=0.2", "--set", "data.num_workers=0",
-                   "--json", str(report), "--no-progress"])
+    status = main(
+        [
+            "data",
+            "check",
+            "--set",
+            "data.format=list",
+            "--set",
+            f"data.root={root}",
+            "--set",
+            "data.max_bad_fraction=0.2",
+            "--set",
+            "data.num_workers=0",
+            "--json",
+            str(report),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     summary = json.loads(report.read_text())
     assert (summary["ok"], summary["unreadable"]) == (3, 1)
@@ -353,25 +370,41 @@ def test_data_check_counts_and_uses_hostile_videos(hostile, tmp_path, capsys):
 
 def test_train_eval_predict_survive_hostile_videos(hostile, tmp_path, capsys):
     good = [make_counter_video(tmp_path / f"good{i}.avi", 16, size=(32, 32)) for i in range(4)]
-    root = _list_dataset(tmp_path, good + [hostile["raw"], hostile["raw_sizes"],
-                                           hostile["mjpeg_sizes"], hostile["wide"]])
+    root = _list_dataset(
+        tmp_path, good + [hostile["raw"], hostile["raw_sizes"], hostile["mjpeg_sizes"], hostile["wide"]]
+    )
     config = {
-        "model": {"arch": None, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_frames": 4,
-                  "img_size": 32, "patch_size": 16},
+        "model": {
+            "arch": None,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 4,
+            "num_frames": 4,
+            "img_size": 32,
+            "patch_size": 16,
+        },
         "method": {"name": "apt", "num_prompts": 2, "prompt_dropout": 0.0},
-        "data": {"format": "list", "root": str(root), "num_frames": 4, "sampling_rate": 2,
-                 "input_size": 32, "short_side_size": 32, "num_workers": 0, "num_sample": 1,
-                 "test_num_segment": 2, "test_num_crop": 3, "rand_augment": None,
-                 "max_bad_fraction": 0.2},
+        "data": {
+            "format": "list",
+            "root": str(root),
+            "num_frames": 4,
+            "sampling_rate": 2,
+            "input_size": 32,
+            "short_side_size": 32,
+            "num_workers": 0,
+            "num_sample": 1,
+            "test_num_segment": 2,
+            "test_num_crop": 3,
+            "rand_augment": None,
+            "max_bad_fraction": 0.2,
+        },
         "optim": {"lr": 0.01, "warmup_epochs": 0},
         "train": {"epochs": 1, "batch_size": 4, "eval_every": 1, "save_every": 1, "log_every": 1},
     }
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    assert main(["train", "--config", str(recipe), "--output-dir", str(run)]) == 0, (
-        capsys.readouterr().err
-    )
+    assert main(["train", "--config", str(recipe), "--output-dir", str(run)]) == 0, capsys.readouterr().err
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["num_videos"], metrics["skipped_videos"]) == (7, 1)  # only the wide one
     capsys.readouterr()
@@ -379,8 +412,21 @@ def test_train_eval_predict_survive_hostile_videos(hostile, tmp_path, capsys):
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert (evaluated["num_videos"], evaluated["skipped_videos"]) == (7, 1)
     capsys.readouterr()
-    assert main(["predict", str(hostile["raw_sizes"]), str(hostile["mjpeg_sizes"]),
-                 str(hostile["raw"]), str(hostile["wide"]), "--run", str(run), "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(hostile["raw_sizes"]),
+                str(hostile["mjpeg_sizes"]),
+                str(hostile["raw"]),
+                str(hostile["wide"]),
+                "--run",
+                str(run),
+                "--json",
+            ]
+        )
+        == 0
+    )
     answers = json.loads(capsys.readouterr().out)
     assert [("top" in a) for a in answers] == [True, True, True, False]
     assert "aspect ratio" in answers[3]["error"]

@@ -55,7 +55,8 @@ def test_which_object_moves_changes_only_pixels_of_the_named_colour():
         still = np.abs(video[-1].astype(int) - video[0].astype(int)).sum(-1) <= 60
         # the two distractors are still and visible: some unchanged pixels show other palette colours
         shown = {
-            n for n, c in PALETTE.items()
+            n
+            for n, c in PALETTE.items()
             if n != name and (np.linalg.norm(video[-1][still] - np.asarray(c, float), axis=-1) < 40).sum() > 20
         }
         assert len(shown) == 2, (name, shown, len(others))
@@ -65,16 +66,13 @@ def test_palette_scenes_have_the_named_number_of_objects():
     for motion, count in (("two_objects", 2), ("three_objects", 3), ("four_objects", 4)):
         video = render_motion_video(motion, 8, (64, 64), np.random.default_rng(5))
         shown = {
-            n for n, c in PALETTE.items()
-            if (np.linalg.norm(video[0] - np.asarray(c, float), axis=-1) < 40).sum() > 20
+            n for n, c in PALETTE.items() if (np.linalg.norm(video[0] - np.asarray(c, float), axis=-1) < 40).sum() > 20
         }
         assert len(shown) == count, (motion, shown)
 
 
 def test_writes_every_video_with_its_label(tmp_path):
-    dataset = make_synthetic_dataset(
-        tmp_path, format="list", num_classes=4, per_class=5, frames=32, size=(64, 64)
-    )
+    dataset = make_synthetic_dataset(tmp_path, format="list", num_classes=4, per_class=5, frames=32, size=(64, 64))
     assert dataset.num_videos == 20
     assert sorted(label for _, label in dataset.videos) == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
     assert all(path.stat().st_size > 0 for path, _ in dataset.videos)
@@ -106,8 +104,14 @@ def test_variety_options_produce_loadable_videos(tmp_path, options):
 
 
 def test_worker_processes_write_the_same_files(tmp_path):
-    kwargs = {"format": "list", "motions": ["red_moves", "two_objects"], "per_class": 2, "frames": 6,
-              "size": (32, 32), "seed": 3}
+    kwargs = {
+        "format": "list",
+        "motions": ["red_moves", "two_objects"],
+        "per_class": 2,
+        "frames": 6,
+        "size": (32, 32),
+        "seed": 3,
+    }
     one = make_synthetic_dataset(tmp_path / "one", **kwargs)
     two = make_synthetic_dataset(tmp_path / "two", workers=2, **kwargs)
     assert [label for _, label in one.videos] == [label for _, label in two.videos]
@@ -118,9 +122,21 @@ def test_worker_processes_write_the_same_files(tmp_path):
 @pytest.mark.parametrize(
     "options",
     [
-        {"fps": 0}, {"fps": -1}, {"fps": float("nan")}, {"fps": float("inf")}, {"fps": 1e6},
-        {"gop": -1}, {"gop": 0}, {"gop": 2.5}, {"per_class": 0}, {"frames": 0},
-        {"size": (1, 16)}, {"size": (16,)}, {"size": (16.0, 16)}, {"seed": -1}, {"workers": 0},
+        {"fps": 0},
+        {"fps": -1},
+        {"fps": float("nan")},
+        {"fps": float("inf")},
+        {"fps": 1e6},
+        {"gop": -1},
+        {"gop": 0},
+        {"gop": 2.5},
+        {"per_class": 0},
+        {"frames": 0},
+        {"size": (1, 16)},
+        {"size": (16,)},
+        {"size": (16.0, 16)},
+        {"seed": -1},
+        {"workers": 0},
         {"frames": 10_000, "size": (4096, 4096)},
     ],
 )
@@ -135,8 +151,14 @@ def test_library_refuses_values_the_encoders_or_memory_cannot_take(tmp_path, opt
 def test_extreme_but_allowed_frame_rates_write_readable_videos(tmp_path):
     for fps in (0.001, 1000):
         for data_format in ("list", "ssv2", "kinetics"):  # AVI/MPEG-4, WebM/VP9, MP4/H.264
-            dataset = make_synthetic_dataset(tmp_path / f"{data_format}{fps}", format=data_format,
-                                             num_classes=1, per_class=1, frames=3, size=(8, 8),
-                                             fps=fps)
+            dataset = make_synthetic_dataset(
+                tmp_path / f"{data_format}{fps}",
+                format=data_format,
+                num_classes=1,
+                per_class=1,
+                frames=3,
+                size=(8, 8),
+                fps=fps,
+            )
             info = probe_video(dataset.videos[0][0])
             assert info.fps == pytest.approx(fps, rel=1e-3) and info.num_frames == 3

@@ -45,9 +45,7 @@ def test_randaugment_ops_do_what_they_say():
     assert torch.equal(T._posterize(video, 8), video)
     assert set(T._posterize(video, 1).unique().tolist()) <= {0.0, 128.0}
     assert torch.allclose(T._brightness(video, 1.0), video)
-    assert torch.allclose(T._color(video, 1.0), video) and torch.allclose(
-        T._contrast(video, 1.0), video
-    )
+    assert torch.allclose(T._color(video, 1.0), video) and torch.allclose(T._contrast(video, 1.0), video)
     grey = T._color(video, 0.0)
     assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
     stretched = T._auto_contrast(video * 0.5 + 20, 0)
@@ -60,9 +58,7 @@ def test_randaugment_ops_do_what_they_say():
     rotated = T._rotate(video, 90.0)
     assert torch.allclose(
         rotated[..., 2:-2, 2:-2], torch.rot90(video, 1, (-2, -1))[..., 2:-2, 2:-2], atol=1e-2
-    ) or torch.allclose(
-        rotated[..., 2:-2, 2:-2], torch.rot90(video, -1, (-2, -1))[..., 2:-2, 2:-2], atol=1e-2
-    )
+    ) or torch.allclose(rotated[..., 2:-2, 2:-2], torch.rot90(video, -1, (-2, -1))[..., 2:-2, 2:-2], atol=1e-2)
 
 
 def test_parse_rand_augment():
@@ -101,9 +97,7 @@ def test_test_transform_resizes_short_side_and_crops_left_centre_right():
     resized = transform.resize(clip)
     assert resized.shape == (4, 3, 32, 64) and resized.dtype == torch.uint8
     crops = transform(clip)
-    assert len(crops) == 3 and all(
-        c.shape == (3, 4, 32, 32) and c.dtype == torch.float32 for c in crops
-    )
+    assert len(crops) == 3 and all(c.shape == (3, 4, 32, 32) and c.dtype == torch.float32 for c in crops)
     left_means = [float(c[0, :, :, 0].mean()) for c in crops]
     assert left_means[0] < left_means[1] < left_means[2]
     for crop in crops:  # the same crop on every frame
@@ -121,9 +115,7 @@ def test_normalize_uses_imagenet_statistics():
 def test_flip_off_for_ssv2_unless_asked(synthetic):
     ssv2 = build_dataset(DataConfig(format="ssv2", root=str(synthetic("ssv2").root)), "train")
     assert ssv2.transform.horizontal_flip is False
-    forced = build_dataset(
-        DataConfig(format="ssv2", root=str(synthetic("ssv2").root), horizontal_flip=True), "train"
-    )
+    forced = build_dataset(DataConfig(format="ssv2", root=str(synthetic("ssv2").root), horizontal_flip=True), "train")
     assert forced.transform.horizontal_flip is True
     ucf = build_dataset(DataConfig(format="ucf101", root=str(synthetic("ucf101").root)), "train")
     assert ucf.transform.horizontal_flip is True

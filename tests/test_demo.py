@@ -19,9 +19,17 @@ def test_shipped_backbone_is_a_pretrained_videomae_checkpoint():
     arch = json.loads(meta["arch"])
     recipe = json.loads(meta["recipe"])
     assert recipe["pretrain"]["mask_ratio"] > 0 and recipe["train"]["epochs"] > 0
-    model = aptune.create_model(None, num_classes=3, method="apt", num_prompts=2, pretrained=path,
-                                **{k: arch[k] for k in ("embed_dim", "depth", "num_heads", "patch_size",
-                                                        "tubelet_size", "num_frames", "img_size")})
+    model = aptune.create_model(
+        None,
+        num_classes=3,
+        method="apt",
+        num_prompts=2,
+        pretrained=path,
+        **{
+            k: arch[k]
+            for k in ("embed_dim", "depth", "num_heads", "patch_size", "tubelet_size", "num_frames", "img_size")
+        },
+    )
     with safe_open(str(path), framework="pt") as f:  # the whole pre-training state: decoder too
         assert "mask_token" in f.keys() and any(k.startswith("decoder.") for k in f.keys())
     assert torch.isfinite(model(torch.randn(1, 3, arch["num_frames"], arch["img_size"], arch["img_size"]))).all()

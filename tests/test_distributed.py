@@ -100,16 +100,28 @@ def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error: ")]
 
 
-@pytest.mark.parametrize("where, message", [
-    ("data", "ValueError: injected: this clip cannot be augmented"),
-    ("forward", "OutOfMemoryError: injected: out of memory in the forward pass"),
-    ("loss", "loss became nan"),
-    ("backward", "RuntimeError: injected: fault in the backward pass"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("data", "ValueError: injected: this clip cannot be augmented"),
+        ("forward", "OutOfMemoryError: injected: out of memory in the forward pass"),
+        ("loss", "loss became nan"),
+        ("backward", "RuntimeError: injected: fault in the backward pass"),
+    ],
+)
 def test_a_fault_on_one_rank_stops_both_with_one_line_and_keeps_the_last_checkpoint(fault_setup, where, message):
     run = fault_setup / f"run-{where}"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(fault_setup / "faults.py"), where, str(fault_setup / "config.yaml"), str(run)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(fault_setup / "faults.py"),
+        where,
+        str(fault_setup / "config.yaml"),
+        str(run),
+    ]
     started = time.time()
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=120)
     elapsed = time.time() - started
@@ -136,11 +148,23 @@ def test_without_a_launcher_both_ranks_stop_on_their_own(fault_setup):
     processes = []
     started = time.time()
     for rank in (0, 1):
-        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        processes.append(subprocess.Popen(
-            [sys.executable, str(fault_setup / "faults.py"), "data", str(fault_setup / "config.yaml"), str(run)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **_env(),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(fault_setup / "faults.py"), "data", str(fault_setup / "config.yaml"), str(run)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [process.communicate(timeout=120) for process in processes]
     assert time.time() - started < 60
     assert [process.returncode for process in processes] == [2, 2]
@@ -192,8 +216,17 @@ def _ranks_report(run: Path) -> list[dict]:
 def _train_two_ranks(tmp_path: Path, config: Path, run: Path, *overrides: str) -> list[dict]:
     script = tmp_path / "check_ranks.py"
     script.write_text(RANK_CHECK)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(script), str(config), str(run), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(config),
+        str(run),
+        *overrides,
+    ]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return _ranks_report(run)
@@ -208,11 +241,25 @@ def test_two_ranks_accumulating_and_compiled_match_one_process(tmp_path, fault_s
     config = fault_setup / "config.yaml"
     one = ["train.epochs=1", "data.num_sample=2"]
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "aptune", "train", "--config", str(config), "--output-dir", str(single),
-                    *[f"--set={o}" for o in [*one, "train.batch_size=4"]]],
-                   check=True, env=_env(), capture_output=True)
-    ranks = _train_two_ranks(tmp_path, config, tmp_path / "accum", *one, "train.batch_size=1",
-                             "train.accum_steps=2", "train.compile=true")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aptune",
+            "train",
+            "--config",
+            str(config),
+            "--output-dir",
+            str(single),
+            *[f"--set={o}" for o in [*one, "train.batch_size=4"]],
+        ],
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
+    ranks = _train_two_ranks(
+        tmp_path, config, tmp_path / "accum", *one, "train.batch_size=1", "train.accum_steps=2", "train.compile=true"
+    )
     # one bucket on this tiny model: one all-reduce per step, not one per micro-batch
     assert [r["reductions"] for r in ranks] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH]
     reference = load_file(single / "adapter.safetensors")

@@ -19,7 +19,9 @@ from aptune.data import datasets as datasets_module
 # augmentation and 2 x 3 test views on, validation every epoch
 TINY_CONFIG = tiny_run_config(
     data={"num_sample": 2, "test_num_segment": 2, "test_num_crop": 3, "rand_augment": "rand-m4-n2-mstd0.2-inc1"},
-    optim={"warmup_epochs": 1}, train={"eval_every": 1})
+    optim={"warmup_epochs": 1},
+    train={"eval_every": 1},
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +38,18 @@ def backbone(tmp_path_factory) -> Path:
     """A small random backbone in the original VideoMAE pre-training layout."""
     import aptune
 
-    model = aptune.create_model(None, method="full", num_classes=4,
-                                **{k: v for k, v in TINY_CONFIG["model"].items() if k != "arch"})
+    model = aptune.create_model(
+        None, method="full", num_classes=4, **{k: v for k, v in TINY_CONFIG["model"].items() if k != "arch"}
+    )
     path = tmp_path_factory.mktemp("backbone") / "pretrain.pth"
-    torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
-                          if k.startswith(("patch_embed.", "blocks."))}}, path)
+    torch.save(
+        {
+            "model": {
+                f"encoder.{k}": v for k, v in model.state_dict().items() if k.startswith(("patch_embed.", "blocks."))
+            }
+        },
+        path,
+    )
     return path
 
 
@@ -65,13 +74,30 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys, monkeypatch):
     run = tmp_path / "run"
     assert run_cli("train", "--config", config, "--output-dir", run) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("top1", "top5", "num_videos", "skipped_videos", "trainable_params", "total_params",
-                "gflops_per_view", "epochs", "train_seconds"):
+    for key in (
+        "top1",
+        "top5",
+        "num_videos",
+        "skipped_videos",
+        "trainable_params",
+        "total_params",
+        "gflops_per_view",
+        "epochs",
+        "train_seconds",
+    ):
         assert key in metrics, key
     assert metrics["epochs"] == 2 and metrics["num_videos"] == 4 and metrics["skipped_videos"] == 0
     assert metrics["trainable_params"] < metrics["total_params"]
-    for name in ("adapter.safetensors", "checkpoint.pt", "config.yaml", "metrics.jsonl", "report.md",
-                 "plots/curves.png", "plots/confusion.png", "plots/per_class.png"):
+    for name in (
+        "adapter.safetensors",
+        "checkpoint.pt",
+        "config.yaml",
+        "metrics.jsonl",
+        "report.md",
+        "plots/curves.png",
+        "plots/confusion.png",
+        "plots/per_class.png",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -99,11 +125,24 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys, monkeypatch):
     shutil.copy(run / "adapter.safetensors", second)
     decodes = []
     original = datasets_module._load_clip
-    monkeypatch.setattr(datasets_module, "_load_clip",
-                        lambda path, *a, **k: decodes.append(path) or original(path, *a, **k))
+    monkeypatch.setattr(
+        datasets_module, "_load_clip", lambda path, *a, **k: decodes.append(path) or original(path, *a, **k)
+    )
     capsys.readouterr()
-    assert run_cli("predict", video, "--adapter", run / "adapter.safetensors", "--adapter", second,
-                   "--pretrained", backbone, "--json") == 0
+    assert (
+        run_cli(
+            "predict",
+            video,
+            "--adapter",
+            run / "adapter.safetensors",
+            "--adapter",
+            second,
+            "--pretrained",
+            backbone,
+            "--json",
+        )
+        == 0
+    )
     answers = json.loads(capsys.readouterr().out)
     assert list(answers) == [str(run / "adapter.safetensors"), str(second)]
     assert answers[str(second)] == answers[str(run / "adapter.safetensors")] == answer
@@ -116,8 +155,7 @@ def test_clip_reading_keeps_only_what_decides_the_clips():
 
     base = {"num_frames": 16, "sampling_rate": 2, "input_size": 64, "short_side_size": 64}
     ucf = clip_reading({**base, "format": "ucf101"}, "a.safetensors")
-    hmdb = clip_reading({**base, "format": "hmdb51", "test_num_crop": 1, "sampling": "dense"},
-                        "b.safetensors")
+    hmdb = clip_reading({**base, "format": "hmdb51", "test_num_crop": 1, "sampling": "dense"}, "b.safetensors")
     assert ucf == hmdb  # the dataset format and explicit defaults do not split the decode
     assert clip_reading({**base, "test_num_segment": 5}, "c") != ucf
     with pytest.raises(CheckpointError, match="old.safetensors: adapter header 'preprocess' lacks"):
@@ -138,8 +176,7 @@ def _train_command(config: Path, run: Path) -> list[str]:
     return [sys.executable, "-m", "aptune", "train", "--config", str(config), "--output-dir", str(run)]
 
 
-def test_a_crash_while_saving_the_last_epoch_never_leaves_a_stale_adapter(tmp_path, dataset, backbone,
-                                                                           monkeypatch):
+def test_a_crash_while_saving_the_last_epoch_never_leaves_a_stale_adapter(tmp_path, dataset, backbone, monkeypatch):
     from aptune.engine import trainer
 
     config = write_config(tmp_path, dataset, backbone)
@@ -182,15 +219,19 @@ def test_resuming_a_finished_run_rewrites_its_adapter_from_the_checkpoint(tmp_pa
     for key, value in load_file(adapter).items():
         assert torch.equal(value, good[key]), key
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epoch=3", "unknown key 'train.epoch'"),
-    ("method.name=lorax", "method.name='lorax' is not one of"),
-    ("train.batch_size=many", "train.batch_size expects an integer"),
-    ("optimizer.lr=1", "unknown section 'optimizer'"),
-    ("data.test_num_crop=2", "data.test_num_crop must be 1 or 3"),
-    ("method.prompt_init=data", "method.prompt_init='data' is not one of: uniform, tokens"),
-    ("optim.head_lr=0", "optim.head_lr must be > 0"),
-])
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown key 'train.epoch'"),
+        ("method.name=lorax", "method.name='lorax' is not one of"),
+        ("train.batch_size=many", "train.batch_size expects an integer"),
+        ("optimizer.lr=1", "unknown section 'optimizer'"),
+        ("data.test_num_crop=2", "data.test_num_crop must be 1 or 3"),
+        ("method.prompt_init=data", "method.prompt_init='data' is not one of: uniform, tokens"),
+        ("optim.head_lr=0", "optim.head_lr must be > 0"),
+    ],
+)
 def test_bad_config_values_are_one_line_errors(tmp_path, dataset, capsys, override, message):
     config = write_config(tmp_path, dataset)
     assert run_cli("train", "--config", config, "--set", override, "--output-dir", tmp_path / "r") == 2
@@ -216,8 +257,9 @@ def test_bad_annotation_fails_before_training(tmp_path, dataset, capsys):
 def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset, capsys):
     import aptune
 
-    config = write_config(tmp_path, dataset, train={"epochs": 1, "batch_size": 4},
-                          optim={"lr": 1e-3, "warmup_epochs": 0})
+    config = write_config(
+        tmp_path, dataset, train={"epochs": 1, "batch_size": 4}, optim={"lr": 1e-3, "warmup_epochs": 0}
+    )
     text = yaml.safe_load(config.read_text())
     text["pretrain"] = {"mask_ratio": 0.75, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}
     config.write_text(yaml.safe_dump(text))
@@ -226,15 +268,18 @@ def test_pretrain_writes_a_videomae_checkpoint_and_resumes(tmp_path, dataset, ca
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["epochs"] == 1 and summary["final_loss"] > 0
     arch = {k: v for k, v in TINY_CONFIG["model"].items() if k != "arch"}
-    model = aptune.create_model(None, num_classes=4, method="apt", num_prompts=2,
-                                pretrained=run / "pretrained.safetensors", **arch)
+    model = aptune.create_model(
+        None, num_classes=4, method="apt", num_prompts=2, pretrained=run / "pretrained.safetensors", **arch
+    )
     encoder = load_file(run / "pretrained.safetensors")
     assert torch.equal(model.blocks[1].attn.qkv.weight, encoder["encoder.blocks.1.attn.qkv.weight"])
     # one more epoch continues from the checkpoint instead of starting over
     assert run_cli("pretrain", "--config", config, "--set", "train.epochs=2", "--output-dir", run) == 0
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
-    assert run_cli("pretrain", "--config", config, "--set", "optim.head_lr=0.01", "--output-dir",
-                   tmp_path / "refused") == 2
+    assert (
+        run_cli("pretrain", "--config", config, "--set", "optim.head_lr=0.01", "--output-dir", tmp_path / "refused")
+        == 2
+    )
     assert f"error: {config}: optim.head_lr is a classifier option" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     # a finished run resumed again writes its encoder from the checkpoint, here after it was lost
@@ -256,13 +301,17 @@ def test_mixup_cutmix_and_bf16_train(tmp_path, dataset, backbone, monkeypatch):
         return out_clips, targets
 
     monkeypatch.setattr(trainer, "mix_batch", recording)
-    config = write_config(tmp_path, dataset, backbone, train={"epochs": 1, "mixup": 0.8, "cutmix": 1.0,
-                                                              "precision": "bf16"})
+    config = write_config(
+        tmp_path, dataset, backbone, train={"epochs": 1, "mixup": 0.8, "cutmix": 1.0, "precision": "bf16"}
+    )
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["top1"] <= 100
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-              if json.loads(line)["kind"] == "train"]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
     # mixing ran: clips changed and targets hold two classes (a smoothed one-hot peaks at 0.9 + 0.1/4)
     assert len(mixed_targets) == 4
@@ -312,16 +361,24 @@ def test_mixed_targets_are_distributions_and_cutmix_pastes_the_weighted_area():
 
 
 def test_linear_probe_with_cached_features(tmp_path, dataset, backbone, capsys):
-    config = write_config(tmp_path, dataset, backbone, method={"name": "linear"},
-                          train={"epochs": 2, "cache_features": True})
+    config = write_config(
+        tmp_path, dataset, backbone, method={"name": "linear"}, train={"epochs": 2, "cache_features": True}
+    )
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "cached") == 0
     metrics = json.loads((tmp_path / "cached" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["num_videos"] == 4
-    steps = [json.loads(line) for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["kind"] == "train"]
+    steps = [
+        json.loads(line)
+        for line in (tmp_path / "cached" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert max(s["step"] for s in steps) == 8  # 16 videos / batch 4 per epoch, as without the cache
     assert set(load_file(tmp_path / "cached" / "adapter.safetensors")) == {
-        "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     capsys.readouterr()
     bad = write_config(tmp_path, dataset, backbone, train={"cache_features": True})  # method apt
     assert run_cli("train", "--config", bad, "--output-dir", tmp_path / "bad") == 2
@@ -354,8 +411,7 @@ def test_token_prompt_init_starts_from_a_training_batch(tmp_path, dataset, backb
     from aptune.engine.trainer import build_model, start_from_data
 
     def prompts_after_start(init: str) -> torch.Tensor:
-        config = load_config(write_config(tmp_path, dataset, backbone,
-                                          method={"name": method, "prompt_init": init}))
+        config = load_config(write_config(tmp_path, dataset, backbone, method={"name": method, "prompt_init": init}))
         info = DistInfo()
         data = build_data(config, info, splits=("train",))
         torch.manual_seed(0)
@@ -370,28 +426,34 @@ def test_token_prompt_init_starts_from_a_training_batch(tmp_path, dataset, backb
     before, after = prompts_after_start("tokens")
     assert not torch.equal(before, after) and torch.isfinite(after).all()
     assert torch.equal(prompts_after_start("tokens")[1], after)  # a seeded batch: same start every run
-    config = write_config(tmp_path, dataset, backbone, method={"name": method, "prompt_init": "tokens"},
-                          train={"epochs": 1})
+    config = write_config(
+        tmp_path, dataset, backbone, method={"name": method, "prompt_init": "tokens"}, train={"epochs": 1}
+    )
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 0
 
 
 def test_data_dependent_starts_need_a_full_batch(tmp_path, dataset, backbone, capsys):
-    config = write_config(tmp_path, dataset, backbone, method={"name": "apt", "prompt_init": "tokens"},
-                          train={"epochs": 1, "batch_size": 64})
+    config = write_config(
+        tmp_path,
+        dataset,
+        backbone,
+        method={"name": "apt", "prompt_init": "tokens"},
+        train={"epochs": 1, "batch_size": 64},
+    )
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "need one training batch" in err[-1] and "train.batch_size=64" in err[-1]
 
 
-def test_a_resume_that_would_change_the_recipe_is_refused_and_writes_nothing(tmp_path, dataset, backbone,
-                                                                            capsys):
+def test_a_resume_that_would_change_the_recipe_is_refused_and_writes_nothing(tmp_path, dataset, backbone, capsys):
     run = tmp_path / "run"
     first = write_config(tmp_path, dataset, backbone, train={"epochs": 1})
     assert run_cli("train", "--config", first, "--output-dir", run) == 0
     before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
     capsys.readouterr()
-    changed = write_config(tmp_path, dataset, backbone, train={"epochs": 2, "batch_size": 2},
-                           optim={"lr": 0.02, "head_lr": 0.001})
+    changed = write_config(
+        tmp_path, dataset, backbone, train={"epochs": 2, "batch_size": 2}, optim={"lr": 0.02, "head_lr": 0.001}
+    )
     assert run_cli("train", "--config", changed, "--output-dir", run) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "resuming would change how this run is made" in err

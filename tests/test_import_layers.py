@@ -77,8 +77,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 def test_module_level_imports_have_no_cycle():
     modules = sources()
-    graph = {m: {t for t in imports(p, top_level_only=True) if t in modules and t != m}
-             for m, p in modules.items()}
+    graph = {m: {t for t in imports(p, top_level_only=True) if t in modules and t != m} for m, p in modules.items()}
     for module in graph:  # a package's submodule imports the package first: not a cycle of its own
         graph[module] = {t for t in graph[module] if not module.startswith(t + ".")}
     state: dict[str, int] = {}
@@ -89,7 +88,7 @@ def test_module_level_imports_have_no_cycle():
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         state[module] = 2

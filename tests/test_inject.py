@@ -62,8 +62,7 @@ def test_injected_apt_matches_native_and_the_reference(hf_dir, tmp_path):
     with torch.no_grad():
         expected = native(clip)
     torch.testing.assert_close(hf_logits(hf, clip), expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(hf_logits(hf, clip), reference_apt_logits(native, clip).detach(),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hf_logits(hf, clip), reference_apt_logits(native, clip).detach(), rtol=1e-4, atol=1e-5)
     # the prompts matter: without them the logits differ
     plain = load_hf(hf_dir)
     plain.classifier.load_state_dict(hf.classifier.state_dict())
@@ -76,8 +75,15 @@ def test_adapter_trained_on_the_injected_model_loads_into_the_native_one(hf_dir,
     randomize_trainable_(hf, seed=3)
     path = aptune.save_adapter(hf, tmp_path / "hf.safetensors")
     tensors, meta = aptune.read_adapter(path)
-    assert set(tensors) == {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales",
-                            "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    assert set(tensors) == {
+        "kv_prompts.keys",
+        "kv_prompts.values",
+        "kv_prompts.scales",
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+    }
     assert meta["class_names"] == [f"action_{i}" for i in range(5)]
     assert meta["arch"]["embed_dim"] == 32 and meta["arch"]["num_classes"] == 5
 
@@ -95,8 +101,15 @@ def test_only_prompts_scales_and_classifier_train(hf_dir):
     hf = aptune.inject(load_hf(hf_dir), "apt", num_prompts=2)
     hf.train()
     trainable = {name for name, p in hf.named_parameters() if p.requires_grad}
-    assert trainable == {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales",
-                         "classifier.weight", "classifier.bias", "fc_norm.weight", "fc_norm.bias"}
+    assert trainable == {
+        "kv_prompts.keys",
+        "kv_prompts.values",
+        "kv_prompts.scales",
+        "classifier.weight",
+        "classifier.bias",
+        "fc_norm.weight",
+        "fc_norm.bias",
+    }
     out = hf(pixel_values=tiny_clip().permute(0, 2, 1, 3, 4), labels=torch.tensor([1, 3]))
     out.loss.backward()
     for name, param in hf.named_parameters():
@@ -127,7 +140,10 @@ def test_bare_videomae_model_and_errors(hf_dir, tmp_path):
     bare = transformers.VideoMAEModel.from_pretrained(hf_dir).eval()
     aptune.inject(bare, "apt", num_prompts=2)
     assert {n for n, p in bare.named_parameters() if p.requires_grad} == {
-        "kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales"}
+        "kv_prompts.keys",
+        "kv_prompts.values",
+        "kv_prompts.scales",
+    }
     assert bare(tiny_clip().permute(0, 2, 1, 3, 4)).last_hidden_state.shape == (2, 8, 32)
     with pytest.raises(ConfigError, match="already"):
         aptune.inject(bare, "apt")
@@ -149,8 +165,9 @@ def test_huggingface_trainer_step(hf_dir, tmp_path):
     frozen = hf.videomae.encoder.layer[0].attention.attention.query.weight.detach().clone()
     before = hf.kv_prompts.keys.detach().clone()
     data = [{"pixel_values": torch.randn(4, 3, 32, 32), "labels": i % 5} for i in range(4)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1,
-                                          per_device_train_batch_size=4, report_to=[], use_cpu=True)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True
+    )
     transformers.Trainer(model=hf, args=args, train_dataset=data).train()
     assert not torch.equal(hf.kv_prompts.keys, before)
     assert torch.equal(hf.videomae.encoder.layer[0].attention.attention.query.weight, frozen)
@@ -251,21 +268,37 @@ def test_timm_structure_apt_matches_the_reference(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(images), reference_timm_apt(model, images), rtol=1e-4, atol=1e-5)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales",
-                         "head.weight", "head.bias", "norm.weight", "norm.bias"}
+    assert trainable == {
+        "kv_prompts.keys",
+        "kv_prompts.values",
+        "kv_prompts.scales",
+        "head.weight",
+        "head.bias",
+        "norm.weight",
+        "norm.bias",
+    }
     path = aptune.save_adapter(model, tmp_path / "timm.safetensors")
     torch.manual_seed(1)
     other = TinyTimmViT().eval()
-    other.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("kv_")},
-                          strict=False)
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("kv_")}, strict=False)
     aptune.inject(other, "apt", num_prompts=3, prompt_start=1)
     aptune.load_adapter(other, path)
     with torch.no_grad():
         torch.testing.assert_close(other(images), model(images))
     with pytest.raises(CheckpointError, match="timm-vit"):
         aptune.model_from_adapter(path)
-    native = aptune.create_model(None, num_classes=5, method="apt", num_prompts=3, embed_dim=32, depth=3,
-                                 num_heads=4, num_frames=4, img_size=32, patch_size=16)
+    native = aptune.create_model(
+        None,
+        num_classes=5,
+        method="apt",
+        num_prompts=3,
+        embed_dim=32,
+        depth=3,
+        num_heads=4,
+        num_frames=4,
+        img_size=32,
+        patch_size=16,
+    )
     with pytest.raises(CheckpointError, match="timm-vit"):
         aptune.load_adapter(native, path)
 
@@ -314,7 +347,8 @@ def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_d
     inputs = {}
     for index, layer in enumerate(plain.videomae.encoder.layer):
         layer.attention.attention.register_forward_pre_hook(
-            lambda module, args, index=index: inputs.__setitem__(index, args[0]))
+            lambda module, args, index=index: inputs.__setitem__(index, args[0])
+        )
     with torch.no_grad():
         plain(pixel_values=pixel_values)
 
@@ -461,13 +495,25 @@ def test_injected_and_native_models_of_the_same_weights_share_a_fingerprint(hf_d
     torch.testing.assert_close(other.kv_prompts.keys, native.kv_prompts.keys)
 
 
-@pytest.mark.parametrize("method, theirs, mine, words", [
-    ("apt", dict(num_prompts=3, prompt_start=0, prompt_end=1), dict(num_prompts=3, prompt_start=1, prompt_end=2),
-     ["blocks 0-1", "blocks 1-2"]),
-    ("apt", dict(num_prompts=3), dict(num_prompts=2), ["num_prompts=3", "num_prompts=2"]),
-    ("apt", dict(num_prompts=3, reparam=False), dict(num_prompts=3, reparam=True), ["reparam=False", "reparam=True"]),
-    ("vpt-deep", dict(num_prompts=2, prompt_end=1), dict(num_prompts=2), ["blocks 0-1", "blocks 0-2"]),
-])
+@pytest.mark.parametrize(
+    "method, theirs, mine, words",
+    [
+        (
+            "apt",
+            dict(num_prompts=3, prompt_start=0, prompt_end=1),
+            dict(num_prompts=3, prompt_start=1, prompt_end=2),
+            ["blocks 0-1", "blocks 1-2"],
+        ),
+        ("apt", dict(num_prompts=3), dict(num_prompts=2), ["num_prompts=3", "num_prompts=2"]),
+        (
+            "apt",
+            dict(num_prompts=3, reparam=False),
+            dict(num_prompts=3, reparam=True),
+            ["reparam=False", "reparam=True"],
+        ),
+        ("vpt-deep", dict(num_prompts=2, prompt_end=1), dict(num_prompts=2), ["blocks 0-1", "blocks 0-2"]),
+    ],
+)
 def test_an_injected_model_refuses_another_methods_options(hf_dir, tmp_path, method, theirs, mine, words):
     native = aptune.create_model(pretrained=hf_dir, method=method, **theirs)
     path = aptune.save_adapter(native, tmp_path / "adapter.safetensors")
@@ -498,8 +544,9 @@ def test_timm_adapters_check_options_and_the_backbone():
     with tempfile.TemporaryDirectory() as folder:
         path = aptune.save_adapter(model, Path(folder) / "timm.safetensors")
         same_weights = TinyTimmViT().eval()
-        same_weights.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("kv_")},
-                                     strict=False)
+        same_weights.load_state_dict(
+            {k: v for k, v in model.state_dict().items() if not k.startswith("kv_")}, strict=False
+        )
         with pytest.raises(CheckpointError, match="blocks 1-2"):
             aptune.load_adapter(aptune.inject(same_weights, "apt", num_prompts=3, prompt_start=0), path)
         torch.manual_seed(1)

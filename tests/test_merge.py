@@ -20,8 +20,11 @@ def backbone(tmp_path):
     """A random backbone in the original VideoMAE pre-training layout {"model": {"encoder.*"}}."""
     model = tiny_model("full")
     randomize_(model, seed=1)
-    encoder = {f"encoder.{name}": tensor for name, tensor in model.state_dict().items()
-               if name.startswith(("patch_embed.", "blocks."))}
+    encoder = {
+        f"encoder.{name}": tensor
+        for name, tensor in model.state_dict().items()
+        if name.startswith(("patch_embed.", "blocks."))
+    }
     encoder["encoder.norm.weight"] = torch.ones(TINY["embed_dim"])  # ignored by the loader
     path = tmp_path / "pretrain.pth"
     torch.save({"model": encoder}, path)
@@ -44,20 +47,27 @@ def logits(model):
         return model.eval()(tiny_clip(batch=2))
 
 
-@pytest.mark.parametrize("options", [{}, {"lora_rank": 3, "prompt_start": 1, "prompt_end": 1}],
-                         ids=["all-blocks", "block-1"])
+@pytest.mark.parametrize(
+    "options", [{}, {"lora_rank": 3, "prompt_start": 1, "prompt_end": 1}], ids=["all-blocks", "block-1"]
+)
 def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
     adapter = trained_adapter(tmp_path, backbone, "lora", **options)
     output = tmp_path / "out" / "merged.safetensors"
-    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone),
-                 "--output", str(output)]) == 0
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone), "--output", str(output)]) == 0
     expected = logits(aptune.model_from_adapter(adapter, pretrained=backbone))
 
     with safe_open(str(output), framework="pt") as f:
         names, meta = set(f.keys()), f.metadata()
     assert not any(n.startswith("qkv_adapters") for n in names)
-    assert {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias", "pos_embed",
-            "blocks.2.attn.qkv.weight", "patch_embed.proj.weight"} <= names
+    assert {
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "head.weight",
+        "head.bias",
+        "pos_embed",
+        "blocks.2.attn.qkv.weight",
+        "patch_embed.proj.weight",
+    } <= names
     assert meta["format"] == "aptune-merged"
     assert json.loads(meta["class_names"]) == CLASSES
     assert json.loads(meta["merged_from"])["method"]["name"] == "lora"
@@ -90,16 +100,16 @@ def test_linear_adapter_is_written_as_a_full_model(tmp_path, backbone):
     torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method, options", [("apt", {"num_prompts": 2}),
-                                             ("vpt-deep", {"num_prompts": 2}),
-                                             ("adaptformer", {"adapter_dim": 4})])
+@pytest.mark.parametrize(
+    "method, options",
+    [("apt", {"num_prompts": 2}), ("vpt-deep", {"num_prompts": 2}), ("adaptformer", {"adapter_dim": 4})],
+)
 def test_unmergeable_adapters_are_one_line_errors(tmp_path, backbone, capsys, method, options):
     adapter = trained_adapter(tmp_path, backbone, method, **options)
     output = tmp_path / "merged.safetensors"
     with pytest.raises(CheckpointError, match="cannot be merged"):
         merge_adapter(adapter, backbone, output)
-    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone),
-                 "--output", str(output)]) == 2
+    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(backbone), "--output", str(output)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "cannot be merged" in err and "\n" not in err
     assert not output.exists()
@@ -122,19 +132,23 @@ def test_broken_merged_header_is_a_one_line_error(tmp_path):
     from aptune.models.checkpoints import load_checkpoint
 
     path = tmp_path / "merged.safetensors"
-    for arch, message in (("{not json", "header 'arch' is not valid JSON"),
-                          ('{"depth": "2"}', "header 'arch' key 'depth' is '2', expected a positive integer"),
-                          ('{"depth": 0}', "header 'arch' key 'depth' is 0, expected a positive integer"),
-                          ('{"embed_dim": 30, "num_heads": 4}', "header 'arch': embed_dim=30 is not divisible"),
-                          ('{"layer_norm_eps": -1}', "header 'arch' key 'layer_norm_eps' is -1, expected a positive"),
-                          ("[1]", "header 'arch' must be a JSON dict")):
-        save_file({"head.weight": torch.zeros(2, 4)}, str(path),
-                  metadata={"format": "aptune-merged", "arch": arch})
+    for arch, message in (
+        ("{not json", "header 'arch' is not valid JSON"),
+        ('{"depth": "2"}', "header 'arch' key 'depth' is '2', expected a positive integer"),
+        ('{"depth": 0}', "header 'arch' key 'depth' is 0, expected a positive integer"),
+        ('{"embed_dim": 30, "num_heads": 4}', "header 'arch': embed_dim=30 is not divisible"),
+        ('{"layer_norm_eps": -1}', "header 'arch' key 'layer_norm_eps' is -1, expected a positive"),
+        ("[1]", "header 'arch' must be a JSON dict"),
+    ):
+        save_file({"head.weight": torch.zeros(2, 4)}, str(path), metadata={"format": "aptune-merged", "arch": arch})
         with pytest.raises(CheckpointError, match=f"merged.safetensors: aptune-merged {message}"):
             load_checkpoint(path)
     # training-only settings do not travel with the weights; other safetensors files have no header
-    save_file({"head.weight": torch.zeros(2, 4)}, str(path),
-              metadata={"format": "aptune-merged", "arch": '{"depth": 2, "drop_path_rate": 0.3}'})
+    save_file(
+        {"head.weight": torch.zeros(2, 4)},
+        str(path),
+        metadata={"format": "aptune-merged", "arch": '{"depth": 2, "drop_path_rate": 0.3}'},
+    )
     assert load_checkpoint(path).arch == {"depth": 2}
     save_file({"head.weight": torch.zeros(2, 4)}, str(path))
     assert load_checkpoint(path).arch is None and load_checkpoint(path).class_names is None
@@ -150,6 +164,19 @@ def test_merge_refuses_another_backbone_unless_allowed(tmp_path, backbone, capsy
     assert main(["merge", "--adapter", str(adapter), "--pretrained", str(wrong), "--output", str(output)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "fingerprint" in err and "\n" not in err and not output.exists()
-    assert main(["merge", "--adapter", str(adapter), "--pretrained", str(wrong), "--output", str(output),
-                 "--allow-backbone-mismatch"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--adapter",
+                str(adapter),
+                "--pretrained",
+                str(wrong),
+                "--output",
+                str(output),
+                "--allow-backbone-mismatch",
+            ]
+        )
+        == 0
+    )
     assert output.is_file()

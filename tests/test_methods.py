@@ -97,8 +97,9 @@ def test_model_from_adapter_rebuilds_the_model(tmp_path):
     model = make("apt").eval()
     model.class_names = [f"class{i}" for i in range(5)]
     backbone = tmp_path / "backbone.pth"
-    torch.save({"model": {k: v for k, v in model.state_dict().items()
-                          if k.startswith(("patch_embed.", "blocks."))}}, backbone)
+    torch.save(
+        {"model": {k: v for k, v in model.state_dict().items() if k.startswith(("patch_embed.", "blocks."))}}, backbone
+    )
     path = aptune.save_adapter(model, tmp_path / "apt.safetensors")
     rebuilt = aptune.model_from_adapter(path, pretrained=backbone).eval()
     x = tiny_clip()

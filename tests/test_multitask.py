@@ -28,8 +28,9 @@ def task_model(backbone_state, method="apt", num_classes=5, seed=1, **options):
                 if name.endswith("scales"):
                     param.copy_(torch.rand(param.shape, generator=generator) * 1.7 + 0.3)
                 else:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.3
-                                + (1.0 if name == "fc_norm.weight" else 0.0))
+                    param.copy_(
+                        torch.randn(param.shape, generator=generator) * 0.3 + (1.0 if name == "fc_norm.weight" else 0.0)
+                    )
     model.class_names = [f"{method}{seed}_{i}" for i in range(num_classes)]
     return model
 
@@ -39,8 +40,7 @@ def tasks(backbone_state, tmp_path):
     """Four tasks: differing prompt counts and layer ranges, reparam on and off, a linear probe."""
     models = {
         "ucf": task_model(backbone_state, num_classes=5, seed=1, num_prompts=4),
-        "hmdb": task_model(backbone_state, num_classes=3, seed=2, num_prompts=2, prompt_start=1,
-                           reparam=False),
+        "hmdb": task_model(backbone_state, num_classes=3, seed=2, num_prompts=2, prompt_start=1, reparam=False),
         "ssv2": task_model(backbone_state, num_classes=7, seed=3, num_prompts=6, prompt_end=1),
         "probe": task_model(backbone_state, method="linear", num_classes=4, seed=4),
     }
@@ -59,11 +59,14 @@ def separate(models, clips, names):
         return [models[name](clips[i : i + 1])[0] for i, name in enumerate(names)]
 
 
-@pytest.mark.parametrize("names", [
-    ["ucf", "hmdb", "ssv2", "probe", "hmdb", "ucf"],  # every task, padded prompts in every layer
-    ["ucf", "ucf", "ucf"],  # one task: no padding, the backbone's own block code
-    ["hmdb", "probe", "hmdb"],  # a layer where only some samples have prompts
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["ucf", "hmdb", "ssv2", "probe", "hmdb", "ucf"],  # every task, padded prompts in every layer
+        ["ucf", "ucf", "ucf"],  # one task: no padding, the backbone's own block code
+        ["hmdb", "probe", "hmdb"],  # a layer where only some samples have prompts
+    ],
+)
 def test_mixed_batch_equals_separate_models(tasks, backbone_state, names):
     models, paths = tasks
     multi = aptune.MultiAdapterModel(backbone(backbone_state), paths)
@@ -130,12 +133,16 @@ def test_already_read_adapters_and_errors(tasks, backbone_state):
         multi(tiny_clip(batch=1), ["ucf", "ucf"])
     vpt = tiny_model("vpt-deep", num_prompts=2)
     with pytest.raises(ConfigError, match="method 'vpt-deep' cannot share"):
-        aptune.MultiAdapterModel(backbone(backbone_state), {"v": (
-            aptune.read_adapter(aptune.save_adapter(vpt, paths["ucf"].parent / "v.safetensors")))})
+        aptune.MultiAdapterModel(
+            backbone(backbone_state),
+            {"v": (aptune.read_adapter(aptune.save_adapter(vpt, paths["ucf"].parent / "v.safetensors")))},
+        )
     wide = tiny_model("apt", num_prompts=2, embed_dim=64)
     with pytest.raises(CheckpointError, match="embed_dim=64"):
-        aptune.MultiAdapterModel(backbone(backbone_state), {"w": (
-            aptune.read_adapter(aptune.save_adapter(wide, paths["ucf"].parent / "w.safetensors")))})
+        aptune.MultiAdapterModel(
+            backbone(backbone_state),
+            {"w": (aptune.read_adapter(aptune.save_adapter(wide, paths["ucf"].parent / "w.safetensors")))},
+        )
     with pytest.raises(ConfigError, match="qkv_adapters"):
         aptune.MultiAdapterModel(tiny_model("lora"), paths)
 
@@ -157,8 +164,12 @@ def test_task_heads_use_the_classifier_norms_own_eps(tmp_path):
     with torch.no_grad():
         got = multi(clips, ["a", "b"])
         features = multi.forward_features(clips, multi.task_index(["a", "b"], 2))
-        block_eps = torch.nn.functional.layer_norm(features[1:], (32,), models["b"].fc_norm.weight,
-                                                   models["b"].fc_norm.bias, 1e-6) @ models["b"].head.weight.T
+        block_eps = (
+            torch.nn.functional.layer_norm(
+                features[1:], (32,), models["b"].fc_norm.weight, models["b"].fc_norm.bias, 1e-6
+            )
+            @ models["b"].head.weight.T
+        )
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(block_eps[0] + models["b"].head.bias, expected[1], atol=1e-3)  # the eps matters
@@ -190,18 +201,21 @@ def _edited(path, tensors=None, drop=(), **header):
     return tensors_in, meta
 
 
-@pytest.mark.parametrize("edit, words", [
-    (dict(drop=("kv_prompts.scales",)), "reparam=True but has no 'kv_prompts.scales'"),
-    (dict(drop=("kv_prompts.keys",)), "lacks 'kv_prompts.keys'"),
-    (dict(method={"num_prompts": 5}), "'kv_prompts.keys' has shape (3, 4, 8)"),
-    (dict(method={"prompt_start": 3}), "prompt_start"),
-    (dict(tensors={"kv_prompts.scales": torch.ones(3, 4)}), "'kv_prompts.scales' has shape (3, 4)"),
-    (dict(tensors={"qkv_adapters.down": torch.ones(1)}), "tensor 'qkv_adapters.down' has no place"),
-    (dict(tensors={"head.bias": torch.ones(3)}), "'head.bias' has shape (3,), expected (5,)"),
-    (dict(drop=("fc_norm.bias",)), "lacks 'fc_norm.bias'"),
-    (dict(class_names=["a", "b"]), "2 class names for a head of 5"),
-    (dict(arch={"layer_norm_eps": 1e-3}), "layer_norm_eps=0.001"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (dict(drop=("kv_prompts.scales",)), "reparam=True but has no 'kv_prompts.scales'"),
+        (dict(drop=("kv_prompts.keys",)), "lacks 'kv_prompts.keys'"),
+        (dict(method={"num_prompts": 5}), "'kv_prompts.keys' has shape (3, 4, 8)"),
+        (dict(method={"prompt_start": 3}), "prompt_start"),
+        (dict(tensors={"kv_prompts.scales": torch.ones(3, 4)}), "'kv_prompts.scales' has shape (3, 4)"),
+        (dict(tensors={"qkv_adapters.down": torch.ones(1)}), "tensor 'qkv_adapters.down' has no place"),
+        (dict(tensors={"head.bias": torch.ones(3)}), "'head.bias' has shape (3,), expected (5,)"),
+        (dict(drop=("fc_norm.bias",)), "lacks 'fc_norm.bias'"),
+        (dict(class_names=["a", "b"]), "2 class names for a head of 5"),
+        (dict(arch={"layer_norm_eps": 1e-3}), "layer_norm_eps=0.001"),
+    ],
+)
 def test_an_adapter_that_contradicts_its_own_options_is_refused(tasks, backbone_state, edit, words):
     models, paths = tasks
     with pytest.raises(CheckpointError) as caught:

@@ -29,8 +29,9 @@ def _groups_by_name(model, optimizer):
 def test_every_tensor_of_more_than_one_dimension_that_is_not_a_bias_is_decayed():
     model = tiny_model("apt", num_prompts=2)
     groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1))
-    expected = {name: p.ndim > 1 and not name.endswith(".bias")
-                for name, p in model.named_parameters() if p.requires_grad}
+    expected = {
+        name: p.ndim > 1 and not name.endswith(".bias") for name, p in model.named_parameters() if p.requires_grad
+    }
     assert set(groups) == set(expected)  # frozen tensors never reach the optimiser
     assert expected["kv_prompts.scales"]  # (layers, 2, P): the official code decays it
     for name, decays in expected.items():
@@ -39,8 +40,9 @@ def test_every_tensor_of_more_than_one_dimension_that_is_not_a_bias_is_decayed()
 
 def test_exempting_the_prompt_scales_is_an_explicit_option():
     model = tiny_model("apt", num_prompts=2)
-    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1,
-                                                    decay_prompt_scales=False))
+    groups = _groups_by_name(
+        model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1, decay_prompt_scales=False)
+    )
     assert groups["kv_prompts.scales"]["weight_decay"] == 0.0
     assert groups["kv_prompts.keys"]["weight_decay"] == 0.1
 
@@ -48,13 +50,15 @@ def test_exempting_the_prompt_scales_is_an_explicit_option():
 def test_layer_decay_scales_each_block_by_the_official_exponent():
     model = tiny_model("full")  # depth 3
     decay = 0.75
-    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=1.0, weight_decay=0.05,
-                                                    layer_decay=decay))
+    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=1.0, weight_decay=0.05, layer_decay=decay))
     depth = 3
-    expected = {"patch_embed.proj.weight": decay ** (depth + 1),  # layer id 0
-                "blocks.0.attn.qkv.weight": decay ** depth,     # layer id 1
-                "blocks.2.mlp.fc2.bias": decay ** 1,            # layer id 3
-                "fc_norm.weight": 1.0, "head.weight": 1.0}      # layer id depth + 1
+    expected = {
+        "patch_embed.proj.weight": decay ** (depth + 1),  # layer id 0
+        "blocks.0.attn.qkv.weight": decay**depth,  # layer id 1
+        "blocks.2.mlp.fc2.bias": decay**1,  # layer id 3
+        "fc_norm.weight": 1.0,
+        "head.weight": 1.0,
+    }  # layer id depth + 1
     for name, scale in expected.items():
         assert groups[name]["lr_scale"] == pytest.approx(scale), name
 
@@ -104,8 +108,9 @@ def test_the_weight_decay_follows_a_cosine_to_its_end_value_on_decayed_groups_on
     assert [weight_decay_at(i, total, 0.05, None) for i in range(total)] == [0.05] * total
     model = tiny_model("apt", num_prompts=2)
     optimizer = build_optimizer(model, "adamw", lr=0.1, weight_decay=0.05)
-    schedule = CosineSchedule(optimizer, total_steps=total, warmup_steps=0, base_lr=0.1, min_lr=0.0,
-                              weight_decay_end=0.01)
+    schedule = CosineSchedule(
+        optimizer, total_steps=total, warmup_steps=0, base_lr=0.1, min_lr=0.0, weight_decay_end=0.01
+    )
     groups = _groups_by_name(model, optimizer)
     for step in range(1, 4):
         schedule.step()

@@ -9,8 +9,7 @@ from aptune.models.vit import arch_config
 
 
 def tiny_pretrainer(**kwargs):
-    return VideoMAEPretrainer(arch_config(None, **TINY), decoder_dim=16, decoder_depth=1,
-                              decoder_heads=2, **kwargs)
+    return VideoMAEPretrainer(arch_config(None, **TINY), decoder_dim=16, decoder_depth=1, decoder_heads=2, **kwargs)
 
 
 def test_tube_mask_hides_the_same_patches_in_every_frame():
@@ -73,8 +72,11 @@ def test_pretrain_refuses_classifier_options_instead_of_ignoring_them():
     from aptune.errors import ConfigError
 
     refuse_classifier_options(Config())  # defaults pass
-    for section, key, value in (("optim", "head_lr", 0.01), ("train", "standardize_features", True),
-                                ("train", "cache_features", True)):
+    for section, key, value in (
+        ("optim", "head_lr", 0.01),
+        ("train", "standardize_features", True),
+        ("train", "cache_features", True),
+    ):
         config = Config()
         setattr(getattr(config, section), key, value)
         with pytest.raises(ConfigError, match=f"{section}.{key} is a classifier option"):

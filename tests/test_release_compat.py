@@ -103,8 +103,10 @@ def test_multiply_add_counts_are_the_recorded_ones():
         arch, method, text = key.split("/")
         options = {k: int(v) for k, v in (item.split("=") for item in text.split(",") if item)}
         model = aptune.create_model(arch, num_classes=400, method=method, num_frames=16, method_options=options)
-        counted = {"forward": count_macs(model, (1, 3, 16, 224, 224)),
-                   "train": count_macs(model, (1, 3, 16, 224, 224), backward=True)}
+        counted = {
+            "forward": count_macs(model, (1, 3, 16, 224, 224)),
+            "train": count_macs(model, (1, 3, 16, 224, 224), backward=True),
+        }
         assert counted == expected, key
 
 

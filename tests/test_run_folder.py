@@ -34,10 +34,20 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("runfolder")
     make_synthetic_dataset(root / "ds", format="list", num_classes=4, per_class=5, frames=8, size=(32, 32), seed=1)
     config = tiny_run_config(data={"root": str(root / "ds")}, model={"pretrained": str(root / "backbone.pth")})
-    model = aptune.create_model(None, method="full", num_classes=4,
-                                **{k: v for k, v in config["model"].items() if k not in ("arch", "pretrained")})
-    torch.save({"model": {f"encoder.{k}": v for k, v in model.state_dict().items()
-                          if k.startswith(("patch_embed.", "blocks."))}}, root / "backbone.pth")
+    model = aptune.create_model(
+        None,
+        method="full",
+        num_classes=4,
+        **{k: v for k, v in config["model"].items() if k not in ("arch", "pretrained")},
+    )
+    torch.save(
+        {
+            "model": {
+                f"encoder.{k}": v for k, v in model.state_dict().items() if k.startswith(("patch_embed.", "blocks."))
+            }
+        },
+        root / "backbone.pth",
+    )
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
@@ -55,12 +65,15 @@ def one_error_line(capsys) -> str:
 
 
 # ------------------------------------------------------------------ nothing to train
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=64", "do not fill one optimiser step"),
-    ("train.accum_steps=50", "do not fill one optimiser step"),
-    ("optim.lr=0", "optim.lr must be > 0"),
-    ("optim.base_lr=0", "optim.base_lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=64", "do not fill one optimiser step"),
+        ("train.accum_steps=50", "do not fill one optimiser step"),
+        ("optim.lr=0", "optim.lr must be > 0"),
+        ("optim.base_lr=0", "optim.base_lr must be > 0"),
+    ],
+)
 def test_a_run_that_would_train_nothing_is_refused_before_any_work(setup, tmp_path, capsys, override, message):
     run = tmp_path / "run"
     assert run_cli("train", "--config", setup / "config.yaml", "--set", override, "--output-dir", run) == 2
@@ -72,8 +85,12 @@ def test_a_run_that_would_train_nothing_is_refused_before_any_work(setup, tmp_pa
 def test_bad_output_folders_are_one_line_errors(setup, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    cases = {"": "--output-dir is empty", str(a_file): "is a file, not a folder",
-             str(a_file / "run"): "a part of the path is a file", str(tmp_path / ("x" * 300)): "name is too long"}
+    cases = {
+        "": "--output-dir is empty",
+        str(a_file): "is a file, not a folder",
+        str(a_file / "run"): "a part of the path is a file",
+        str(tmp_path / ("x" * 300)): "name is too long",
+    }
     for output, message in cases.items():
         assert run_cli("train", "--config", setup / "config.yaml", "--output-dir", output) == 2
         assert message in one_error_line(capsys), output
@@ -81,17 +98,27 @@ def test_bad_output_folders_are_one_line_errors(setup, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
-@pytest.mark.parametrize("command", [
-    ["eval", "--run", "RUN", "--output-dir", ""], ["eval", "--run", "RUN", "--json", " "],
-    ["demo", "--quick", "--output-dir", ""], ["demo", "--quick", "--cache-dir", ""], ["data", "synth", ""],
-    ["data", "check", "--config", "CONFIG", "--json", ""], ["bench", "--json", ""],
-    ["pretrain", "--config", "CONFIG", "--output-dir", ""],
-    ["merge", "--adapter", "A", "--pretrained", "B", "--output", ""],
-], ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "--run", "RUN", "--output-dir", ""],
+        ["eval", "--run", "RUN", "--json", " "],
+        ["demo", "--quick", "--output-dir", ""],
+        ["demo", "--quick", "--cache-dir", ""],
+        ["data", "synth", ""],
+        ["data", "check", "--config", "CONFIG", "--json", ""],
+        ["bench", "--json", ""],
+        ["pretrain", "--config", "CONFIG", "--output-dir", ""],
+        ["merge", "--adapter", "A", "--pretrained", "B", "--output", ""],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
 def test_an_empty_output_path_never_means_the_current_folder(setup, tmp_path, capsys, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
-    arguments = [str(setup / "config.yaml") if a == "CONFIG" else str(tmp_path / a) if a in ("RUN", "A", "B")
-                 else a for a in command]
+    arguments = [
+        str(setup / "config.yaml") if a == "CONFIG" else str(tmp_path / a) if a in ("RUN", "A", "B") else a
+        for a in command
+    ]
     assert run_cli(*arguments) == 2
     assert "is empty" in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
@@ -157,8 +184,9 @@ time.sleep(120)
 
 def test_a_second_command_on_a_busy_run_folder_refuses_naming_the_holder(setup, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(setup / "config.yaml"), str(run)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(setup / "config.yaml"), str(run)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = sorted(p.name for p in run.iterdir())
@@ -169,8 +197,9 @@ def test_a_second_command_on_a_busy_run_folder_refuses_naming_the_holder(setup, 
     finally:
         holder.kill()
         holder.wait()
-    assert run_cli("train", "--config", setup / "config.yaml", "--set", "train.epochs=1",
-                   "--output-dir", run) == 0  # the OS freed the lock
+    assert (
+        run_cli("train", "--config", setup / "config.yaml", "--set", "train.epochs=1", "--output-dir", run) == 0
+    )  # the OS freed the lock
 
 
 KILL_AT = """
@@ -224,14 +253,19 @@ def reference_run(setup, tmp_path_factory):
 
 
 @pytest.mark.parametrize("where", ["mid-epoch", "mid-checkpoint-write"])
-def test_a_run_killed_at_an_exact_point_resumes_to_the_uninterrupted_result(setup, tmp_path, reference_run, where,
-                                                                          caplog):
+def test_a_run_killed_at_an_exact_point_resumes_to_the_uninterrupted_result(
+    setup, tmp_path, reference_run, where, caplog
+):
     script = tmp_path / "kill_at.py"
     script.write_text(KILL_AT)
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, str(script), where, str(setup / "config.yaml"), str(run)],
-                            env=env, capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, str(script), where, str(setup / "config.yaml"), str(run)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (run / "metrics.json").exists()
     if where == "mid-checkpoint-write":
@@ -274,29 +308,48 @@ def test_a_loss_that_diverges_stops_with_the_last_good_checkpoint(setup, tmp_pat
 
 # ------------------------------------------------------------------ values out of range
 BAD_VALUES = [
-    ("model.num_heads=0", "model.num_heads must be in [1, 1024]"), ("model.patch_size=0", "model.patch_size must be in [1,"),
-    ("model.tubelet_size=0", "model.tubelet_size must be in [1,"), ("model.embed_dim=-8", "model.embed_dim must be"),
-    ("model.mlp_ratio=0", "model.mlp_ratio must be in (0, 64]"), ("model.head_dropout=1.5", "model.head_dropout must be in"),
-    ("model.drop_path_rate=-0.1", "model.drop_path_rate must be in"), ("model.num_heads=5", "does not divide"),
-    ("method.lora_rank=0", "method.lora_rank must be in [1,"), ("method.adapter_dim=-4", "method.adapter_dim must be"),
-    ("method.prompt_dropout=1", "method.prompt_dropout must be in"), ("method.num_prompts=-1", "method.num_prompts"),
-    ("method.prompt_end=-1", "method.prompt_end must be in [0,"), ("train.log_every=0", "train.log_every must be in [1,"),
-    ("optim.lr=-0.1", "optim.lr must be > 0"), ("optim.min_lr=-0.05", "optim.min_lr must be >= 0"),
+    ("model.num_heads=0", "model.num_heads must be in [1, 1024]"),
+    ("model.patch_size=0", "model.patch_size must be in [1,"),
+    ("model.tubelet_size=0", "model.tubelet_size must be in [1,"),
+    ("model.embed_dim=-8", "model.embed_dim must be"),
+    ("model.mlp_ratio=0", "model.mlp_ratio must be in (0, 64]"),
+    ("model.head_dropout=1.5", "model.head_dropout must be in"),
+    ("model.drop_path_rate=-0.1", "model.drop_path_rate must be in"),
+    ("model.num_heads=5", "does not divide"),
+    ("method.lora_rank=0", "method.lora_rank must be in [1,"),
+    ("method.adapter_dim=-4", "method.adapter_dim must be"),
+    ("method.prompt_dropout=1", "method.prompt_dropout must be in"),
+    ("method.num_prompts=-1", "method.num_prompts"),
+    ("method.prompt_end=-1", "method.prompt_end must be in [0,"),
+    ("train.log_every=0", "train.log_every must be in [1,"),
+    ("optim.lr=-0.1", "optim.lr must be > 0"),
+    ("optim.min_lr=-0.05", "optim.min_lr must be >= 0"),
     ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
-    ("optim.warmup_epochs=-3", "optim.warmup_epochs must be in [0,"), ("optim.clip_grad=-1", "optim.clip_grad must be > 0"),
-    ("optim.clip_grad=0", "optim.clip_grad must be > 0"), ("optim.momentum=-0.5", "optim.momentum must be in"),
-    ("optim.betas=[0.9,1.0]", "optim.betas[1] must be in"), ("optim.betas=[-0.1,0.9]", "optim.betas[0] must be in"),
-    ("optim.layer_decay=0", "optim.layer_decay must be in"), ("optim.lr=.nan", "optim.lr must be a finite number"),
-    ("optim.min_lr=0.5", "is above the peak"), ("train.seed=18446744073709551616", "train.seed must be in"),
-    ("train.seed=-1", "train.seed must be in"), ("data.input_size=8", "smaller than one patch"),
-    ("data.short_side_size=16", "smaller than data.input_size"), ("data.num_frames=1", "fewer than one tubelet"),
-    ("train.device=gpu", "train.device='gpu' is not one of"), ("train.label_smoothing=1", "label_smoothing must be in"),
-    ("data.max_bad_fraction=2", "data.max_bad_fraction must be in"), ("train.mixup=-1", "train.mixup must be >= 0"),
-    ("pretrain.decoder_heads=5", "does not divide pretrain.decoder_dim"), ("train.epochs=1e400", "train.epochs expects"),
+    ("optim.warmup_epochs=-3", "optim.warmup_epochs must be in [0,"),
+    ("optim.clip_grad=-1", "optim.clip_grad must be > 0"),
+    ("optim.clip_grad=0", "optim.clip_grad must be > 0"),
+    ("optim.momentum=-0.5", "optim.momentum must be in"),
+    ("optim.betas=[0.9,1.0]", "optim.betas[1] must be in"),
+    ("optim.betas=[-0.1,0.9]", "optim.betas[0] must be in"),
+    ("optim.layer_decay=0", "optim.layer_decay must be in"),
+    ("optim.lr=.nan", "optim.lr must be a finite number"),
+    ("optim.min_lr=0.5", "is above the peak"),
+    ("train.seed=18446744073709551616", "train.seed must be in"),
+    ("train.seed=-1", "train.seed must be in"),
+    ("data.input_size=8", "smaller than one patch"),
+    ("data.short_side_size=16", "smaller than data.input_size"),
+    ("data.num_frames=1", "fewer than one tubelet"),
+    ("train.device=gpu", "train.device='gpu' is not one of"),
+    ("train.label_smoothing=1", "label_smoothing must be in"),
+    ("data.max_bad_fraction=2", "data.max_bad_fraction must be in"),
+    ("train.mixup=-1", "train.mixup must be >= 0"),
+    ("pretrain.decoder_heads=5", "does not divide pretrain.decoder_dim"),
+    ("train.epochs=1e400", "train.epochs expects"),
     ("optim.head_lr=0.01", "needs an absolute optim.lr"),
     # typos that would allocate forever: an extra zero or an exponent
     ("model.embed_dim=1000000000", "model.embed_dim must be in [1, 16384]"),
-    ("model.depth=100000000", "model.depth must be in [1, 1024]"), ("model.mlp_ratio=1e12", "model.mlp_ratio must be in"),
+    ("model.depth=100000000", "model.depth must be in [1, 1024]"),
+    ("model.mlp_ratio=1e12", "model.mlp_ratio must be in"),
     ("method.num_prompts=100000000", "method.num_prompts must be in"),
     ("data.num_workers=1000000", "data.num_workers must be in [0, 256]"),
     ("data.test_num_segment=10000000", "data.test_num_segment must be in"),
@@ -318,18 +371,25 @@ def test_values_out_of_range_are_one_line_errors_naming_the_key(setup, tmp_path,
 def test_cuda_without_a_gpu_is_a_one_line_error(setup, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert run_cli("train", "--config", setup / "config.yaml", "--set", "train.device=cuda:0",
-                   "--output-dir", tmp_path / "r") == 2
+    assert (
+        run_cli(
+            "train", "--config", setup / "config.yaml", "--set", "train.device=cuda:0", "--output-dir", tmp_path / "r"
+        )
+        == 2
+    )
     assert "no CUDA device is available" in one_error_line(capsys)
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"model:\n  arch: \xff\xfe\n", "is not UTF-8 text"),
-    (b"\x00\x01\x02binary\x00", "is binary"),
-    (b"model: [unclosed\n", "is not valid YAML"),
-    (b"- just\n- a list\n", "expected a mapping of sections"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"model:\n  arch: \xff\xfe\n", "is not UTF-8 text"),
+        (b"\x00\x01\x02binary\x00", "is binary"),
+        (b"model: [unclosed\n", "is not valid YAML"),
+        (b"- just\n- a list\n", "expected a mapping of sections"),
+    ],
+)
 def test_unreadable_config_files_are_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
@@ -341,13 +401,22 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, capsys, content, 
 
 
 def test_the_pretrainer_refuses_decoder_heads_that_do_not_divide_its_width(setup, tmp_path, capsys):
-    assert run_cli("pretrain", "--config", setup / "config.yaml", "--set", "pretrain.decoder_heads=7",
-                   "--output-dir", tmp_path / "r") == 2
+    assert (
+        run_cli(
+            "pretrain",
+            "--config",
+            setup / "config.yaml",
+            "--set",
+            "pretrain.decoder_heads=7",
+            "--output-dir",
+            tmp_path / "r",
+        )
+        == 2
+    )
     assert "pretrain.decoder_heads=7 does not divide" in one_error_line(capsys)
 
 
-def test_a_killed_start_of_the_same_recipe_starts_over_but_another_runs_files_are_refused(setup, tmp_path,
-                                                                                       capsys):
+def test_a_killed_start_of_the_same_recipe_starts_over_but_another_runs_files_are_refused(setup, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"kind": "train", "step": 7, "loss": 1.0}\n')
@@ -366,14 +435,29 @@ def test_a_killed_start_of_the_same_recipe_starts_over_but_another_runs_files_ar
     assert run_cli("train", "--config", setup / "config.yaml", "--output-dir", other) == 2
     assert "holds files of another run" in one_error_line(capsys)
     assert (other / "metrics.jsonl").read_text() == "mine\n" and sorted(p.name for p in other.iterdir()) == [
-        "metrics.jsonl"]
+        "metrics.jsonl"
+    ]
 
 
 def test_train_exits_in_seconds_when_interrupted(setup, tmp_path):
     """Ctrl-C ends a run with status 130 and a checkpoint that resumes (not a traceback)."""
-    process = subprocess.Popen([sys.executable, "-m", "aptune", "train", "--config", str(setup / "config.yaml"),
-                                "--set", "train.epochs=50", "--output-dir", str(tmp_path / "run")],
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aptune",
+            "train",
+            "--config",
+            str(setup / "config.yaml"),
+            "--set",
+            "train.epochs=50",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 120
     while not (tmp_path / "run" / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -382,10 +466,19 @@ def test_train_exits_in_seconds_when_interrupted(setup, tmp_path):
     assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", [
-    ["predict", "x.mp4", "--top-k", "nan"], ["bench", "--frames", "abc"], ["data", "bogus"],
-    ["data", "synth", "out", "--fps"], ["train", "--config"], ["eval", "--split", "train"], ["nonsense"],
-], ids=lambda c: " ".join(c))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "x.mp4", "--top-k", "nan"],
+        ["bench", "--frames", "abc"],
+        ["data", "bogus"],
+        ["data", "synth", "out", "--fps"],
+        ["train", "--config"],
+        ["eval", "--split", "train"],
+        ["nonsense"],
+    ],
+    ids=lambda c: " ".join(c),
+)
 def test_usage_errors_are_one_line_too(capsys, command):
     with pytest.raises(SystemExit) as stopped:
         cli_main(command)

@@ -59,8 +59,9 @@ class FixedClips(Dataset):
 
 
 # ------------------------------------------------------------------ the reference
-def official_lr_schedule(peak: float, final: float, epochs: int, steps_per_epoch: int,
-                         warmup_epochs: int) -> np.ndarray:
+def official_lr_schedule(
+    peak: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int
+) -> np.ndarray:
     warmup = warmup_epochs * steps_per_epoch
     warmup_values = np.linspace(0, peak, warmup) if warmup_epochs > 0 else np.array([])
     rest = np.arange(epochs * steps_per_epoch - warmup)
@@ -86,8 +87,9 @@ def official_groups(model, weight_decay: float, layer_decay: float) -> list[dict
         no_decay = len(param.shape) == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token")
         key = ("no_decay" if no_decay else "decay") + (f"_{layer_of(name)}" if layer_decay < 1 else "")
         scale = scales[layer_of(name)] if layer_decay < 1 else 1.0
-        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                                "lr_scale": scale})["params"].append(param)
+        groups.setdefault(key, {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale})[
+            "params"
+        ].append(param)
     return list(groups.values())
 
 
@@ -104,8 +106,12 @@ def run_reference(model, micro_batches, recipe: dict, steps_per_epoch: int) -> l
     lrs = official_lr_schedule(peak, final, train["epochs"], steps_per_epoch, optim["warmup_epochs"])
     wd_end = optim.get("weight_decay_end", optim["weight_decay"])
     wds = official_lr_schedule(optim["weight_decay"], wd_end, train["epochs"], steps_per_epoch, 0)
-    optimizer = torch.optim.AdamW(official_groups(model, optim["weight_decay"], optim.get("layer_decay", 1.0)),
-                                  lr=peak, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        official_groups(model, optim["weight_decay"], optim.get("layer_decay", 1.0)),
+        lr=peak,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+    )
     update_freq = train["accum_steps"]
     snapshots = []
     for index, (clips, labels) in enumerate(micro_batches):
@@ -130,8 +136,19 @@ def run_aptune(model, recipe: dict) -> tuple[list[dict], list, int]:
     dataset = FixedClips(config.data.num_sample)
     data = DataBundle(dataset, None, None, [str(i) for i in range(NUM_CLASSES)])
     optimizer, schedule, scaler, steps_per_epoch = build_optimisation(config, model, len(dataset), info)
-    loop = TrainLoop(config, model, model, optimizer, schedule, scaler, torch.device("cpu"), data, info,
-                     MetricsLog(None, enabled=False), ClassificationLoss(config, NUM_CLASSES))
+    loop = TrainLoop(
+        config,
+        model,
+        model,
+        optimizer,
+        schedule,
+        scaler,
+        torch.device("cpu"),
+        data,
+        info,
+        MetricsLog(None, enabled=False),
+        ClassificationLoss(config, NUM_CLASSES),
+    )
     seen, snapshots = [], []
     forward, optimizer_step = loop.forward, loop.optimizer_step
 
@@ -152,13 +169,18 @@ def run_aptune(model, recipe: dict) -> tuple[list[dict], list, int]:
 
 def recipe(method: str, **optim) -> dict:
     return {
-        "model": {"arch": None, "embed_dim": 32, "depth": 3, "num_heads": 4, "num_frames": 4,
-                  "img_size": 32, "patch_size": 16},
+        "model": {
+            "arch": None,
+            "embed_dim": 32,
+            "depth": 3,
+            "num_heads": 4,
+            "num_frames": 4,
+            "img_size": 32,
+            "patch_size": 16,
+        },
         "method": {"name": method, "num_prompts": 3, "prompt_dropout": 0.0, "reparam": True},
-        "data": {"num_frames": 4, "input_size": 32, "short_side_size": 32, "num_workers": 0,
-                 "num_sample": 2},
-        "optim": {"name": "adamw", "base_lr": 0.05, "weight_decay": 0.05, "warmup_epochs": 1,
-                  "min_lr": 1e-3, **optim},
+        "data": {"num_frames": 4, "input_size": 32, "short_side_size": 32, "num_workers": 0, "num_sample": 2},
+        "optim": {"name": "adamw", "base_lr": 0.05, "weight_decay": 0.05, "warmup_epochs": 1, "min_lr": 1e-3, **optim},
         "train": {"epochs": 4, "batch_size": 4, "accum_steps": 1, "label_smoothing": 0.1, "seed": 3},
     }
 
@@ -167,8 +189,7 @@ CASES = {
     # APT's scripts: AdamW, base lr scaled, every >1-D tensor decayed (the prompt scales too)
     "apt": recipe("apt"),
     # the same with gradient accumulation: two micro-batches of 2 videos per step
-    "apt, accumulated": {**recipe("apt"), "train": {**recipe("apt")["train"], "batch_size": 2,
-                                                    "accum_steps": 2}},
+    "apt, accumulated": {**recipe("apt"), "train": {**recipe("apt")["train"], "batch_size": 2, "accum_steps": 2}},
     # VideoMAE full fine-tuning: layer-wise lr decay; here also a weight-decay schedule
     "full": recipe("full", base_lr=0.01, layer_decay=0.75, weight_decay_end=0.2),
     # the official linear probe: AdamW on fc_norm and head
@@ -180,8 +201,12 @@ CASES = {
 def test_parameters_follow_the_official_trajectory_step_by_step(name):
     case = copy.deepcopy(CASES[name])
     torch.manual_seed(0)
-    model = tiny_model(case["method"]["name"], num_classes=NUM_CLASSES, depth=3,
-                       **({"num_prompts": 3, "prompt_dropout": 0.0} if case["method"]["name"] == "apt" else {}))
+    model = tiny_model(
+        case["method"]["name"],
+        num_classes=NUM_CLASSES,
+        depth=3,
+        **({"num_prompts": 3, "prompt_dropout": 0.0} if case["method"]["name"] == "apt" else {}),
+    )
     randomize_(model, seed=1)  # non-trivial values everywhere, the head included
     reference_model = copy.deepcopy(model)
     got, batches, steps_per_epoch = run_aptune(model, case)
@@ -192,19 +217,22 @@ def test_parameters_follow_the_official_trajectory_step_by_step(name):
     for step, (ours, theirs) in enumerate(zip(got, expected)):
         assert ours.keys() == theirs.keys()
         for key in ours:
-            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=1e-6,
-                                       msg=lambda m, k=key, s=step: f"step {s + 1}, {k}: {m}")
+            torch.testing.assert_close(
+                ours[key], theirs[key], rtol=1e-6, atol=1e-6, msg=lambda m, k=key, s=step: f"step {s + 1}, {k}: {m}"
+            )
         moved = moved or any(not torch.equal(ours[k], got[0][k]) for k in ours)
     assert moved  # the parameters really changed along the way
 
 
 @pytest.mark.parametrize("world_size, accum, num_sample", [(1, 1, 2), (2, 1, 2), (4, 2, 1), (8, 1, 2)])
 def test_lr_scaling_counts_videos_per_step_not_repeated_samples(world_size, accum, num_sample):
-    config = config_from_dict({
-        **recipe("apt"),
-        "data": {**recipe("apt")["data"], "num_sample": num_sample},
-        "train": {**recipe("apt")["train"], "accum_steps": accum, "batch_size": 3},
-    })
+    config = config_from_dict(
+        {
+            **recipe("apt"),
+            "data": {**recipe("apt")["data"], "num_sample": num_sample},
+            "train": {**recipe("apt")["train"], "accum_steps": accum, "batch_size": 3},
+        }
+    )
     model = tiny_model("apt", num_classes=NUM_CLASSES, num_prompts=3)
     info = DistInfo(rank=0, world_size=world_size)
     _, schedule, _, steps_per_epoch = build_optimisation(config, model, 960, info)
@@ -226,8 +254,19 @@ def test_accumulated_gradients_equal_the_large_batch_ones():
         config = config_from_dict(case)
         data = DataBundle(FixedClips(config.data.num_sample), None, None, [str(i) for i in range(NUM_CLASSES)])
         optimizer, schedule, scaler, steps = build_optimisation(config, model, NUM_VIDEOS, DistInfo())
-        loop = TrainLoop(config, model, model, optimizer, schedule, scaler, torch.device("cpu"), data,
-                         DistInfo(), MetricsLog(None, enabled=False), ClassificationLoss(config, NUM_CLASSES))
+        loop = TrainLoop(
+            config,
+            model,
+            model,
+            optimizer,
+            schedule,
+            scaler,
+            torch.device("cpu"),
+            data,
+            DistInfo(),
+            MetricsLog(None, enabled=False),
+            ClassificationLoss(config, NUM_CLASSES),
+        )
         captured = []
 
         def capture_then_stop(model=model, captured=captured):

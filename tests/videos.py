@@ -13,9 +13,7 @@ import numpy as np
 from aptune.data.synth import write_video
 
 
-def counter_frames(
-    num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False
-) -> np.ndarray:
+def counter_frames(num_frames: int, size: tuple[int, int] = (32, 48), grey: bool = False) -> np.ndarray:
     """Frames whose content encodes their index: the left half's grey level is
     ``(i % 16) * 16 + 8`` and the right half's ``(i // 16) * 16 + 8``."""
     height, width = size

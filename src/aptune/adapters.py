@@ -71,10 +71,21 @@ FAMILIES = ("videomae", "timm-vit")
 JSON_KEYS = ("method", "arch", "class_names", "preprocess")
 # architecture fields an adapter must share with the model it loads into (per backbone family)
 COMPARED_ARCH = {
-    "videomae": ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "in_chans",
-                 "qkv_bias", "layer_scale_init", "layer_norm_eps", "fc_norm_eps", "num_classes"),
-    "timm-vit": ("architecture", "embed_dim", "depth", "num_heads", "num_prefix_tokens", "global_pool",
-                 "num_classes"),
+    "videomae": (
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "mlp_ratio",
+        "patch_size",
+        "tubelet_size",
+        "in_chans",
+        "qkv_bias",
+        "layer_scale_init",
+        "layer_norm_eps",
+        "fc_norm_eps",
+        "num_classes",
+    ),
+    "timm-vit": ("architecture", "embed_dim", "depth", "num_heads", "num_prefix_tokens", "global_pool", "num_classes"),
 }
 # preprocess fields that must be positive integers when present, with upper bounds that keep a
 # crafted header from asking predict for millions of views
@@ -88,8 +99,11 @@ def adapter_metadata(model, preprocess: dict[str, Any] | None = None) -> dict[st
 
     config = model.config
     preprocess = {
-        "mean": list(config.mean), "std": list(config.std), "num_frames": config.num_frames,
-        "input_size": config.img_size, **(preprocess or {}),
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "num_frames": config.num_frames,
+        "input_size": config.img_size,
+        **(preprocess or {}),
     }
     return {
         "format": "aptune-adapter",
@@ -199,19 +213,22 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
             raise CheckpointError(f"{source}: adapter header '{key}' is not valid JSON") from None
     version = meta.get("format_version", "1")
     if not re.fullmatch(r"[0-9]{1,6}", version) or int(version) < 1:
-        raise CheckpointError(f"{source}: adapter header 'format_version' is {_short(version)}, "
-                              "expected a positive integer")
+        raise CheckpointError(
+            f"{source}: adapter header 'format_version' is {_short(version)}, expected a positive integer"
+        )
     meta["format_version"] = version = int(version)
     if version > FORMAT_VERSION:
-        log.warning("%s: adapter format %d is newer than this aptune reads (%d); trying anyway",
-                    source, version, FORMAT_VERSION)
+        log.warning(
+            "%s: adapter format %d is newer than this aptune reads (%d); trying anyway", source, version, FORMAT_VERSION
+        )
     for key in ("method", "arch"):
         if key not in meta:
             raise CheckpointError(f"{source}: adapter header lacks '{key}'")
     family = meta.get("backbone_family", "videomae")
     if family not in FAMILIES:
-        raise CheckpointError(f"{source}: adapter header 'backbone_family' is {_short(family)}, "
-                              f"expected one of: {', '.join(FAMILIES)}")
+        raise CheckpointError(
+            f"{source}: adapter header 'backbone_family' is {_short(family)}, expected one of: {', '.join(FAMILIES)}"
+        )
     method = method_from_dict(meta["method"], f"{source}: adapter header 'method'")
     _check_arch(meta["arch"], family, source)
     names = meta.get("class_names")
@@ -221,15 +238,18 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
         check_class_names(names, f"{source}: adapter header 'class_names'")
         classes = meta["arch"].get("num_classes")
         if family == "videomae" and names and classes is not None and len(names) != classes:
-            raise CheckpointError(f"{source}: adapter header lists {len(names)} class names but its arch has "
-                                  f"num_classes={classes}")
+            raise CheckpointError(
+                f"{source}: adapter header lists {len(names)} class names but its arch has num_classes={classes}"
+            )
     _check_preprocess(meta.get("preprocess"), family, source)
     fingerprint = meta.get(FINGERPRINT_KEY)
     if fingerprint is None and version >= 2 and method.name != "full":
         raise CheckpointError(f"{source}: adapter header (format {version}) lacks '{FINGERPRINT_KEY}'")
     if fingerprint is not None and not re.fullmatch(r"[0-9a-z-]{1,32}:[0-9a-f]{16,128}", fingerprint):
-        raise CheckpointError(f"{source}: adapter header '{FINGERPRINT_KEY}' is {_short(fingerprint)}, "
-                              f"expected '{FINGERPRINT_SCHEME}:' and hex digits")
+        raise CheckpointError(
+            f"{source}: adapter header '{FINGERPRINT_KEY}' is {_short(fingerprint)}, "
+            f"expected '{FINGERPRINT_SCHEME}:' and hex digits"
+        )
     return meta
 
 
@@ -269,9 +289,17 @@ def _check_preprocess(preprocess: Any, family: str, source: str | Path) -> None:
         _positive_int(size, where, "input_size", 8192)
     for key in ("mean", "std"):
         value = preprocess.get(key)
-        if value is not None and not (isinstance(value, list) and value and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                and (key == "mean" or v > 0) for v in value)):
+        if value is not None and not (
+            isinstance(value, list)
+            and value
+            and all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and (key == "mean" or v > 0)
+                for v in value
+            )
+        ):
             wanted = "positive numbers" if key == "std" else "numbers"
             raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected a list of {wanted}")
     for key in ("sampling", "format", "layout"):
@@ -280,8 +308,9 @@ def _check_preprocess(preprocess: Any, family: str, source: str | Path) -> None:
     from aptune.data.sampling import SAMPLINGS
 
     if preprocess.get("sampling", "dense") not in SAMPLINGS:
-        raise CheckpointError(f"{where} key 'sampling' is {_short(preprocess['sampling'])}, expected one of: "
-                              f"{', '.join(SAMPLINGS)}")
+        raise CheckpointError(
+            f"{where} key 'sampling' is {_short(preprocess['sampling'])}, expected one of: {', '.join(SAMPLINGS)}"
+        )
 
 
 def _positive_int(value: Any, where: str, key: str, maximum: int) -> int:
@@ -304,14 +333,22 @@ def load_adapter(model, path: str | Path, *, allow_backbone_mismatch: bool = Fal
     return meta
 
 
-def load_adapter_tensors(model, tensors: dict[str, Tensor], meta: dict[str, Any], source: str | Path, *,
-                         allow_backbone_mismatch: bool = False) -> None:
+def load_adapter_tensors(
+    model,
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    source: str | Path,
+    *,
+    allow_backbone_mismatch: bool = False,
+) -> None:
     """:func:`load_adapter` for an adapter already read (:func:`read_adapter`)."""
     injection = _injection(model)
     found_family = meta.get("backbone_family", "videomae")
     own_family = injection.family if injection else "videomae"
     if found_family != own_family:
-        raise CheckpointError(f"{source}: adapter was trained on a '{found_family}' backbone, this model is '{own_family}'")
+        raise CheckpointError(
+            f"{source}: adapter was trained on a '{found_family}' backbone, this model is '{own_family}'"
+        )
     own_method = injection.method if injection else model.tuning_method
     own_arch = own_arch_of(model)
     check_method_matches(meta["method"], own_method, int(own_arch["depth"]), source)
@@ -364,13 +401,16 @@ def check_method_matches(found: dict[str, Any], own, depth: int, source: str | P
     from aptune.methods.apt import resolve_layer_range
 
     if found.get("name") != own.name:
-        raise CheckpointError(f"{source}: adapter was trained with method {_short(found.get('name'))}, "
-                              f"model uses '{own.name}'")
+        raise CheckpointError(
+            f"{source}: adapter was trained with method {_short(found.get('name'))}, model uses '{own.name}'"
+        )
     stored = method_from_dict(found, f"{source}: adapter header 'method'")
     compared = options_compared_on_load(own)
     if "num_prompts" in compared and stored.num_prompts != own.num_prompts:
-        raise CheckpointError(f"{source}: adapter was trained with num_prompts={stored.num_prompts}, "
-                              f"the model has num_prompts={own.num_prompts}")
+        raise CheckpointError(
+            f"{source}: adapter was trained with num_prompts={stored.num_prompts}, "
+            f"the model has num_prompts={own.num_prompts}"
+        )
     if getattr(own, "num_prompts", 1) == 0:
         return  # no prompts: where they would go and how they are scaled does not matter
     for option in compared:
@@ -386,14 +426,17 @@ def check_method_matches(found: dict[str, Any], own, depth: int, source: str | P
             if "prompt_end" not in compared:
                 theirs, mine = theirs[:1], mine[:1]
             if theirs != mine:
-                raise CheckpointError(f"{source}: adapter was trained on blocks {_blocks(theirs)} "
-                                      f"({_range_options(theirs)}), the model's method is on blocks "
-                                      f"{_blocks(mine)} ({_range_options(mine)})")
+                raise CheckpointError(
+                    f"{source}: adapter was trained on blocks {_blocks(theirs)} "
+                    f"({_range_options(theirs)}), the model's method is on blocks "
+                    f"{_blocks(mine)} ({_range_options(mine)})"
+                )
             continue
         theirs, mine = getattr(stored, option), getattr(own, option)
         if not _same_value(theirs, mine):
-            raise CheckpointError(f"{source}: adapter was trained with {option}={theirs!r}, "
-                                  f"the model has {option}={mine!r}")
+            raise CheckpointError(
+                f"{source}: adapter was trained with {option}={theirs!r}, the model has {option}={mine!r}"
+            )
 
 
 def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, source: str | Path) -> None:
@@ -405,8 +448,9 @@ def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, 
             theirs = found.get("layer_norm_eps") if theirs is None else theirs
             mine = own.get("layer_norm_eps") if mine is None else mine
         if not _same_value(theirs, mine):
-            raise CheckpointError(f"{source}: adapter was trained with {key}={_short(theirs)}, "
-                                  f"the model has {key}={_short(mine)}")
+            raise CheckpointError(
+                f"{source}: adapter was trained with {key}={_short(theirs)}, the model has {key}={_short(mine)}"
+            )
 
 
 def check_class_names_match(found: list[str] | None, own: list[str] | None, source: str | Path) -> None:
@@ -415,31 +459,44 @@ def check_class_names_match(found: list[str] | None, own: list[str] | None, sour
     if len(found) != len(own):
         raise CheckpointError(f"{source}: adapter has {len(found)} class names, the model {len(own)}")
     index = next(i for i, (a, b) in enumerate(zip(found, own)) if a != b)
-    raise CheckpointError(f"{source}: class {index} is {_short(found[index])} in the adapter but "
-                          f"{_short(own[index])} in the model (set the model's class_names to None to take "
-                          "the adapter's)")
+    raise CheckpointError(
+        f"{source}: class {index} is {_short(found[index])} in the adapter but "
+        f"{_short(own[index])} in the model (set the model's class_names to None to take "
+        "the adapter's)"
+    )
 
 
-def check_backbone_fingerprint(meta: dict[str, Any], own: str, source: str | Path,
-                               allow_backbone_mismatch: bool) -> None:
+def check_backbone_fingerprint(
+    meta: dict[str, Any], own: str, source: str | Path, allow_backbone_mismatch: bool
+) -> None:
     stored = meta.get(FINGERPRINT_KEY)
     if stored is None:
-        log.warning("%s: adapter (format %s) records no backbone fingerprint, so it cannot be checked that "
-                    "these are the backbone weights it was trained on", source, meta.get("format_version", 1))
+        log.warning(
+            "%s: adapter (format %s) records no backbone fingerprint, so it cannot be checked that "
+            "these are the backbone weights it was trained on",
+            source,
+            meta.get("format_version", 1),
+        )
         return
     if stored.split(":")[0] != own.split(":")[0]:
-        log.warning("%s: adapter's backbone fingerprint uses scheme %s, which this aptune does not compute; "
-                    "not checked", source, _short(stored.split(":")[0]))
+        log.warning(
+            "%s: adapter's backbone fingerprint uses scheme %s, which this aptune does not compute; not checked",
+            source,
+            _short(stored.split(":")[0]),
+        )
         return
     if stored == own:
         return
-    message = (f"{source}: adapter was trained on the backbone with fingerprint {stored}, but this model's "
-               f"backbone has {own}")
+    message = (
+        f"{source}: adapter was trained on the backbone with fingerprint {stored}, but this model's backbone has {own}"
+    )
     if allow_backbone_mismatch:
         log.warning("%s (allowed by allow_backbone_mismatch)", message)
         return
-    raise CheckpointError(f"{message}: give the weights it was trained on, or pass allow_backbone_mismatch=True "
-                          "(--allow-backbone-mismatch) to use it anyway")
+    raise CheckpointError(
+        f"{message}: give the weights it was trained on, or pass allow_backbone_mismatch=True "
+        "(--allow-backbone-mismatch) to use it anyway"
+    )
 
 
 def _injection(model):
@@ -447,8 +504,9 @@ def _injection(model):
     return getattr(model, "aptune_injection", None)
 
 
-def model_from_adapter(path: str | Path, pretrained: str | Path | None = None, *,
-                       allow_backbone_mismatch: bool = False, **overrides):
+def model_from_adapter(
+    path: str | Path, pretrained: str | Path | None = None, *, allow_backbone_mismatch: bool = False, **overrides
+):
     """Rebuild the tuned model an adapter belongs to: its arch and method, then its tensors.
 
     ``allow_backbone_mismatch=True`` accepts ``pretrained`` weights other than those the
@@ -460,8 +518,10 @@ def model_from_adapter(path: str | Path, pretrained: str | Path | None = None, *
     tensors, meta = read_adapter(path)
     family = meta.get("backbone_family", "videomae")
     if family != "videomae":
-        raise CheckpointError(f"{path}: adapter belongs to a '{family}' model; build that model, "
-                              "aptune.inject it and call aptune.load_adapter")
+        raise CheckpointError(
+            f"{path}: adapter belongs to a '{family}' model; build that model, "
+            "aptune.inject it and call aptune.load_adapter"
+        )
     arch = ViTConfig.from_dict(meta["arch"])
     _check_head_tensors(tensors, arch, path)  # before building a model of the header's size
     method = method_from_dict(meta["method"])
@@ -469,23 +529,35 @@ def model_from_adapter(path: str | Path, pretrained: str | Path | None = None, *
     name = options.pop("name")
     arch_values = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
     arch_values.update(overrides)
-    model = create_model(arch.name if arch.name in PRESETS else None, num_classes=arch.num_classes,
-                         method=name, pretrained=pretrained, class_names=meta.get("class_names") or None,
-                         method_options=options, **arch_values)
+    model = create_model(
+        arch.name if arch.name in PRESETS else None,
+        num_classes=arch.num_classes,
+        method=name,
+        pretrained=pretrained,
+        class_names=meta.get("class_names") or None,
+        method_options=options,
+        **arch_values,
+    )
     load_adapter_tensors(model, tensors, meta, path, allow_backbone_mismatch=allow_backbone_mismatch)
     return model
 
 
 def _check_head_tensors(tensors: dict[str, Tensor], arch, source: str | Path) -> None:
     """The classifier in the file must have the header's width and classes."""
-    expected = {"fc_norm.weight": (arch.embed_dim,), "fc_norm.bias": (arch.embed_dim,),
-                "head.weight": (arch.num_classes, arch.embed_dim), "head.bias": (arch.num_classes,)}
+    expected = {
+        "fc_norm.weight": (arch.embed_dim,),
+        "fc_norm.bias": (arch.embed_dim,),
+        "head.weight": (arch.num_classes, arch.embed_dim),
+        "head.bias": (arch.num_classes,),
+    }
     for key, shape in expected.items():
         if key not in tensors:
             raise CheckpointError(f"{source}: adapter lacks '{key}'")
         if tuple(tensors[key].shape) != shape:
-            raise CheckpointError(f"{source}: '{key}' has shape {tuple(tensors[key].shape)} but the header's arch "
-                                  f"(embed_dim={arch.embed_dim}, num_classes={arch.num_classes}) needs {shape}")
+            raise CheckpointError(
+                f"{source}: '{key}' has shape {tuple(tensors[key].shape)} but the header's arch "
+                f"(embed_dim={arch.embed_dim}, num_classes={arch.num_classes}) needs {shape}"
+            )
 
 
 # ------------------------------------------------------------------ display

@@ -48,8 +48,7 @@ class ModelConfig:
 
     def arch_overrides(self) -> dict[str, Any]:
         """Architecture overrides for ``create_model``: only the keys the user set."""
-        keys = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size",
-                "num_frames", "img_size")
+        keys = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames", "img_size")
         overrides = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.drop_path_rate:
             overrides["drop_path_rate"] = self.drop_path_rate
@@ -228,9 +227,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for section_name, values in raw.items():
         if section_name not in sections:
-            raise ConfigError(
-                f"{source}: unknown section '{section_name}' (valid: {', '.join(sections)})"
-            )
+            raise ConfigError(f"{source}: unknown section '{section_name}' (valid: {', '.join(sections)})")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -240,9 +237,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         hints = typing.get_type_hints(type(section))
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(
-                    f"{source}: unknown key '{section_name}.{key}' (valid: {', '.join(fields)})"
-                )
+                raise ConfigError(f"{source}: unknown key '{section_name}.{key}' (valid: {', '.join(fields)})")
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}", source))
     validate(config, source)
     return config
@@ -321,9 +316,7 @@ def validate(config: Config, source: str = "config") -> None:
         choices = choices() if callable(choices) else choices
         value = getattr(getattr(config, section), key)
         if value not in choices:
-            raise ConfigError(
-                f"{source}: {section}.{key}={value!r} is not one of: {', '.join(choices)}"
-            )
+            raise ConfigError(f"{source}: {section}.{key}={value!r} is not one of: {', '.join(choices)}")
     for (section, key), bounds in _RANGES.items():
         _check_range(getattr(getattr(config, section), key), f"{section}.{key}", bounds, source)
     for index, beta in enumerate(config.optim.betas):
@@ -359,16 +352,20 @@ def _check_combinations(config: Config, source: str) -> None:
     if data.split not in (1, 2, 3):
         raise ConfigError(f"{source}: data.split must be 1, 2 or 3, got {data.split}")
     if data.short_side_size < data.input_size:
-        raise ConfigError(f"{source}: data.short_side_size={data.short_side_size} is smaller than "
-                          f"data.input_size={data.input_size}: test crops would not fit")
+        raise ConfigError(
+            f"{source}: data.short_side_size={data.short_side_size} is smaller than "
+            f"data.input_size={data.input_size}: test crops would not fit"
+        )
     patch = model.patch_size or _preset_value(model.arch, "patch_size", 16)
     if data.input_size < patch:
-        raise ConfigError(f"{source}: data.input_size={data.input_size} is smaller than one patch "
-                          f"(model.patch_size={patch})")
+        raise ConfigError(
+            f"{source}: data.input_size={data.input_size} is smaller than one patch (model.patch_size={patch})"
+        )
     tubelet = model.tubelet_size or 2
     if data.num_frames < tubelet:
-        raise ConfigError(f"{source}: data.num_frames={data.num_frames} is fewer than one tubelet "
-                          f"(model.tubelet_size={tubelet})")
+        raise ConfigError(
+            f"{source}: data.num_frames={data.num_frames} is fewer than one tubelet (model.tubelet_size={tubelet})"
+        )
     low, high = data.crop_scale
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")
@@ -377,18 +374,25 @@ def _check_combinations(config: Config, source: str) -> None:
 
         parse_rand_augment(data.rand_augment)
     if method.prompt_end is not None and method.prompt_end < method.prompt_start:
-        raise ConfigError(f"{source}: method.prompt_end={method.prompt_end} is before "
-                          f"method.prompt_start={method.prompt_start}")
+        raise ConfigError(
+            f"{source}: method.prompt_end={method.prompt_end} is before method.prompt_start={method.prompt_start}"
+        )
     prompted = methods_that("prompted")
     if method.prompt_init != "uniform" and method.name not in prompted:
-        raise ConfigError(f"{source}: method.prompt_init={method.prompt_init!r} needs a prompt method "
-                          f"({', '.join(prompted)}), not {method.name}")
+        raise ConfigError(
+            f"{source}: method.prompt_init={method.prompt_init!r} needs a prompt method "
+            f"({', '.join(prompted)}), not {method.name}"
+        )
     if optim.head_lr is not None and optim.lr is None:
-        raise ConfigError(f"{source}: optim.head_lr is an absolute lr and needs an absolute optim.lr; with "
-                          "the scaled optim.base_lr give optim.head_base_lr (scaled the same way)")
+        raise ConfigError(
+            f"{source}: optim.head_lr is an absolute lr and needs an absolute optim.lr; with "
+            "the scaled optim.base_lr give optim.head_base_lr (scaled the same way)"
+        )
     if optim.head_base_lr is not None and optim.lr is not None:
-        raise ConfigError(f"{source}: optim.head_base_lr is scaled like optim.base_lr, but optim.lr is set "
-                          "(absolute): give optim.head_lr instead")
+        raise ConfigError(
+            f"{source}: optim.head_base_lr is scaled like optim.base_lr, but optim.lr is set "
+            "(absolute): give optim.head_lr instead"
+        )
     peak_is_absolute = optim.lr is not None
     peak = optim.lr if peak_is_absolute else optim.base_lr
     if optim.min_lr > peak:
@@ -397,22 +401,30 @@ def _check_combinations(config: Config, source: str) -> None:
     if not DEVICE_PATTERN.match(train.device):
         raise ConfigError(f"{source}: train.device={train.device!r} is not one of: auto, cpu, cuda, cuda:N")
     if train.cache_features and method.name != "linear":
-        raise ConfigError(f"{source}: train.cache_features needs method.name=linear (the backbone must be frozen whole)")
+        raise ConfigError(
+            f"{source}: train.cache_features needs method.name=linear (the backbone must be frozen whole)"
+        )
     if train.cache_features and (train.mixup or train.cutmix):
         raise ConfigError(f"{source}: train.cache_features cannot mix clips (set train.mixup and train.cutmix to 0)")
     if config.pretrain.decoder_dim % config.pretrain.decoder_heads:
-        raise ConfigError(f"{source}: pretrain.decoder_heads={config.pretrain.decoder_heads} does not divide "
-                          f"pretrain.decoder_dim={config.pretrain.decoder_dim}")
-    embed, heads = model.embed_dim or _preset_value(model.arch, "embed_dim"), \
-        model.num_heads or _preset_value(model.arch, "num_heads")
+        raise ConfigError(
+            f"{source}: pretrain.decoder_heads={config.pretrain.decoder_heads} does not divide "
+            f"pretrain.decoder_dim={config.pretrain.decoder_dim}"
+        )
+    embed, heads = (
+        model.embed_dim or _preset_value(model.arch, "embed_dim"),
+        model.num_heads or _preset_value(model.arch, "num_heads"),
+    )
     if embed and heads and embed % heads:
         raise ConfigError(f"{source}: model.num_heads={heads} does not divide model.embed_dim={embed}")
     depth = model.depth or _preset_value(model.arch, "depth")
     ratio = model.mlp_ratio or 4.0
     if embed and depth and (4 + 2 * ratio) * embed * embed * depth > MAX_BACKBONE_PARAMETERS:
-        raise ConfigError(f"{source}: model.embed_dim={embed}, depth={depth}, mlp_ratio={ratio:g} make a backbone "
-                          f"of ~{(4 + 2 * ratio) * embed * embed * depth / 1e9:.0f} G parameters (at most "
-                          f"{MAX_BACKBONE_PARAMETERS / 1e9:.0f} G): check for a typo")
+        raise ConfigError(
+            f"{source}: model.embed_dim={embed}, depth={depth}, mlp_ratio={ratio:g} make a backbone "
+            f"of ~{(4 + 2 * ratio) * embed * embed * depth / 1e9:.0f} G parameters (at most "
+            f"{MAX_BACKBONE_PARAMETERS / 1e9:.0f} G): check for a typo"
+        )
 
 
 def _preset_value(arch: str | None, key: str, default: Any = None) -> Any:

@@ -101,9 +101,13 @@ def _merge(into: dict, update: dict) -> None:
             into[section] = values
 
 
-def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
-             methods: tuple[str, ...] = DEMO_METHODS, cache_dir: str | Path | None = None,
-             backbone: str | Path | None = None) -> list[dict]:
+def run_demo(
+    output_dir: str | Path = "runs/demo",
+    quick: bool = False,
+    methods: tuple[str, ...] = DEMO_METHODS,
+    cache_dir: str | Path | None = None,
+    backbone: str | Path | None = None,
+) -> list[dict]:
     if not str(output_dir).strip():
         raise ConfigError("the demo's output folder is empty: give the folder to write to")
     output_dir = Path(output_dir)
@@ -123,17 +127,19 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False,
         started = time.time()
         metrics = train(config, output_dir / method, resume=None)
         run_metrics = json.loads((output_dir / method / METRICS_NAME).read_text())
-        rows.append({
-            "method": method,
-            "prompts": config.method.num_prompts if method in methods_that("prompted") else None,
-            "top1": round(metrics["top1"], 2),
-            "top5": round(metrics["top5"], 2),
-            "trainable_params": run_metrics["trainable_params"],
-            "total_params": run_metrics["total_params"],
-            "gflops_per_view": run_metrics["gflops_per_view"],
-            "train_seconds": round(run_metrics["train_seconds"], 1),
-            "wall_seconds": round(time.time() - started, 1),
-        })
+        rows.append(
+            {
+                "method": method,
+                "prompts": config.method.num_prompts if method in methods_that("prompted") else None,
+                "top1": round(metrics["top1"], 2),
+                "top5": round(metrics["top5"], 2),
+                "trainable_params": run_metrics["trainable_params"],
+                "total_params": run_metrics["total_params"],
+                "gflops_per_view": run_metrics["gflops_per_view"],
+                "train_seconds": round(run_metrics["train_seconds"], 1),
+                "wall_seconds": round(time.time() - started, 1),
+            }
+        )
     latencies = measure_latency(output_dir, methods, backbone, repeats=5 if quick else 20)
     for row in rows:
         row.update(latencies[row["method"]])
@@ -149,18 +155,22 @@ def refuse_runs_of_another_recipe(output_dir: Path, configs: dict) -> None:
         try:
             RunFolder(output_dir / method).check(config, resume=None)
         except AptuneError as exc:
-            raise ConfigError(f"{exc}. For the demo: remove {output_dir / method} yourself or give "
-                              "aptune demo --output-dir NEW") from None
+            raise ConfigError(
+                f"{exc}. For the demo: remove {output_dir / method} yourself or give aptune demo --output-dir NEW"
+            ) from None
 
 
 def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> dict[str, dict]:
     """Inference latency per clip of every tuned model, timed interleaved in this process."""
-    models = {m: model_from_adapter(output_dir / m / ADAPTER_NAME, pretrained=backbone).eval()
-              for m in methods}
+    models = {m: model_from_adapter(output_dir / m / ADAPTER_NAME, pretrained=backbone).eval() for m in methods}
     config = next(iter(models.values())).config
     clip = torch.randn(1, config.in_chans, config.num_frames, config.img_size, config.img_size)
-    times = time_interleaved({m: inference_step(model, clip) for m, model in models.items()},
-                             repeats=repeats, warmup=2, description="latency")
+    times = time_interleaved(
+        {m: inference_step(model, clip) for m, model in models.items()},
+        repeats=repeats,
+        warmup=2,
+        description="latency",
+    )
     result = {}
     for method, samples in times.items():
         stats = spread(samples)
@@ -169,8 +179,10 @@ def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> 
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("| method | prompts | top-1 % | top-5 % | trainable params | % of full | GFLOPs/view "
-              "| latency ms/clip | train s |")
+    header = (
+        "| method | prompts | top-1 % | top-5 % | trainable params | % of full | GFLOPs/view "
+        "| latency ms/clip | train s |"
+    )
     lines = [header, "|" + "---|" * 9]
     full = next((r["trainable_params"] for r in rows if r["method"] == "full"), None)
     for r in rows:
@@ -204,20 +216,41 @@ def plot_demo(rows: list[dict], path: Path, chance: float | None = None) -> Path
     for row in rows:
         colour = colours.get(row["method"], "tab:purple")
         ax_params.scatter(row["trainable_params"], row["top1"], s=90, color=colour, label=row["method"])
-        ax_params.annotate(row["method"], (row["trainable_params"], row["top1"]), textcoords="offset points",
-                           xytext=(6, -10), fontsize=9)
+        ax_params.annotate(
+            row["method"],
+            (row["trainable_params"], row["top1"]),
+            textcoords="offset points",
+            xytext=(6, -10),
+            fontsize=9,
+        )
     if chance is not None:
         ax_params.axhline(chance, color="black", linestyle=":", linewidth=1)
-        ax_params.annotate(f"chance {chance:.1f}%", (0.02, chance), xycoords=("axes fraction", "data"),
-                           textcoords="offset points", xytext=(0, 3), fontsize=8)
+        ax_params.annotate(
+            f"chance {chance:.1f}%",
+            (0.02, chance),
+            xycoords=("axes fraction", "data"),
+            textcoords="offset points",
+            xytext=(0, 3),
+            fontsize=8,
+        )
         ax_params.set_ylim(bottom=0)
-    ax_params.set(xscale="log", xlabel="trainable parameters (log)", ylabel="top-1 accuracy (%)",
-                  title="Accuracy vs trainable parameters")
+    ax_params.set(
+        xscale="log",
+        xlabel="trainable parameters (log)",
+        ylabel="top-1 accuracy (%)",
+        title="Accuracy vs trainable parameters",
+    )
     names = [r["method"] for r in rows]
     ax_flops.bar(names, [r["gflops_per_view"] for r in rows], color=[colours.get(n, "tab:purple") for n in names])
     for index, row in enumerate(rows):
-        ax_flops.annotate(f"{row['top1']:.0f}%", (index, row["gflops_per_view"]), ha="center",
-                          textcoords="offset points", xytext=(0, 3), fontsize=9)
+        ax_flops.annotate(
+            f"{row['top1']:.0f}%",
+            (index, row["gflops_per_view"]),
+            ha="center",
+            textcoords="offset points",
+            xytext=(0, 3),
+            fontsize=9,
+        )
     ax_flops.set(ylabel="GFLOPs per view (multiply-adds)", title="Inference cost (labels: top-1)")
     for ax in (ax_params, ax_flops):
         ax.grid(alpha=0.3)

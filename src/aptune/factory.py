@@ -14,9 +14,24 @@ from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, arch_config
 log = logging.getLogger(__name__)
 
 ARCH_KEYS = {
-    "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
-    "img_size", "in_chans", "qkv_bias", "layer_norm_eps", "fc_norm_eps", "layer_scale_init", "drop_path_rate",
-    "head_dropout", "head_init_scale", "mean", "std",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "patch_size",
+    "tubelet_size",
+    "num_frames",
+    "img_size",
+    "in_chans",
+    "qkv_bias",
+    "layer_norm_eps",
+    "fc_norm_eps",
+    "layer_scale_init",
+    "drop_path_rate",
+    "head_dropout",
+    "head_init_scale",
+    "mean",
+    "std",
 }
 
 
@@ -46,9 +61,7 @@ def create_model(
     """
     unknown = set(arch_overrides) - ARCH_KEYS
     if unknown:
-        raise ConfigError(
-            f"unknown architecture option '{sorted(unknown)[0]}' (valid: {', '.join(sorted(ARCH_KEYS))})"
-        )
+        raise ConfigError(f"unknown architecture option '{sorted(unknown)[0]}' (valid: {', '.join(sorted(ARCH_KEYS))})")
     if arch is not None and arch not in PRESETS:
         raise ConfigError(f"unknown arch '{arch}' (valid: {', '.join(PRESETS)})")
     checkpoint = load_checkpoint(pretrained) if pretrained is not None else None
@@ -64,8 +77,12 @@ def create_model(
     model.class_names = list(class_names) if class_names else _checkpoint_class_names(checkpoint, config)
 
     options = {
-        "num_prompts": num_prompts, "prompt_start": prompt_start, "prompt_end": prompt_end,
-        "prompt_dropout": prompt_dropout, "reparam": reparam, "prompt_init": prompt_init,
+        "num_prompts": num_prompts,
+        "prompt_start": prompt_start,
+        "prompt_end": prompt_end,
+        "prompt_dropout": prompt_dropout,
+        "reparam": reparam,
+        "prompt_init": prompt_init,
     }
     options = {k: v for k, v in options.items() if v is not None}
     options.update(method_options or {})
@@ -79,8 +96,7 @@ def create_model(
     return model
 
 
-def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, num_classes,
-                  class_names) -> ViTConfig:
+def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, num_classes, class_names) -> ViTConfig:
     values: dict[str, Any] = {}
     if checkpoint is not None and checkpoint.arch is not None:
         if arch is not None:
@@ -89,7 +105,8 @@ def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, nu
                 if key in checkpoint.arch and checkpoint.arch[key] != getattr(preset, key):
                     raise ConfigError(
                         f"{checkpoint.source}: the weights have {key}={checkpoint.arch[key]} but arch "
-                        f"'{arch}' has {getattr(preset, key)}; pass arch=None to use the file's own")
+                        f"'{arch}' has {getattr(preset, key)}; pass arch=None to use the file's own"
+                    )
         values.update(checkpoint.arch)  # the file's own config (frames, size, eps) beats the preset's
     values.update(overrides)
     if num_classes is None:

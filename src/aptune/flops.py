@@ -112,8 +112,7 @@ def _stand_ins(model: nn.Module, *, meta: bool, keep_grad: bool) -> dict[str, Te
     return tensors
 
 
-def count_flops(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False,
-                meta: bool = True) -> int:
+def count_flops(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False, meta: bool = True) -> int:
     """FLOPs (2 per multiply-add) of one forward pass, plus the backward if ``backward``.
 
     ``inputs`` is a clip tensor (B, C, T, H, W) or just its shape.  The model runs
@@ -127,8 +126,7 @@ def count_flops(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: b
     """
     shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else tuple(int(s) for s in inputs)
     if len(shape) != 5:
-        raise ConfigError(f"expected a clip shape (batch, channels, frames, height, width), "
-                          f"got {shape}")
+        raise ConfigError(f"expected a clip shape (batch, channels, frames, height, width), got {shape}")
     tensors = _stand_ins(model, meta=meta, keep_grad=backward)
     if meta:
         clip = torch.empty(shape, device="meta")
@@ -145,17 +143,24 @@ def count_flops(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: b
     return int(counter.get_total_flops())
 
 
-def count_macs(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False,
-               meta: bool = True) -> int:
+def count_macs(model: nn.Module, inputs: Tensor | Sequence[int], *, backward: bool = False, meta: bool = True) -> int:
     """Multiply-adds of one pass (FLOPs / 2); divide by the batch size for a per-view number."""
     return count_flops(model, inputs, backward=backward, meta=meta) // 2
 
 
 # --------------------------------------------------------------- closed form
-def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int = 0, *,
-                     prompt_start: int = 0, prompt_end: int | None = None,
-                     num_classes: int | None = None, lora_rank: int = 8, adapter_dim: int = 64,
-                     merged: bool = False) -> int:
+def closed_form_macs(
+    config: ViTConfig,
+    method: str = "linear",
+    num_prompts: int = 0,
+    *,
+    prompt_start: int = 0,
+    prompt_end: int | None = None,
+    num_classes: int | None = None,
+    lora_rank: int = 8,
+    adapter_dim: int = 64,
+    merged: bool = False,
+) -> int:
     """Multiply-adds of one view through ``config`` tuned by ``method``, in the papers' convention.
 
     ``prompt_start``/``prompt_end`` follow the methods' options: APT adds keys and
@@ -171,8 +176,10 @@ def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int
     if method not in known:
         raise ConfigError(f"unknown method '{method}' (valid: {', '.join(known)})")
     if merged and method not in ("lora", *UNPROMPTED_METHODS):
-        raise ConfigError(f"method '{method}' cannot be merged into the backbone weights "
-                          "(only lora can; linear and full have nothing to merge)")
+        raise ConfigError(
+            f"method '{method}' cannot be merged into the backbone weights "
+            "(only lora can; linear and full have nothing to merge)"
+        )
     depth, dim = config.depth, config.embed_dim
     tokens = config.num_patches
     hidden = int(dim * config.mlp_ratio)
@@ -188,8 +195,11 @@ def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int
     end = depth - 1 if prompt_end is None else prompt_end
     total = patch_embed + head
     if method in ADAPTER_METHODS:
-        return total + depth * block_macs(tokens, tokens) + _adapter_macs(
-            method, tokens, dim, depth, prompt_start, prompt_end, lora_rank, adapter_dim, merged)
+        return (
+            total
+            + depth * block_macs(tokens, tokens)
+            + _adapter_macs(method, tokens, dim, depth, prompt_start, prompt_end, lora_rank, adapter_dim, merged)
+        )
     for layer in range(depth):
         if prompts and method == "apt" and prompt_start <= layer <= end:
             total += block_macs(tokens, tokens + prompts)
@@ -200,8 +210,17 @@ def closed_form_macs(config: ViTConfig, method: str = "linear", num_prompts: int
     return total
 
 
-def _adapter_macs(method: str, tokens: int, dim: int, depth: int, start: int, end: int | None,
-                  lora_rank: int, adapter_dim: int, merged: bool) -> int:
+def _adapter_macs(
+    method: str,
+    tokens: int,
+    dim: int,
+    depth: int,
+    start: int,
+    end: int | None,
+    lora_rank: int,
+    adapter_dim: int,
+    merged: bool,
+) -> int:
     """LoRA / AdaptFormer's extra multiply-adds per view, over blocks [start, end]."""
     start, end = resolve_layer_range(start, end, depth)
     layers = end - start + 1

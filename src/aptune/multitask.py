@@ -48,8 +48,18 @@ log = logging.getLogger(__name__)
 AdapterSource = str | Path | tuple[dict, dict]
 SUPPORTED_METHODS = methods_that("shareable")
 # architecture fields that must agree between the backbone and every adapter
-SHARED_ARCH = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size",
-               "in_chans", "qkv_bias", "layer_scale_init", "layer_norm_eps")
+SHARED_ARCH = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "patch_size",
+    "tubelet_size",
+    "in_chans",
+    "qkv_bias",
+    "layer_scale_init",
+    "layer_norm_eps",
+)
 HEAD_TENSORS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
 PROMPT_TENSORS = ("kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales")
 
@@ -79,16 +89,25 @@ class MultiAdapterModel(nn.Module):
     unless ``allow_backbone_mismatch=True``, which only warns.
     """
 
-    def __init__(self, backbone: VisionTransformer, adapters: Mapping[str, AdapterSource], *,
-                 allow_backbone_mismatch: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        adapters: Mapping[str, AdapterSource],
+        *,
+        allow_backbone_mismatch: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
-            raise ConfigError("MultiAdapterModel needs an aptune VisionTransformer backbone "
-                              "(aptune.create_model or aptune.model_from_adapter)")
+            raise ConfigError(
+                "MultiAdapterModel needs an aptune VisionTransformer backbone "
+                "(aptune.create_model or aptune.model_from_adapter)"
+            )
         for slot in ("token_prompts", "qkv_adapters", "mlp_adapters"):
             if getattr(backbone, slot) is not None:
-                raise ConfigError(f"the backbone has {slot} attached; give MultiAdapterModel a plain "
-                                  "backbone (e.g. create_model(..., method='linear'))")
+                raise ConfigError(
+                    f"the backbone has {slot} attached; give MultiAdapterModel a plain "
+                    "backbone (e.g. create_model(..., method='linear'))"
+                )
         if not adapters:
             raise ConfigError("MultiAdapterModel needs at least one task adapter")
         self.backbone = backbone.eval().requires_grad_(False)
@@ -110,8 +129,9 @@ class MultiAdapterModel(nn.Module):
         method_info = meta.get("method") or {}
         if not isinstance(method_info, dict) or method_info.get("name") not in SUPPORTED_METHODS:
             name = method_info.get("name") if isinstance(method_info, dict) else method_info
-            raise ConfigError(f"{label}: method {name!r} cannot share a backbone pass "
-                              f"(supported: {', '.join(SUPPORTED_METHODS)})")
+            raise ConfigError(
+                f"{label}: method {name!r} cannot share a backbone pass (supported: {', '.join(SUPPORTED_METHODS)})"
+            )
         method = method_from_dict(method_info, f"{label}: adapter header 'method'")
         if meta.get("backbone_family", "videomae") != "videomae":
             raise CheckpointError(f"{label}: adapter is for a {meta['backbone_family']!r} model")
@@ -145,8 +165,7 @@ class MultiAdapterModel(nn.Module):
             self._fingerprint = backbone_fingerprint(self.backbone)  # once per model, not per task
         return self._fingerprint
 
-    def _build_banks(self, prompts: dict[str, dict[int, tuple[Tensor, Tensor]]], depth: int,
-                     head_dim: int) -> None:
+    def _build_banks(self, prompts: dict[str, dict[int, tuple[Tensor, Tensor]]], depth: int, head_dim: int) -> None:
         """Per layer: keys/values (tasks, P_max, head_dim), zero-padded, and each task's P."""
         self._prompted_layers: list[int] = []
         device = self.backbone.fc_norm.weight.device
@@ -164,8 +183,7 @@ class MultiAdapterModel(nn.Module):
                     values[row, : v.shape[0]] = v
             self.register_buffer(f"prompt_keys_{layer}", keys.to(device), persistent=False)
             self.register_buffer(f"prompt_values_{layer}", values.to(device), persistent=False)
-            self.register_buffer(f"prompt_counts_{layer}", torch.tensor(counts, device=device),
-                                 persistent=False)
+            self.register_buffer(f"prompt_counts_{layer}", torch.tensor(counts, device=device), persistent=False)
             self._prompted_layers.append(layer)
 
     # ---------------------------------------------------------- public API
@@ -189,8 +207,9 @@ class MultiAdapterModel(nn.Module):
         else:
             position = {name: i for i, name in enumerate(self._tasks)}
             try:
-                index = torch.tensor([i if isinstance(i, int) else position[i] for i in task_ids],
-                                     dtype=torch.long, device=device)
+                index = torch.tensor(
+                    [i if isinstance(i, int) else position[i] for i in task_ids], dtype=torch.long, device=device
+                )
             except KeyError as exc:
                 raise ConfigError(f"unknown task '{exc.args[0]}' (tasks: {', '.join(self._tasks)})") from None
         if index.numel() != batch_size:
@@ -254,8 +273,14 @@ class MultiAdapterModel(nn.Module):
         return extra_kv, mask
 
     @classmethod
-    def from_files(cls, adapters: Mapping[str, AdapterSource], pretrained: str | Path | None = None, *,
-                   allow_backbone_mismatch: bool = False, **arch_overrides: Any) -> MultiAdapterModel:
+    def from_files(
+        cls,
+        adapters: Mapping[str, AdapterSource],
+        pretrained: str | Path | None = None,
+        *,
+        allow_backbone_mismatch: bool = False,
+        **arch_overrides: Any,
+    ) -> MultiAdapterModel:
         """Build the backbone from the first adapter's arch and ``pretrained`` weights, then share it."""
         from aptune.factory import create_model
         from aptune.models.vit import PRESETS, ViTConfig
@@ -267,8 +292,9 @@ class MultiAdapterModel(nn.Module):
         arch = ViTConfig.from_dict(meta["arch"])
         values = {k: v for k, v in arch.to_dict().items() if k not in ("name", "num_classes")}
         values.update(arch_overrides)
-        backbone = create_model(arch.name if arch.name in PRESETS else None, num_classes=1,
-                                method="linear", pretrained=pretrained, **values)
+        backbone = create_model(
+            arch.name if arch.name in PRESETS else None, num_classes=1, method="linear", pretrained=pretrained, **values
+        )
         return cls(backbone, adapters, allow_backbone_mismatch=allow_backbone_mismatch)
 
 
@@ -306,13 +332,15 @@ def _check_head(tensors: dict, dim: int, arch: dict, label: str) -> int:
         if tuple(tensors[key].shape) != shape:
             raise CheckpointError(f"{label}: '{key}' has shape {tuple(tensors[key].shape)}, expected {shape}")
     if "num_classes" in arch and arch["num_classes"] != num_classes:
-        raise CheckpointError(f"{label}: adapter header says num_classes={arch['num_classes']!r} but its head "
-                              f"has {num_classes}")
+        raise CheckpointError(
+            f"{label}: adapter header says num_classes={arch['num_classes']!r} but its head has {num_classes}"
+        )
     return num_classes
 
 
-def _effective_prompts(method, tensors: dict, depth: int, head_dim: int,
-                       label: str) -> dict[int, tuple[Tensor, Tensor]]:
+def _effective_prompts(
+    method, tensors: dict, depth: int, head_dim: int, label: str
+) -> dict[int, tuple[Tensor, Tensor]]:
     """{layer: (keys, values)} with the reparameterisation applied (inference: no dropout)."""
     try:
         start, end = resolve_layer_range(method.prompt_start, method.prompt_end, depth)
@@ -323,18 +351,24 @@ def _effective_prompts(method, tensors: dict, depth: int, head_dim: int,
         if key not in tensors:
             raise CheckpointError(f"{label}: adapter lacks '{key}' (num_prompts={method.num_prompts})")
         if tuple(tensors[key].shape) != expected:
-            raise CheckpointError(f"{label}: '{key}' has shape {tuple(tensors[key].shape)}, but the adapter's options "
-                                  f"(blocks {start}-{end}, num_prompts={method.num_prompts}) on this backbone "
-                                  f"(head_dim={head_dim}) need {expected}")
+            raise CheckpointError(
+                f"{label}: '{key}' has shape {tuple(tensors[key].shape)}, but the adapter's options "
+                f"(blocks {start}-{end}, num_prompts={method.num_prompts}) on this backbone "
+                f"(head_dim={head_dim}) need {expected}"
+            )
     keys, values = tensors["kv_prompts.keys"].float(), tensors["kv_prompts.values"].float()
     scales = tensors.get("kv_prompts.scales")
     if method.reparam != (scales is not None):
-        raise CheckpointError(f"{label}: adapter says reparam={method.reparam} but "
-                              f"{'has no' if scales is None else 'has'} 'kv_prompts.scales'")
+        raise CheckpointError(
+            f"{label}: adapter says reparam={method.reparam} but "
+            f"{'has no' if scales is None else 'has'} 'kv_prompts.scales'"
+        )
     if scales is not None:
         if tuple(scales.shape) != (expected[0], 2, expected[1]):
-            raise CheckpointError(f"{label}: 'kv_prompts.scales' has shape {tuple(scales.shape)}, expected "
-                                  f"{(expected[0], 2, expected[1])}")
+            raise CheckpointError(
+                f"{label}: 'kv_prompts.scales' has shape {tuple(scales.shape)}, expected "
+                f"{(expected[0], 2, expected[1])}"
+            )
         # the same max(s, 1) as AttentionPrompts.forward
         keys = keys * torch.clamp(scales[:, 0].float(), min=1.0)[..., None]
         values = values * torch.clamp(scales[:, 1].float(), min=1.0)[..., None]

@@ -27,8 +27,14 @@ def spread(samples: Sequence[float]) -> dict[str, float]:
         q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
     else:
         q1 = q3 = ordered[0]
-    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "iqr": q3 - q1,
-            "min": ordered[0], "max": ordered[-1]}
+    return {
+        "median": statistics.median(ordered),
+        "q1": q1,
+        "q3": q3,
+        "iqr": q3 - q1,
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
 
 
 def synchronize(device: torch.device) -> None:
@@ -36,9 +42,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(tasks: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
-                     device: torch.device | str = "cpu", progress: bool = True,
-                     description: str = "timing") -> dict[str, list[float]]:
+def time_interleaved(
+    tasks: dict[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    description: str = "timing",
+) -> dict[str, list[float]]:
     """Run every task once per repeat, round-robin, and return its wall times in milliseconds.
 
     The first ``warmup`` rounds are run but not recorded.  The order rotates by
@@ -48,8 +60,7 @@ def time_interleaved(tasks: dict[str, Callable[[], object]], *, repeats: int, wa
     names = list(tasks)
     times: dict[str, list[float]] = {name: [] for name in names}
     rounds = warmup + repeats
-    with tqdm(total=rounds * len(names), desc=description, disable=not progress,
-              leave=False, unit="run") as bar:
+    with tqdm(total=rounds * len(names), desc=description, disable=not progress, leave=False, unit="run") as bar:
         for round_index in range(rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
@@ -65,8 +76,7 @@ def time_interleaved(tasks: dict[str, Callable[[], object]], *, repeats: int, wa
 
 
 # ------------------------------------------------------------------ memory
-def peak_allocated_bytes(fn: Callable[[], object],
-                         device: torch.device | str = "cpu") -> int | None:
+def peak_allocated_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int | None:
     """Highest number of bytes allocated by PyTorch during ``fn()`` above what was allocated before.
 
     CUDA: from the caching allocator's statistics.  CPU: from the profiler's
@@ -135,16 +145,20 @@ def inference_step(model: nn.Module, clip: Tensor) -> Callable[[], Tensor]:
     def step() -> Tensor:
         with torch.inference_mode():
             return model(clip)
+
     return step
 
 
-def training_step(model: nn.Module, clip: Tensor, labels: Tensor,
-                  optimizer: torch.optim.Optimizer) -> Callable[[], float]:
+def training_step(
+    model: nn.Module, clip: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer
+) -> Callable[[], float]:
     """Forward, cross-entropy, backward, optimizer step, gradients freed: one training step."""
+
     def step() -> float:
         loss = F.cross_entropy(model(clip), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
+
     return step

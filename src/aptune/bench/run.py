@@ -66,8 +66,15 @@ class MethodCase:
         return model
 
 
-def build_cases(model: VisionTransformer, methods: Sequence[str], prompts: Sequence[int], *,
-                lora_rank: int = 8, adapter_dim: int = 64, prompt_start: int = 0) -> list[MethodCase]:
+def build_cases(
+    model: VisionTransformer,
+    methods: Sequence[str],
+    prompts: Sequence[int],
+    *,
+    lora_rank: int = 8,
+    adapter_dim: int = 64,
+    prompt_start: int = 0,
+) -> list[MethodCase]:
     """Attach each (method, prompt count) once, remember its modules and trainable set.
 
     Methods without prompts give one case each: linear and full, LoRA of rank
@@ -94,17 +101,26 @@ def build_cases(model: VisionTransformer, methods: Sequence[str], prompts: Seque
             model.qkv_adapters = model.mlp_adapters = None
             apply_method(model, build_method(method, **options))
             trainable = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
-            cases.append(MethodCase(method, num_prompts, model.kv_prompts, model.token_prompts,
-                                    model.qkv_adapters, model.mlp_adapters, model.tuning_method,
-                                    trainable))
+            cases.append(
+                MethodCase(
+                    method,
+                    num_prompts,
+                    model.kv_prompts,
+                    model.token_prompts,
+                    model.qkv_adapters,
+                    model.mlp_adapters,
+                    model.tuning_method,
+                    trainable,
+                )
+            )
     return cases
 
 
-def _activated(case: MethodCase, model: VisionTransformer, make_step: Callable,
-               train: bool) -> Callable[[], object]:
+def _activated(case: MethodCase, model: VisionTransformer, make_step: Callable, train: bool) -> Callable[[], object]:
     def run() -> object:
         case.activate(model).train(train)
         return make_step()
+
     return run
 
 
@@ -132,9 +148,18 @@ class BenchSettings:
 
 def check_settings(settings: BenchSettings) -> None:
     """One-line ConfigErrors for settings no benchmark can run with."""
-    for name, minimum in (("repeats", 1), ("batch", 1), ("warmup", 0), ("frames", 1), ("img_size", 1),
-                          ("num_classes", 1), ("lora_rank", 1), ("adapter_dim", 1), ("prompt_start", 0),
-                          ("threads", 1)):
+    for name, minimum in (
+        ("repeats", 1),
+        ("batch", 1),
+        ("warmup", 0),
+        ("frames", 1),
+        ("img_size", 1),
+        ("num_classes", 1),
+        ("lora_rank", 1),
+        ("adapter_dim", 1),
+        ("prompt_start", 0),
+        ("threads", 1),
+    ):
         value = getattr(settings, name)
         if value is None and name == "threads":
             continue
@@ -162,37 +187,58 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
 
-    model = create_model(settings.arch, num_classes=settings.num_classes, method="full",
-                         num_frames=settings.frames, img_size=settings.img_size,
-                         **settings.arch_overrides).to(device)
+    model = create_model(
+        settings.arch,
+        num_classes=settings.num_classes,
+        method="full",
+        num_frames=settings.frames,
+        img_size=settings.img_size,
+        **settings.arch_overrides,
+    ).to(device)
     if not 0 <= settings.prompt_start < len(model.blocks):
-        raise ConfigError(f"prompt_start={settings.prompt_start} must be a block index of this "
-                          f"backbone (0..{len(model.blocks) - 1})")
-    cases = build_cases(model, settings.methods, settings.prompts,
-                        lora_rank=settings.lora_rank, adapter_dim=settings.adapter_dim,
-                        prompt_start=settings.prompt_start)
-    shape = (settings.batch, model.config.in_chans, settings.frames, settings.img_size,
-             settings.img_size)
+        raise ConfigError(
+            f"prompt_start={settings.prompt_start} must be a block index of this backbone (0..{len(model.blocks) - 1})"
+        )
+    cases = build_cases(
+        model,
+        settings.methods,
+        settings.prompts,
+        lora_rank=settings.lora_rank,
+        adapter_dim=settings.adapter_dim,
+        prompt_start=settings.prompt_start,
+    )
+    shape = (settings.batch, model.config.in_chans, settings.frames, settings.img_size, settings.img_size)
     view_shape = (1, *shape[1:])
     clip = torch.randn(shape, device=device)
     labels = torch.randint(0, settings.num_classes, (settings.batch,), device=device)
 
-    rows = {case.label: _static_row(settings.arch, case, model, view_shape, settings.train)
-            for case in cases}
+    rows = {case.label: _static_row(settings.arch, case, model, view_shape, settings.train) for case in cases}
     _measure_inference(rows, cases, model, clip, settings, device, progress)
     if settings.train:
         _measure_training(rows, cases, model, clip, labels, settings, device, progress)
     return {"meta": bench_metadata(settings, device), "rows": [ordered_row(r) for r in rows.values()]}
 
 
-def _measure_inference(rows: dict[str, dict], cases: Sequence[MethodCase], model: VisionTransformer,
-                       clip: Tensor, settings: BenchSettings, device: torch.device,
-                       progress: bool) -> None:
+def _measure_inference(
+    rows: dict[str, dict],
+    cases: Sequence[MethodCase],
+    model: VisionTransformer,
+    clip: Tensor,
+    settings: BenchSettings,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Latency (interleaved), throughput and peak memory of one forward pass, into ``rows``."""
     model.eval()
     tasks = {c.label: _activated(c, model, inference_step(model, clip), False) for c in cases}
-    times = time_interleaved(tasks, repeats=settings.repeats, warmup=settings.warmup,
-                             device=device, progress=progress, description="inference")
+    times = time_interleaved(
+        tasks,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        device=device,
+        progress=progress,
+        description="inference",
+    )
     for case in cases:
         row = rows[case.label]
         stats = spread(times[case.label])
@@ -204,9 +250,16 @@ def _measure_inference(rows: dict[str, dict], cases: Sequence[MethodCase], model
         row["peak_memory_mb"] = _peak_mb(extra, resident_bytes(case.activate(model), clip))
 
 
-def _measure_training(rows: dict[str, dict], cases: Sequence[MethodCase], model: VisionTransformer,
-                      clip: Tensor, labels: Tensor, settings: BenchSettings, device: torch.device,
-                      progress: bool) -> None:
+def _measure_training(
+    rows: dict[str, dict],
+    cases: Sequence[MethodCase],
+    model: VisionTransformer,
+    clip: Tensor,
+    labels: Tensor,
+    settings: BenchSettings,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Time (interleaved) and peak memory of one AdamW training step, into ``rows``."""
     train_tasks = {}
     for case in cases:
@@ -216,9 +269,14 @@ def _measure_training(rows: dict[str, dict], cases: Sequence[MethodCase], model:
         case.optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.0)
         step = training_step(model, clip, labels, case.optimizer)
         train_tasks[case.label] = _activated(case, model, step, True)
-    times = time_interleaved(train_tasks, repeats=settings.repeats,
-                             warmup=max(1, settings.warmup), device=device,
-                             progress=progress, description="training")
+    times = time_interleaved(
+        train_tasks,
+        repeats=settings.repeats,
+        warmup=max(1, settings.warmup),
+        device=device,
+        progress=progress,
+        description="training",
+    )
     for case in cases:
         row = rows[case.label]
         for key, value in spread(times[case.label]).items():
@@ -230,14 +288,18 @@ def _measure_training(rows: dict[str, dict], cases: Sequence[MethodCase], model:
     model.eval()
 
 
-def _static_row(arch: str, case: MethodCase, model: VisionTransformer, view_shape: tuple,
-                train: bool) -> dict:
+def _static_row(arch: str, case: MethodCase, model: VisionTransformer, view_shape: tuple, train: bool) -> dict:
     case.activate(model)
     trainable, total = count_parameters(model)
-    row = {"arch": arch, "method": case.method, "prompts": case.num_prompts,
-           "trainable_params": trainable, "total_params": total,
-           "gmacs": round(count_macs(model, view_shape) / 1e9, 6),
-           "model_memory_mb": round(resident_bytes(model) / MIB, 1)}
+    row = {
+        "arch": arch,
+        "method": case.method,
+        "prompts": case.num_prompts,
+        "trainable_params": trainable,
+        "total_params": total,
+        "gmacs": round(count_macs(model, view_shape) / 1e9, 6),
+        "model_memory_mb": round(resident_bytes(model) / MIB, 1),
+    }
     if train:
         row["train_gmacs"] = round(count_macs(model, view_shape, backward=True) / 1e9, 6)
     return row

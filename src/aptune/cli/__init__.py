@@ -73,8 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # argument destinations that name a file or folder a command writes, with the flag users type
-OUTPUT_ARGUMENTS = {"output_dir": "--output-dir", "json_out": "--json", "json": "--json", "out": "OUT",
-                    "output": "--output", "cache_dir": "--cache-dir"}
+OUTPUT_ARGUMENTS = {
+    "output_dir": "--output-dir",
+    "json_out": "--json",
+    "json": "--json",
+    "out": "OUT",
+    "output": "--output",
+    "cache_dir": "--cache-dir",
+}
 
 
 def refuse_empty_paths(args: argparse.Namespace) -> None:

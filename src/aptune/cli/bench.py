@@ -25,6 +25,7 @@ def _int_at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'")
         return value
+
     return parse
 
 
@@ -40,25 +41,40 @@ def add_parser(subparsers) -> None:
         "across methods (round-robin per repeat); see docs/bench.md for every JSON key.",
     )
     parser.add_argument("--arch", default="vit_base_patch16_224", help="backbone preset")
-    parser.add_argument("--methods", type=_name_list, default=("apt", "vpt-shallow", "vpt-deep",
-                        "linear", "full"), help="comma-separated, of apt, vpt-shallow, vpt-deep, "
-                        "linear, full, lora, adaptformer (default: the first five)")
-    parser.add_argument("--prompts", type=_int_list, default=(1, 2, 100, 400),
-                        help="prompt counts for apt/vpt (comma-separated, default 1,2,100,400)")
-    parser.add_argument("--lora-rank", type=_int_at_least(1), default=8,
-                        help="rank of the lora row (one row; unmerged, training-time cost)")
-    parser.add_argument("--adapter-dim", type=_int_at_least(1), default=64,
-                        help="bottleneck width of the adaptformer row (one row)")
-    parser.add_argument("--prompt-start", type=_int_at_least(0), default=0,
-                        help="first block that apt/vpt/lora/adaptformer touch (default 0: all); "
-                        "earlier blocks train without autograd")
+    parser.add_argument(
+        "--methods",
+        type=_name_list,
+        default=("apt", "vpt-shallow", "vpt-deep", "linear", "full"),
+        help="comma-separated, of apt, vpt-shallow, vpt-deep, "
+        "linear, full, lora, adaptformer (default: the first five)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=_int_list,
+        default=(1, 2, 100, 400),
+        help="prompt counts for apt/vpt (comma-separated, default 1,2,100,400)",
+    )
+    parser.add_argument(
+        "--lora-rank",
+        type=_int_at_least(1),
+        default=8,
+        help="rank of the lora row (one row; unmerged, training-time cost)",
+    )
+    parser.add_argument(
+        "--adapter-dim", type=_int_at_least(1), default=64, help="bottleneck width of the adaptformer row (one row)"
+    )
+    parser.add_argument(
+        "--prompt-start",
+        type=_int_at_least(0),
+        default=0,
+        help="first block that apt/vpt/lora/adaptformer touch (default 0: all); earlier blocks train without autograd",
+    )
     parser.add_argument("--frames", type=int, default=16, help="clip length (>= 1)")
     parser.add_argument("--img-size", type=int, default=224, help="clip height and width (>= 1)")
     parser.add_argument("--batch", type=int, default=1, help="clips per step (>= 1)")
     parser.add_argument("--num-classes", type=int, default=400, help="classifier size (>= 1)")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--train", action="store_true",
-                        help="also time a training step (AdamW) and its peak memory")
+    parser.add_argument("--train", action="store_true", help="also time a training step (AdamW) and its peak memory")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per method (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per method first (>= 0)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (>= 1; default: torch's)")
@@ -74,26 +90,43 @@ def run(args: argparse.Namespace) -> int:
     from aptune.errors import ConfigError
     from aptune.fileio import write_json_atomically
 
-    for flag, value, minimum in (("--frames", args.frames, 1), ("--img-size", args.img_size, 1),
-                                 ("--batch", args.batch, 1), ("--num-classes", args.num_classes, 1),
-                                 ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
-                                 ("--threads", args.threads, 1)):
+    for flag, value, minimum in (
+        ("--frames", args.frames, 1),
+        ("--img-size", args.img_size, 1),
+        ("--batch", args.batch, 1),
+        ("--num-classes", args.num_classes, 1),
+        ("--repeats", args.repeats, 1),
+        ("--warmup", args.warmup, 0),
+        ("--threads", args.threads, 1),
+    ):
         if value is not None and value < minimum:
             raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value}")
     device = pick_device(args.device, DistInfo(), key="--device")
     settings = BenchSettings(
-        arch=args.arch, methods=tuple(args.methods), prompts=tuple(args.prompts),
-        lora_rank=args.lora_rank, adapter_dim=args.adapter_dim, prompt_start=args.prompt_start,
-        frames=args.frames, img_size=args.img_size, batch=args.batch,
-        num_classes=args.num_classes, device=str(device), train=args.train,
-        repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+        arch=args.arch,
+        methods=tuple(args.methods),
+        prompts=tuple(args.prompts),
+        lora_rank=args.lora_rank,
+        adapter_dim=args.adapter_dim,
+        prompt_start=args.prompt_start,
+        frames=args.frames,
+        img_size=args.img_size,
+        batch=args.batch,
+        num_classes=args.num_classes,
+        device=str(device),
+        train=args.train,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
     )
     result = run_bench(settings, progress=not args.no_progress)
     meta = result["meta"]
     machine = meta["machine"]
-    print(f"{meta['arch']}  {meta['frames']}x{meta['img_size']}  batch {meta['batch']}  "
-          f"{meta['device']} ({machine['cpu']}, {machine['torch_threads']} threads)  "
-          f"torch {machine['torch']}  {meta['date']}")
+    print(
+        f"{meta['arch']}  {meta['frames']}x{meta['img_size']}  batch {meta['batch']}  "
+        f"{meta['device']} ({machine['cpu']}, {machine['torch_threads']} threads)  "
+        f"torch {machine['torch']}  {meta['date']}"
+    )
     sizes = []
     if "lora" in args.methods:
         sizes.append(f"lora r={meta['lora_rank']} (unmerged; merged = linear's cost)")

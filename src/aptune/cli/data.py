@@ -24,9 +24,7 @@ def add_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
-    check = commands.add_parser(
-        "check", help="validate annotations and decode a clip of every video"
-    )
+    check = commands.add_parser("check", help="validate annotations and decode a clip of every video")
     check.add_argument("--config", help="YAML recipe (its data section is used)")
     check.add_argument("--json", metavar="OUT", help="also write the summary as JSON")
     check.add_argument(
@@ -42,23 +40,23 @@ def add_parser(subparsers) -> None:
 
     synth = commands.add_parser("synth", help="write a synthetic dataset of real video files")
     synth.add_argument("out", help="output folder (the dataset root)")
-    synth.add_argument(
-        "--format", default="list", choices=("list", "ucf101", "hmdb51", "ssv2", "kinetics")
-    )
+    synth.add_argument("--format", default="list", choices=("list", "ucf101", "hmdb51", "ssv2", "kinetics"))
     synth.add_argument("--classes", type=int, default=10, help="number of classes: the first N motions (default 10)")
-    synth.add_argument("--motions", help="comma-separated motion names to use as classes "
-                       "(instead of the first --classes), e.g. right,left or red_moves,blue_moves; "
-                       "see aptune.data.synth.MOTIONS")
+    synth.add_argument(
+        "--motions",
+        help="comma-separated motion names to use as classes "
+        "(instead of the first --classes), e.g. right,left or red_moves,blue_moves; "
+        "see aptune.data.synth.MOTIONS",
+    )
     synth.add_argument("--per-class", type=int, default=20, help="videos per class")
     synth.add_argument("--frames", type=int, default=32, help="frames per video")
     synth.add_argument("--size", default="64x64", help="HxW, e.g. 112x112")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--fps", type=float, default=25.0)
-    synth.add_argument("--workers", type=int, default=1,
-                       help="processes that render and encode (the files do not depend on it)")
     synth.add_argument(
-        "--gop", type=int, default=None, help="keyframe interval (default: the encoder's)"
+        "--workers", type=int, default=1, help="processes that render and encode (the files do not depend on it)"
     )
+    synth.add_argument("--gop", type=int, default=None, help="keyframe interval (default: the encoder's)")
     synth.set_defaults(func=run_synth)
 
 
@@ -152,8 +150,7 @@ def run_synth(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     print(
-        f"wrote {dataset.num_videos} {args.format} videos of {len(dataset.class_names)} classes "
-        f"to {dataset.root}",
+        f"wrote {dataset.num_videos} {args.format} videos of {len(dataset.class_names)} classes to {dataset.root}",
         file=sys.stdout,
     )
     print(f"use: --set data.format={args.format} --set data.root={dataset.root}")

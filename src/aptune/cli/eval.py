@@ -20,22 +20,27 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="multi-view test of a trained run or adapter: top-1/5, per-class accuracy, confusion",
-        description="Multi-view test of a trained run or adapter. Exits 1 when no video of the split "
-        "could be decoded.",
+        description="Multi-view test of a trained run or adapter. Exits 1 when no video of the split could be decoded.",
     )
     parser.add_argument("--run", help="a run folder written by aptune train")
     parser.add_argument("--config", help="YAML recipe (default: RUN/config.yaml)")
     parser.add_argument("--adapter", help="adapter file (default: RUN/adapter.safetensors)")
     parser.add_argument("--pretrained", help="backbone checkpoint (default: the config's model.pretrained)")
-    parser.add_argument("--allow-backbone-mismatch", action="store_true",
-                        help="evaluate even if the backbone is not the one the adapter was trained on "
-                        "(its recorded fingerprint differs): a warning instead of an error")
+    parser.add_argument(
+        "--allow-backbone-mismatch",
+        action="store_true",
+        help="evaluate even if the backbone is not the one the adapter was trained on "
+        "(its recorded fingerprint differs): a warning instead of an error",
+    )
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--output-dir", help="where to write metrics.json, plots and report.md "
-                        "(default: RUN/eval, or no files without --run)")
-    parser.add_argument("--json", dest="json_out", help="also write the summary as JSON here "
-                        "(missing folders are created)")
+    parser.add_argument(
+        "--output-dir",
+        help="where to write metrics.json, plots and report.md (default: RUN/eval, or no files without --run)",
+    )
+    parser.add_argument(
+        "--json", dest="json_out", help="also write the summary as JSON here (missing folders are created)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,13 +56,21 @@ def run(args: argparse.Namespace) -> int:
     if pretrained is None and config.model.pretrained is None and run_dir is not None:
         random_backbone = run_dir / RANDOM_BACKBONE_NAME
         pretrained = random_backbone if random_backbone.is_file() else None
-    summary = evaluate_adapter(config, adapter, pretrained=pretrained, split=args.split,
-                               output_dir=output_dir, allow_backbone_mismatch=args.allow_backbone_mismatch)
+    summary = evaluate_adapter(
+        config,
+        adapter,
+        pretrained=pretrained,
+        split=args.split,
+        output_dir=output_dir,
+        allow_backbone_mismatch=args.allow_backbone_mismatch,
+    )
     if args.json_out:
         write_json_atomically(args.json_out, summary)  # strict JSON: no video decoded -> null, not NaN
     if summary["num_videos"] == 0:
         print(f"0 videos evaluated ({summary['skipped_videos']} could not be decoded): no accuracy to report")
         return 1
-    print(f"top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
-          f"videos {summary['num_videos']}  skipped {summary['skipped_videos']}")
+    print(
+        f"top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+        f"videos {summary['num_videos']}  skipped {summary['skipped_videos']}"
+    )
     return 0

@@ -42,8 +42,9 @@ MERGED_FORMAT_VERSION = 1
 MERGEABLE_METHODS = methods_that("mergeable")
 
 
-def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
-                  output: str | Path, *, allow_backbone_mismatch: bool = False) -> Path:
+def merge_adapter(
+    adapter: str | Path, pretrained: str | Path | None, output: str | Path, *, allow_backbone_mismatch: bool = False
+) -> Path:
     """Rebuild ``adapter``'s model on ``pretrained``, fold it in and write ``output``.
 
     ``pretrained`` must be the backbone the adapter was trained on (its fingerprint is
@@ -54,16 +55,19 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
     """
     adapter, output = Path(adapter), Path(output)
     if output.suffix != ".safetensors":
-        raise ConfigError(f"{output}: the merged checkpoint is written as safetensors; "
-                          "name it *.safetensors")
+        raise ConfigError(f"{output}: the merged checkpoint is written as safetensors; name it *.safetensors")
     _, meta = read_adapter(adapter)
     method = (meta.get("method") or {}).get("name")
     if method not in MERGEABLE_METHODS:
-        raise CheckpointError(f"{adapter}: a '{method}' adapter cannot be merged into the backbone "
-                              f"weights ({_why_not(method)}); load it with aptune.model_from_adapter")
+        raise CheckpointError(
+            f"{adapter}: a '{method}' adapter cannot be merged into the backbone "
+            f"weights ({_why_not(method)}); load it with aptune.model_from_adapter"
+        )
     if pretrained is None and method != "full":
-        raise ConfigError(f"{adapter}: a '{method}' adapter holds only its trained tensors; "
-                          "give the backbone it was trained on (--pretrained)")
+        raise ConfigError(
+            f"{adapter}: a '{method}' adapter holds only its trained tensors; "
+            "give the backbone it was trained on (--pretrained)"
+        )
 
     model = model_from_adapter(adapter, pretrained=pretrained, allow_backbone_mismatch=allow_backbone_mismatch)
     source = method_to_dict(model.tuning_method)
@@ -71,15 +75,19 @@ def merge_adapter(adapter: str | Path, pretrained: str | Path | None,
         merge_lora(model)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     state["pos_embed"] = model.pos_embed.detach().contiguous().cpu()  # a buffer outside state_dict
-    leftover = [name for name in state if name.startswith(("qkv_adapters.", "mlp_adapters.",
-                                                           "kv_prompts.", "token_prompts."))]
+    leftover = [
+        name for name in state if name.startswith(("qkv_adapters.", "mlp_adapters.", "kv_prompts.", "token_prompts."))
+    ]
     if leftover:  # a bug, not user input: the checkpoint would not load as a plain model
         raise RuntimeError(f"merged state still holds method tensors: {leftover[:3]}")
 
     metadata = adapter_metadata(model, meta.get("preprocess"))
     metadata.pop("method")
-    metadata.update(format=MERGED_FORMAT, format_version=str(MERGED_FORMAT_VERSION),
-                    merged_from=json.dumps({"adapter": adapter.name, "method": source}))
+    metadata.update(
+        format=MERGED_FORMAT,
+        format_version=str(MERGED_FORMAT_VERSION),
+        merged_from=json.dumps({"adapter": adapter.name, "method": source}),
+    )
     save_safetensors_atomically(state, output, metadata)
     return output
 
@@ -103,17 +111,23 @@ def add_parser(subparsers) -> None:
         "(apt, vpt) and adaptformer cannot be merged. See docs/bench.md.",
     )
     parser.add_argument("--adapter", required=True, help="adapter .safetensors from aptune train")
-    parser.add_argument("--pretrained", help="the backbone the adapter was trained on "
-                        "(any format create_model reads; optional for a 'full' adapter)")
+    parser.add_argument(
+        "--pretrained",
+        help="the backbone the adapter was trained on (any format create_model reads; optional for a 'full' adapter)",
+    )
     parser.add_argument("--output", required=True, help="where to write OUT.safetensors")
-    parser.add_argument("--allow-backbone-mismatch", action="store_true",
-                        help="merge even if --pretrained is not the backbone the adapter was trained on "
-                        "(its recorded fingerprint differs): a warning instead of an error")
+    parser.add_argument(
+        "--allow-backbone-mismatch",
+        action="store_true",
+        help="merge even if --pretrained is not the backbone the adapter was trained on "
+        "(its recorded fingerprint differs): a warning instead of an error",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = merge_adapter(args.adapter, args.pretrained, args.output,
-                         allow_backbone_mismatch=args.allow_backbone_mismatch)
+    path = merge_adapter(
+        args.adapter, args.pretrained, args.output, allow_backbone_mismatch=args.allow_backbone_mismatch
+    )
     print(f"wrote {path}")
     return 0

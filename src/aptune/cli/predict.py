@@ -24,21 +24,30 @@ from aptune.errors import ConfigError
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "predict", help="top-5 class names with probabilities for video files",
+        "predict",
+        help="top-5 class names with probabilities for video files",
         description="Each video is scored with the same views as evaluation (test_num_segment x "
         "test_num_crop, stored in the adapter) and the softmax scores are averaged. Exits 1 when "
         "no video could be scored.",
     )
     parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--run", help="a run folder written by aptune train")
-    parser.add_argument("--adapter", action="append", default=[],
-                        help="adapter file; repeat to answer for several tasks (adapters with the "
-                        "same preprocessing share one decode of every video)")
-    parser.add_argument("--pretrained", help="backbone checkpoint the adapter was trained on "
-                        "(default: the run's model.pretrained)")
-    parser.add_argument("--allow-backbone-mismatch", action="store_true",
-                        help="use the adapter even if --pretrained is not the backbone it was trained on "
-                        "(its recorded fingerprint differs): a warning instead of an error")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        help="adapter file; repeat to answer for several tasks (adapters with the "
+        "same preprocessing share one decode of every video)",
+    )
+    parser.add_argument(
+        "--pretrained", help="backbone checkpoint the adapter was trained on (default: the run's model.pretrained)"
+    )
+    parser.add_argument(
+        "--allow-backbone-mismatch",
+        action="store_true",
+        help="use the adapter even if --pretrained is not the backbone it was trained on "
+        "(its recorded fingerprint differs): a warning instead of an error",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="class names per video (>= 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -68,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
         groups.setdefault(json.dumps(clip_reading(meta.get("preprocess"), adapter)), []).append(adapter)
     found = {}
     for reading, members in groups.items():
-        models = {str(a): load_tuned_model(a, pretrained, device,
-                                           allow_backbone_mismatch=args.allow_backbone_mismatch)
-                  for a in members}
-        found.update(predict_videos_for(models, args.videos, json.loads(reading), device,
-                                        top_k=args.top_k))
+        models = {
+            str(a): load_tuned_model(a, pretrained, device, allow_backbone_mismatch=args.allow_backbone_mismatch)
+            for a in members
+        }
+        found.update(predict_videos_for(models, args.videos, json.loads(reading), device, top_k=args.top_k))
     answers = {str(a): found[str(a)] for a in adapters}
     if args.json:
         print(json.dumps(answers if len(adapters) > 1 else next(iter(answers.values())), indent=2))
@@ -80,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         _print_table(answers, printable)
     scored = {result["video"] for results in answers.values() for result in results if "error" not in result}
     if not scored:
-        print(f"error: none of the {len(args.videos)} videos could be scored (see the reasons above)",
-              file=sys.stderr)
+        print(f"error: none of the {len(args.videos)} videos could be scored (see the reasons above)", file=sys.stderr)
         return 1
     return 0
 

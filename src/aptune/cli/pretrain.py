@@ -10,7 +10,8 @@ from aptune.engine.pretrainer import pretrain, refuse_classifier_options
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "pretrain", help="VideoMAE masked auto-encoding pre-training of a backbone",
+        "pretrain",
+        help="VideoMAE masked auto-encoding pre-training of a backbone",
         description="Tube masking (pretrain.mask_ratio, default 0.9), encoder on visible tokens, light "
         "decoder, loss on per-patch normalised pixels. Writes RUN/pretrained.safetensors in the "
         "original VideoMAE pre-training layout (usable as model.pretrained). Resumes like train.",

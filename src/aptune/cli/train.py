@@ -17,14 +17,31 @@ def add_parser(subparsers) -> None:
         "when RUN already holds a checkpoint. Under torchrun, runs DistributedDataParallel.",
     )
     parser.add_argument("--config", required=True, help="YAML recipe (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set method.num_prompts=8 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set method.num_prompts=8 (repeatable)",
+    )
     parser.add_argument("--output-dir", required=True, help="run folder (checkpoints, metrics, plots)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
-                       help="require a checkpoint in --output-dir and continue from it")
-    group.add_argument("--no-resume", dest="resume", action="store_const", const=False,
-                       help="refuse to reuse a run folder that holds a checkpoint")
+    group.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_const",
+        const=True,
+        default=None,
+        help="require a checkpoint in --output-dir and continue from it",
+    )
+    group.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_const",
+        const=False,
+        help="refuse to reuse a run folder that holds a checkpoint",
+    )
     parser.set_defaults(func=run)
 
 

@@ -112,8 +112,7 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(
-            f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
-            "save the file as UTF-8"
+            f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8"
         ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
@@ -166,9 +165,7 @@ def _parse_list_file(path: Path, root: Path) -> list[tuple[str, int, int]]:
         video = video.strip()
         label = _integer(label_text)
         if label is None:
-            raise DataError(
-                f"{path}:{number}: label {label_text[:40]!r} is not an integer (plain digits 0-9)"
-            )
+            raise DataError(f"{path}:{number}: label {label_text[:40]!r} is not an integer (plain digits 0-9)")
         if label < 0:
             raise DataError(f"{path}:{number}: label {label} is negative (labels are 0-based)")
         if not video:
@@ -215,9 +212,7 @@ def _class_list(path: Path) -> list[str]:
     first_line: dict[str, int] = {}
     for number, line in _lines(path):
         if line in first_line:
-            raise DataError(
-                f"{path}:{number}: class {line[:80]!r} listed twice (also line {first_line[line]})"
-            )
+            raise DataError(f"{path}:{number}: class {line[:80]!r} listed twice (also line {first_line[line]})")
         first_line[line] = number
         names.append(line)
     return names
@@ -233,22 +228,17 @@ def _load_ucf101(root: Path, split_name: str, split: int, folder: Path | None) -
         ]
     )
     if lists is None or not (lists / "classInd.txt").is_file():
-        raise DataError(
-            f"{root / 'ucfTrainTestlist' / 'classInd.txt'}: UCF101 class index not found"
-        )
+        raise DataError(f"{root / 'ucfTrainTestlist' / 'classInd.txt'}: UCF101 class index not found")
     videos = _first_existing([root / "UCF-101", root / "UCF101", root / "videos"]) or root
     class_file = lists / "classInd.txt"
     class_names: list[str] = []
     for number, line in _lines(class_file):
         parts = line.split()
         if len(parts) != 2 or _integer(parts[0]) is None:
-            raise DataError(
-                f"{class_file}:{number}: expected '<index> <ClassName>', got {line[:80]!r}"
-            )
+            raise DataError(f"{class_file}:{number}: expected '<index> <ClassName>', got {line[:80]!r}")
         if _integer(parts[0]) != len(class_names) + 1:
             raise DataError(
-                f"{class_file}:{number}: class index {parts[0][:20]} out of order "
-                f"(expected {len(class_names) + 1})"
+                f"{class_file}:{number}: class index {parts[0][:20]} out of order (expected {len(class_names) + 1})"
             )
         if parts[1].lower() in (name.lower() for name in class_names):
             raise DataError(f"{class_file}:{number}: class {parts[1][:80]!r} listed twice")
@@ -261,35 +251,24 @@ def _load_ucf101(root: Path, split_name: str, split: int, folder: Path | None) -
         parts = line.split()
         relative = parts[0]
         if "/" not in relative:
-            raise DataError(
-                f"{list_file}:{number}: expected 'Class/v_Class_gXX_cYY.avi', got {line[:80]!r}"
-            )
+            raise DataError(f"{list_file}:{number}: expected 'Class/v_Class_gXX_cYY.avi', got {line[:80]!r}")
         folder_class = relative.split("/")[0]
         if folder_class.lower() not in by_name:
-            raise DataError(
-                f"{list_file}:{number}: unknown class {folder_class!r} (not in {class_file})"
-            )
+            raise DataError(f"{list_file}:{number}: unknown class {folder_class!r} (not in {class_file})")
         label = by_name[folder_class.lower()]
         if kind == "train":
             if len(parts) != 2 or _integer(parts[1]) is None:
-                raise DataError(
-                    f"{list_file}:{number}: expected '<path> <1-based label>', got {line[:80]!r}"
-                )
+                raise DataError(f"{list_file}:{number}: expected '<path> <1-based label>', got {line[:80]!r}")
             given = _integer(parts[1]) - 1
             if not 0 <= given < len(class_names):
-                raise DataError(
-                    f"{list_file}:{number}: label {parts[1][:20]} out of range "
-                    f"1..{len(class_names)}"
-                )
+                raise DataError(f"{list_file}:{number}: label {parts[1][:20]} out of range 1..{len(class_names)}")
             if given != label:
                 raise DataError(
                     f"{list_file}:{number}: label {parts[1]} ({class_names[given]}) "
                     f"does not match the folder {folder_class!r}"
                 )
         elif len(parts) != 1:
-            raise DataError(
-                f"{list_file}:{number}: expected a single video path, got {line[:80]!r}"
-            )
+            raise DataError(f"{list_file}:{number}: expected a single video path, got {line[:80]!r}")
         samples.append(Sample(str(videos / relative), label))
     return Annotations(samples, class_names, str(list_file))
 
@@ -327,10 +306,7 @@ def _load_hmdb51(root: Path, split_name: str, split: int, folder: Path | None) -
     class_names = sorted(set().union(*(f.keys() for f in files.values())))
     for name in class_names:
         if name not in files[split]:
-            raise DataError(
-                f"{split_dir / f'{name}_test_split{split}.txt'}: split file missing "
-                f"for class {name!r}"
-            )
+            raise DataError(f"{split_dir / f'{name}_test_split{split}.txt'}: split file missing for class {name!r}")
     videos = _first_existing([root / "hmdb51_org", root / "videos", root / "hmdb51"])
     if videos is None or not (videos / class_names[0]).is_dir():
         videos = root
@@ -360,9 +336,7 @@ def _read_json(path: Path) -> tuple[object, str]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     except RecursionError:
-        raise DataError(
-            f"{path}: invalid JSON (nested too deeply to be an annotation file)"
-        ) from None
+        raise DataError(f"{path}: invalid JSON (nested too deeply to be an annotation file)") from None
     except ValueError as exc:  # NaN/Infinity, or an integer of thousands of digits
         reason = str(exc)
         if "integer string conversion" in reason:
@@ -418,9 +392,7 @@ def _load_ssv2(root: Path, split_name: str, split: int, folder: Path | None) -> 
                 "(a number or a string of digits)"
             )
         if not 0 <= index < len(mapping) or class_names[index]:
-            raise DataError(
-                f"{labels_file}: id {index} of {template!r} is duplicated or out of range"
-            )
+            raise DataError(f"{labels_file}: id {index} of {template!r} is duplicated or out of range")
         class_names[index] = template
     filename = "train.json" if split_name == "train" else "validation.json"
     split_file = _require(labels_dir / filename, f"SSv2 {filename}")
@@ -462,11 +434,7 @@ def _json_index(value) -> int | None:
 def _valid_video_id(value) -> bool:
     if isinstance(value, int) and not isinstance(value, bool):
         return value >= 0
-    return (
-        isinstance(value, str)
-        and bool(value.strip())
-        and not any(char in value for char in "\x00\n\r/\\")
-    )
+    return isinstance(value, str) and bool(value.strip()) and not any(char in value for char in "\x00\n\r/\\")
 
 
 def _clip(value) -> str:
@@ -489,9 +457,7 @@ def _kinetics_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         header = next(reader, None)
         needed = {"label", "youtube_id", "time_start", "time_end"}
         if header is None or not needed <= {h.strip() for h in header}:
-            raise DataError(
-                f"{path}:1: expected header with label,youtube_id,time_start,time_end,split"
-            )
+            raise DataError(f"{path}:1: expected header with label,youtube_id,time_start,time_end,split")
         header = [h.strip() for h in header]
         rows = []
         for values in reader:
@@ -499,9 +465,7 @@ def _kinetics_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                raise DataError(
-                    f"{path}:{number}: expected {len(header)} fields, got {len(values)}"
-                )
+                raise DataError(f"{path}:{number}: expected {len(header)} fields, got {len(values)}")
             rows.append((number, dict(zip(header, (v.strip() for v in values)))))
     except csv.Error as exc:  # an unclosed quote, a field past the size limit
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
@@ -515,8 +479,7 @@ def _kinetics_seconds(path: Path, number: int, row: dict[str, str]) -> tuple[int
         text = row[key]
         if not _SECONDS.fullmatch(text) or not math.isfinite(float(text)):
             raise DataError(
-                f"{path}:{number}: {key} {text[:40]!r} is not a number of seconds "
-                "(plain digits, e.g. 14 or 14.5)"
+                f"{path}:{number}: {key} {text[:40]!r} is not a number of seconds (plain digits, e.g. 14 or 14.5)"
             )
         if float(text) < 0:
             raise DataError(f"{path}:{number}: {key} {text[:40]} is negative")
@@ -537,16 +500,12 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
         folder = root
     train_file = _kinetics_file(folder, "train")
     if train_file is None:
-        raise DataError(
-            f"{folder / 'train.csv'}: Kinetics train.csv not found (it defines the classes)"
-        )
+        raise DataError(f"{folder / 'train.csv'}: Kinetics train.csv not found (it defines the classes)")
     chosen = _kinetics_file(folder, split_name)
     if chosen is None and split_name == "test":
         chosen = _kinetics_file(folder, "val")  # test on the validation set, as is common
     if chosen is None:
-        raise DataError(
-            f"{folder / _KINETICS_FILES[split_name][0]}: Kinetics {split_name} file not found"
-        )
+        raise DataError(f"{folder / _KINETICS_FILES[split_name][0]}: Kinetics {split_name} file not found")
     train_rows = _kinetics_rows(train_file)
     for number, row in train_rows:
         if not row["label"]:
@@ -557,9 +516,7 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
     entries = []
     for number, row in rows:
         if row["label"] not in lookup:
-            raise DataError(
-                f"{chosen}:{number}: unknown class {row['label'][:80]!r} (not in {train_file.name})"
-            )
+            raise DataError(f"{chosen}:{number}: unknown class {row['label'][:80]!r} (not in {train_file.name})")
         if not row["youtube_id"]:
             raise DataError(f"{chosen}:{number}: empty youtube_id")
         start, end = _kinetics_seconds(chosen, number, row)
@@ -567,10 +524,7 @@ def _load_kinetics(root: Path, split_name: str, split: int, folder: Path | None)
         split_dir = row.get("split") or split_name
         entries.append((row["label"], split_dir, filename))
     layout = _kinetics_layout(root, chosen.stem, split_name, entries)
-    samples = [
-        Sample(str(layout(label, split_dir, filename)), lookup[label])
-        for label, split_dir, filename in entries
-    ]
+    samples = [Sample(str(layout(label, split_dir, filename)), lookup[label]) for label, split_dir, filename in entries]
     return Annotations(samples, class_names, str(chosen))
 
 
@@ -600,7 +554,5 @@ def _kinetics_layout(root: Path, stem: str, split_name: str, entries):
         for layout in layouts:
             for variant, candidate in enumerate(layout(label, split_dir, filename)):
                 if candidate.is_file():
-                    return lambda lab, s, f, layout=layout, variant=variant: layout(lab, s, f)[
-                        variant
-                    ]
+                    return lambda lab, s, f, layout=layout, variant=variant: layout(lab, s, f)[variant]
     return lambda lab, s, f: layouts[0](lab, s, f)[0]

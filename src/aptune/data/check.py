@@ -76,8 +76,7 @@ def check_dataset(
 
     sampling = resolve_sampling(getattr(data, "sampling", "auto"), data.format)
     split_samples = {
-        name: load_annotations(data.format, data.root, name, data.split, data.annotations)
-        for name in splits
+        name: load_annotations(data.format, data.root, name, data.split, data.annotations) for name in splits
     }
     class_names = next(iter(split_samples.values())).class_names
     labels_of: dict[str, int] = {}
@@ -87,9 +86,7 @@ def check_dataset(
     paths = list(labels_of)
     workers = data.num_workers if num_workers is None else num_workers
     # frames as the datasets decode them: scaled down past 4x the model's input
-    max_short_side = _decode_short_side(
-        getattr(data, "input_size", None), getattr(data, "short_side_size", None)
-    )
+    max_short_side = _decode_short_side(getattr(data, "input_size", None), getattr(data, "short_side_size", None))
     loader = DataLoader(
         _Probe(paths, sampling, data.num_frames, data.sampling_rate, max_short_side),
         batch_size=None,
@@ -97,9 +94,7 @@ def check_dataset(
     )
     results: dict[str, dict] = {}
     start = time.perf_counter()
-    for result in tqdm(
-        loader, total=len(paths), desc="decoding", unit="video", disable=not progress
-    ):
+    for result in tqdm(loader, total=len(paths), desc="decoding", unit="video", disable=not progress):
         results[result["path"]] = result
     elapsed = time.perf_counter() - start
     return _summarise(data, split_samples, class_names, results, elapsed)
@@ -160,16 +155,10 @@ def format_summary(summary: dict, show: int = 5) -> str:
     for name, split in summary["splits"].items():
         counts = sorted(split["per_class"].values())
         spread = f"{counts[0]}-{counts[-1]} per class" if counts else ""
-        lines.append(
-            f"  {name:<5} {split['videos']:>7} videos ({spread}; {split['bad']} bad)  "
-            f"from {split['source']}"
-        )
+        lines.append(f"  {name:<5} {split['videos']:>7} videos ({spread}; {split['bad']} bad)  from {split['source']}")
         empty = [c for c, n in split["per_class"].items() if n == 0]
         if empty:
-            lines.append(
-                f"        no videos for: {', '.join(empty[:show])}"
-                + (" ..." if len(empty) > show else "")
-            )
+            lines.append(f"        no videos for: {', '.join(empty[:show])}" + (" ..." if len(empty) > show else ""))
     lines.append(
         f"  ok {summary['ok']}, missing {summary['missing']}, "
         f"unreadable {summary['unreadable']} "
@@ -183,9 +172,7 @@ def format_summary(summary: dict, show: int = 5) -> str:
     lines.append("  mean frames " + ("-" if mean_frames is None else f"{mean_frames:.1f}"))
     lines.append("  resolution " + _histogram(summary["resolutions"], show))
     lines.append("  fps        " + _histogram(summary["fps"], show))
-    lines.append(
-        f"  decoding   {summary['clips_per_second']:.1f} clips/s ({summary['seconds']:.1f} s)"
-    )
+    lines.append(f"  decoding   {summary['clips_per_second']:.1f} clips/s ({summary['seconds']:.1f} s)")
     lines.append("usable" if summary["usable"] else f"NOT usable: {_why_not_usable(summary)}")
     return "\n".join(lines)
 
@@ -195,8 +182,7 @@ def _why_not_usable(summary: dict) -> str:
         return f"none of the {summary['videos']} videos could be decoded"
     limit = summary["max_bad_fraction"]
     failing = [
-        f"{name}: {split['bad']} of {split['videos']} videos bad "
-        f"({split['bad'] / max(1, split['videos']):.2%})"
+        f"{name}: {split['bad']} of {split['videos']} videos bad ({split['bad'] / max(1, split['videos']):.2%})"
         for name, split in summary["splits"].items()
         if not split.get("usable", True)
     ]
@@ -206,6 +192,4 @@ def _why_not_usable(summary: dict) -> str:
 def _histogram(counts: dict, show: int) -> str:
     items = list(counts.items())
     text = ", ".join(f"{key}: {value}" for key, value in items[:show])
-    return (
-        text + (f", ... ({len(items) - show} more)" if len(items) > show else "") if items else "-"
-    )
+    return text + (f", ... ({len(items) - show} more)" if len(items) > show else "") if items else "-"

@@ -109,9 +109,7 @@ def _load_clip(
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
         else:
             indices = [
-                clip_indices(
-                    sampling, total, num_frames, sampling_rate, False, num_segments, segment
-                )
+                clip_indices(sampling, total, num_frames, sampling_rate, False, num_segments, segment)
                 for segment in range(num_segments)
             ]
         frames = video.get_frames([i for clip in indices for i in clip])
@@ -129,8 +127,16 @@ def _decode_short_side(*sizes: int | None) -> int | None:
 class _VideoDataset(Dataset):
     """What training and evaluation sets share: the videos and how clips are sampled."""
 
-    def __init__(self, split: str, samples: Sequence[Sample], num_frames: int, sampling_rate: int,
-                 sampling: str, decode_threads: int, class_names: Sequence[str] | None) -> None:
+    def __init__(
+        self,
+        split: str,
+        samples: Sequence[Sample],
+        num_frames: int,
+        sampling_rate: int,
+        sampling: str,
+        decode_threads: int,
+        class_names: Sequence[str] | None,
+    ) -> None:
         if not samples:
             raise DataError(f"the {split} split has no videos")
         self.samples = [Sample(str(path), int(label)) for path, label in samples]
@@ -156,8 +162,7 @@ class VideoTrainDataset(_VideoDataset):
         max_attempts: int = 20,
         class_names: Sequence[str] | None = None,
     ):
-        super().__init__("training", samples, num_frames, sampling_rate, sampling, decode_threads,
-                         class_names)
+        super().__init__("training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names)
         self.transform = transform or TrainTransform()
         self.num_sample = num_sample
         self.max_attempts = max_attempts
@@ -183,17 +188,14 @@ class VideoTrainDataset(_VideoDataset):
                 )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
-                logger.warning(
-                    "skipping %s: %s (training on a random other video instead)", path, exc
-                )
+                logger.warning("skipping %s: %s (training on a random other video instead)", path, exc)
                 index = self._replacement(tried)
                 tried.add(index)
                 continue
             clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
             return TrainItem(clips, label, tuple(failures))
         raise DataError(
-            f"{len(failures)} videos in a row could not be decoded, e.g. {failures[0].path}: "
-            f"{failures[0].reason}"
+            f"{len(failures)} videos in a row could not be decoded, e.g. {failures[0].path}: {failures[0].reason}"
         )
 
     def _replacement(self, tried: set[int]) -> int:
@@ -226,8 +228,7 @@ class VideoEvalDataset(_VideoDataset):
         decode_threads: int = 1,
         class_names: Sequence[str] | None = None,
     ):
-        super().__init__("evaluation", samples, num_frames, sampling_rate, sampling, decode_threads,
-                         class_names)
+        super().__init__("evaluation", samples, num_frames, sampling_rate, sampling, decode_threads, class_names)
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
         self.num_crops = self.transform.num_crops
@@ -281,9 +282,7 @@ class VideoEvalDataset(_VideoDataset):
 def collate_train(batch: Sequence[TrainItem]) -> TrainBatch:
     """Flatten repeated augmentation: B items x num_sample clips -> B*num_sample clips."""
     clips = torch.cat([item.clips for item in batch])
-    labels = torch.tensor(
-        [item.label for item in batch for _ in range(item.clips.shape[0])], dtype=torch.long
-    )
+    labels = torch.tensor([item.label for item in batch for _ in range(item.clips.shape[0])], dtype=torch.long)
     failures = [f for item in batch for f in item.failures]
     return TrainBatch(clips, labels, failures)
 
@@ -368,9 +367,7 @@ def build_dataset(
     """
     sampling = resolve_sampling(getattr(data, "sampling", "auto"), data.format)
     if annotations is None:
-        annotations = load_annotations(
-            data.format, data.root, split_name, data.split, data.annotations
-        )
+        annotations = load_annotations(data.format, data.root, split_name, data.split, data.annotations)
     threads = getattr(data, "decode_threads", 0) or default_decode_threads(data.num_workers)
     common = dict(
         num_frames=data.num_frames,
@@ -381,19 +378,19 @@ def build_dataset(
     )
     if split_name == "train":
         flip = data.horizontal_flip if data.horizontal_flip is not None else data.format != "ssv2"
-        transform = TrainTransform(data.input_size, data.rand_augment, flip,
-                                   scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))),
-                                   random_erase=getattr(data, "random_erase", 0.0))
-        return VideoTrainDataset(
-            annotations.samples, transform=transform, num_sample=data.num_sample, **common
+        transform = TrainTransform(
+            data.input_size,
+            data.rand_augment,
+            flip,
+            scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))),
+            random_erase=getattr(data, "random_erase", 0.0),
         )
+        return VideoTrainDataset(annotations.samples, transform=transform, num_sample=data.num_sample, **common)
     if multi_view is None:
         multi_view = split_name == "test"
     segments, crops = (data.test_num_segment, data.test_num_crop) if multi_view else (1, 1)
     transform = TestTransform(data.input_size, data.short_side_size, crops)
-    return VideoEvalDataset(
-        annotations.samples, transform=transform, num_segments=segments, **common
-    )
+    return VideoEvalDataset(annotations.samples, transform=transform, num_segments=segments, **common)
 
 
 def build_loader(

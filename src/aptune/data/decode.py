@@ -195,9 +195,7 @@ class VideoReader:
                 height, width = self._first_size
             else:
                 height, width = self.stream.codec_context.height, self.stream.codec_context.width
-            return VideoInfo(
-                count, self.fps, height, width, self._duration(), rotation, self._count_exact
-            )
+            return VideoInfo(count, self.fps, height, width, self._duration(), rotation, self._count_exact)
 
     def _duration(self) -> float | None:
         if self.stream.duration:
@@ -278,9 +276,7 @@ class VideoReader:
         last = self._to_rgb(previous[1])  # before counting, which may rewind the file
         count = self.num_frames
         if last_grid < 0.9 * count - 2 and wanted[-1] > last_grid + 1:
-            raise DecodeError(
-                f"stream ended at frame {int(last_grid) + 1} of {count} (truncated file?)"
-            )
+            raise DecodeError(f"stream ended at frame {int(last_grid) + 1} of {count} (truncated file?)")
         for index in wanted[position:]:
             found[index] = last  # short video: repeat the last frame
         return found
@@ -296,13 +292,17 @@ class VideoReader:
         height, width = self._size
         stored_height, stored_width = (width, height) if turned else (height, width)
         shrinking = stored_height * stored_width < frame.height * frame.width
-        array = _reformatter().reformat(
-            frame,
-            format="rgb24",
-            width=stored_width,
-            height=stored_height,
-            interpolation="AREA" if shrinking else None,
-        ).to_ndarray()
+        array = (
+            _reformatter()
+            .reformat(
+                frame,
+                format="rgb24",
+                width=stored_width,
+                height=stored_height,
+                interpolation="AREA" if shrinking else None,
+            )
+            .to_ndarray()
+        )
         if rotation:
             array = np.ascontiguousarray(np.rot90(array, k=rotation // 90))
         return array

@@ -45,9 +45,7 @@ def dense_train_indices(total: int, num_frames: int, sampling_rate: int) -> list
     return _clamp([start + i * sampling_rate for i in range(num_frames)], total)
 
 
-def dense_test_indices(
-    total: int, num_frames: int, sampling_rate: int, num_segments: int, segment: int
-) -> list[int]:
+def dense_test_indices(total: int, num_frames: int, sampling_rate: int, num_segments: int, segment: int) -> list[int]:
     """Window ``segment`` of ``num_segments`` windows spread evenly from start to end."""
     span = num_frames * sampling_rate
     room = max(0, total - span)

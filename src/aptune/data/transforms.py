@@ -135,24 +135,18 @@ def _pad_to(video: torch.Tensor, size: int) -> torch.Tensor:
     if height >= size and width >= size:
         return video
     pad_h, pad_w = max(0, size - height), max(0, size - width)
-    return F.pad(
-        video, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode="replicate"
-    )
+    return F.pad(video, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode="replicate")
 
 
 def _affine(video: torch.Tensor, matrix: list[list[float]], fill=_FILL) -> torch.Tensor:
     """Warp float ``(T, C, H, W)`` by ``matrix`` (output pixel -> input pixel, 2x3)."""
     t, c, h, w = video.shape
-    pixel = torch.tensor(
-        [[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64
-    )
+    pixel = torch.tensor([[w / 2, 0, (w - 1) / 2], [0, h / 2, (h - 1) / 2], [0, 0, 1]], dtype=torch.float64)
     full = torch.tensor(matrix + [[0.0, 0.0, 1.0]], dtype=torch.float64)
     theta = (torch.linalg.inv(pixel) @ full @ pixel)[:2].to(video.dtype)
     grid = F.affine_grid(theta.expand(t, 2, 3), [t, c, h, w], align_corners=False)
     fill_t = torch.tensor(fill[:c], dtype=video.dtype).view(1, c, 1, 1)
-    warped = F.grid_sample(
-        video - fill_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )
+    warped = F.grid_sample(video - fill_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped + fill_t
 
 
@@ -185,9 +179,7 @@ def _auto_contrast(video, _):
 def _equalize(video, _):
     t, c, h, w = video.shape
     values = video.round().clamp_(0, 255).long().reshape(t * c, h * w)
-    hist = torch.zeros(t * c, 256, dtype=torch.long).scatter_add_(
-        1, values, torch.ones_like(values)
-    )
+    hist = torch.zeros(t * c, 256, dtype=torch.long).scatter_add_(1, values, torch.ones_like(values))
     last_nonzero = (hist > 0).long() * torch.arange(256)
     last_count = hist.gather(1, last_nonzero.argmax(dim=1, keepdim=True))
     step = (hist.sum(dim=1, keepdim=True) - last_count) // 255
@@ -244,9 +236,7 @@ def _rotate(video, degrees):
     a = math.radians(degrees)
     cos, sin = math.cos(a), math.sin(a)
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    return _affine(
-        video, [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]]
-    )
+    return _affine(video, [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]])
 
 
 def _shear_x(video, shear):
@@ -262,9 +252,7 @@ def _shift(video: torch.Tensor, pixels: int, dim: int) -> torch.Tensor:
     size = video.shape[dim]
     pixels = max(-size, min(size, pixels))
     out = torch.empty_like(video)
-    out.copy_(
-        torch.tensor(_FILL[: video.shape[1]], dtype=video.dtype).view(1, -1, 1, 1).expand_as(video)
-    )
+    out.copy_(torch.tensor(_FILL[: video.shape[1]], dtype=video.dtype).view(1, -1, 1, 1).expand_as(video))
     if pixels >= 0:
         out.narrow(dim, pixels, size - pixels).copy_(video.narrow(dim, 0, size - pixels))
     else:
@@ -370,10 +358,7 @@ class RandAugment:
         return video
 
     def __repr__(self) -> str:
-        return (
-            f"RandAugment(m={self.magnitude}, n={self.num_ops}, mstd={self.magnitude_std}, "
-            f"ops={len(self.names)})"
-        )
+        return f"RandAugment(m={self.magnitude}, n={self.num_ops}, mstd={self.magnitude_std}, ops={len(self.names)})"
 
 
 def parse_rand_augment(spec: str | None) -> RandAugment | None:
@@ -398,8 +383,7 @@ def parse_rand_augment(spec: str | None) -> RandAugment | None:
         match = re.fullmatch(r"([a-z]+)([0-9.]+)", part)
         if not match or match[1] not in keys:
             raise ConfigError(
-                f"data.rand_augment={spec!r}: unknown part {part!r} "
-                f"(valid: {', '.join(k + '<number>' for k in keys)})"
+                f"data.rand_augment={spec!r}: unknown part {part!r} (valid: {', '.join(k + '<number>' for k in keys)})"
             )
         name, convert = keys[match[1]]
         try:

@@ -70,13 +70,24 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: cannot resume from this checkpoint ({str(exc).splitlines()[0][:200]})"
+        ) from None
 
 
 # ------------------------------------------------------------------ saving
-def save_training_checkpoint(path: Path, model: nn.Module, optimizer, schedule, scaler, state: TrainState,
-                             config, info, extra: dict | None = None,
-                             artifacts: Callable[[], None] | None = None) -> None:
+def save_training_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer,
+    schedule,
+    scaler,
+    state: TrainState,
+    config,
+    info,
+    extra: dict | None = None,
+    artifacts: Callable[[], None] | None = None,
+) -> None:
     """Rank 0 writes the run's artifacts (adapter, encoder), then the checkpoint at ``path``,
     both atomically.
 
@@ -105,8 +116,9 @@ def training_payload(model: nn.Module, optimizer, schedule, scaler, state: Train
     }
 
 
-def rewrite_artifacts_if_finished(state: TrainState, epochs: int, info, artifacts: Callable[[], None],
-                                  what: str) -> None:
+def rewrite_artifacts_if_finished(
+    state: TrainState, epochs: int, info, artifacts: Callable[[], None], what: str
+) -> None:
     """A run resumed after its last save rewrites its artifacts from the checkpoint, since a run
     folder saved before artifacts were written first can hold ones an epoch old."""
     if state.epoch >= epochs:
@@ -139,8 +151,10 @@ def _load_trainable(path: Path, trainable: dict[str, torch.Tensor], model: nn.Mo
     own = dict(model.named_parameters())
     for key, tensor in trainable.items():
         if key in own and own[key].shape != tensor.shape:
-            raise ConfigError(f"{path}: the checkpoint's '{key}' has shape {tuple(tensor.shape)}, this run's "
-                              f"{tuple(own[key].shape)}: it was made by another recipe; use another --output-dir")
+            raise ConfigError(
+                f"{path}: the checkpoint's '{key}' has shape {tuple(tensor.shape)}, this run's "
+                f"{tuple(own[key].shape)}: it was made by another recipe; use another --output-dir"
+            )
     model.load_state_dict(trainable, strict=False)
 
 
@@ -149,9 +163,11 @@ def _load_optimizer(path: Path, saved_state: dict[str, Any], optimizer) -> None:
     saved = [len(group["params"]) for group in saved_state["param_groups"]]
     current = [len(group["params"]) for group in optimizer.param_groups]
     if saved != current:
-        raise ConfigError(f"{path}: the checkpoint's optimiser groups hold {saved} tensors, this run's {current} "
-                          "(optim.head_lr switched on or off, or a checkpoint from before APT's scales left "
-                          "weight decay); resume with the settings that wrote it or use another --output-dir")
+        raise ConfigError(
+            f"{path}: the checkpoint's optimiser groups hold {saved} tensors, this run's {current} "
+            "(optim.head_lr switched on or off, or a checkpoint from before APT's scales left "
+            "weight decay); resume with the settings that wrote it or use another --output-dir"
+        )
     scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     optimizer.load_state_dict(saved_state)
     for group, scale in zip(optimizer.param_groups, scales):

@@ -185,11 +185,11 @@ def as_run_error(error: BaseException) -> BaseException:
     if not info.enabled or isinstance(error, (StoppedTogether, KeyboardInterrupt)):
         return error
     if _is_lost_peer(error):
-        return StoppedTogether(f"rank {info.rank}: lost contact with another rank ({describe_error(error)})",
-                               report=False, agreed=False)
+        return StoppedTogether(
+            f"rank {info.rank}: lost contact with another rank ({describe_error(error)})", report=False, agreed=False
+        )
     log.debug("rank %d failed", info.rank, exc_info=error)
-    return StoppedTogether(f"rank {info.rank}: {describe_error(error)}; the other ranks stop with it",
-                           agreed=False)
+    return StoppedTogether(f"rank {info.rank}: {describe_error(error)}; the other ranks stop with it", agreed=False)
 
 
 def leave_run(error: BaseException) -> BaseException:
@@ -205,9 +205,18 @@ def _is_lost_peer(error: BaseException) -> bool:
     if backend_error and isinstance(error, backend_error):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and any(part in text for part in (
-        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL error",
-        "ProcessGroupNCCL", "Socket Timeout", "timed out"))
+    return isinstance(error, RuntimeError) and any(
+        part in text
+        for part in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "Broken pipe",
+            "NCCL error",
+            "ProcessGroupNCCL",
+            "Socket Timeout",
+            "timed out",
+        )
+    )
 
 
 def _collective_device() -> torch.device:

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def evaluate(model, eval_data, device: torch.device, precision: str, num_classes: int,
-             desc: str = "eval") -> dict[str, Any]:
+def evaluate(
+    model, eval_data, device: torch.device, precision: str, num_classes: int, desc: str = "eval"
+) -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy and confusion over ``eval_data`` (an EvalData)."""
 
     was_training = model.training
@@ -92,8 +93,15 @@ def _stack(video_ids, view_ids, labels, probs, num_classes: int) -> torch.Tensor
     return torch.cat([meta.double(), torch.cat(probs).double()], dim=1)
 
 
-def write_final_outputs(model, result: dict[str, Any], summary: dict[str, Any], class_names: list[str],
-                        output_dir: Path, records: list[dict], config) -> dict[str, Any]:
+def write_final_outputs(
+    model,
+    result: dict[str, Any],
+    summary: dict[str, Any],
+    class_names: list[str],
+    output_dir: Path,
+    records: list[dict],
+    config,
+) -> dict[str, Any]:
     """metrics.json, PNG plots and report.md for a finished run."""
 
     trainable, total = count_parameters(model)
@@ -154,7 +162,8 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path], output_dir:
         f"| test views per video | {config.data.test_num_segment} x {config.data.test_num_crop} |",
         "",
         ("Weakest classes: " + ", ".join(f"{printable(name)} ({acc:.0f} %)" for acc, name in weakest))
-        if weakest else "No video could be evaluated: there is no accuracy to report.",
+        if weakest
+        else "No video could be evaluated: there is no accuracy to report.",
         "",
     ]
     for title, path in figures.items():

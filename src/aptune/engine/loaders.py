@@ -95,17 +95,26 @@ class SeededItems(Dataset):
 
 def epoch_loader(data: DataBundle, config: Config, info, epoch: int) -> DataLoader:
     items = SeededItems(data.train, config.train.seed, epoch)
-    sampler = DistributedSampler(items, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=config.train.seed, drop_last=True)
+    sampler = DistributedSampler(
+        items, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.train.seed, drop_last=True
+    )
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch * 104729 + info.rank)
     # not persistent: each epoch's workers are seeded from (seed, epoch), which resuming needs
     # cached features are single clips: a batch holds as many as batch_size videos would give
     per_item = 1 if isinstance(data.train, CachedFeatures) else config.data.num_sample
     batch_size = config.train.batch_size * config.data.num_sample // per_item
-    return DataLoader(items, batch_size=batch_size, sampler=sampler,
-                      num_workers=config.data.num_workers, collate_fn=collate_train, drop_last=True,
-                      generator=generator, persistent_workers=False, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        items,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        collate_fn=collate_train,
+        drop_last=True,
+        generator=generator,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def new_bad_video_log(data: DataBundle, config: Config) -> BadVideoLog:
@@ -114,16 +123,24 @@ def new_bad_video_log(data: DataBundle, config: Config) -> BadVideoLog:
 
 def build_eval_data(config: Config, split: str, info, multi_view: bool) -> EvalData:
     dataset = build_dataset(config.data, split, multi_view=multi_view)
-    return EvalData(eval_loader(dataset, config.train.batch_size, config.data.num_workers, info), dataset,
-                    len(dataset.samples), config.data.max_bad_fraction)
+    return EvalData(
+        eval_loader(dataset, config.train.batch_size, config.data.num_workers, info),
+        dataset,
+        len(dataset.samples),
+        config.data.max_bad_fraction,
+    )
 
 
 def eval_loader(dataset: VideoEvalDataset, batch_size: int, num_workers: int, info) -> DataLoader:
     views = dataset.views_per_video
     # whole videos per batch: the dataset decodes a video once for all its views
     videos_per_batch = max(1, batch_size // views)
-    return build_loader(dataset, videos_per_batch * views, num_workers,
-                        sampler=VideoShardSampler(len(dataset.samples), views, info.rank, info.world_size))
+    return build_loader(
+        dataset,
+        videos_per_batch * views,
+        num_workers,
+        sampler=VideoShardSampler(len(dataset.samples), views, info.rank, info.world_size),
+    )
 
 
 class VideoShardSampler(Sampler[int]):
@@ -167,8 +184,9 @@ def cache_train_features(model, data: DataBundle, config: Config, info, device: 
     """Every rank extracts its share of the videos; the features are gathered on all ranks."""
     items = SeededItems(data.train, config.train.seed, epoch=0)
     shard = Subset(items, range(info.rank, len(items), info.world_size))
-    loader = DataLoader(shard, batch_size=config.train.batch_size, num_workers=config.data.num_workers,
-                        collate_fn=collate_train)
+    loader = DataLoader(
+        shard, batch_size=config.train.batch_size, num_workers=config.data.num_workers, collate_fn=collate_train
+    )
     bad_videos = BadVideoLog(len(data.train), config.data.max_bad_fraction, "train")
     was_training = model.training
     model.eval()

@@ -14,8 +14,9 @@ from aptune.engine.runfolder import TENSORBOARD_DIR
 from aptune.fileio import output_error, write_text_atomically
 
 
-def video_scores(video_ids: torch.Tensor, view_ids: torch.Tensor, probs: torch.Tensor,
-                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def video_scores(
+    video_ids: torch.Tensor, view_ids: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Average the softmax scores of each video's views.
 
     Views seen twice (a padded distributed sampler) count once.  Returns
@@ -44,8 +45,13 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classe
     """top-1, top-5, per-class accuracy and the confusion matrix (rows: true, cols: predicted)."""
     count = len(labels)
     if count == 0:
-        return {"top1": float("nan"), "top5": float("nan"), "per_class_accuracy": [None] * num_classes,
-                "confusion": [[0] * num_classes for _ in range(num_classes)], "num_videos": 0}
+        return {
+            "top1": float("nan"),
+            "top5": float("nan"),
+            "per_class_accuracy": [None] * num_classes,
+            "confusion": [[0] * num_classes for _ in range(num_classes)],
+            "num_videos": 0,
+        }
     k = min(5, num_classes)
     topk = probs.topk(k, dim=1).indices
     top1 = (topk[:, 0] == labels).float().mean().item() * 100
@@ -54,11 +60,15 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classe
     confusion.index_put_((labels, topk[:, 0]), torch.ones_like(labels), accumulate=True)
     totals = confusion.sum(dim=1)
     per_class = [
-        (confusion[c, c].item() / totals[c].item() * 100) if totals[c] > 0 else None
-        for c in range(num_classes)
+        (confusion[c, c].item() / totals[c].item() * 100) if totals[c] > 0 else None for c in range(num_classes)
     ]
-    return {"top1": top1, "top5": top5, "per_class_accuracy": per_class,
-            "confusion": confusion.tolist(), "num_videos": count}
+    return {
+        "top1": top1,
+        "top5": top5,
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+        "num_videos": count,
+    }
 
 
 class MetricsLog:

@@ -17,8 +17,15 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> to
     return F.one_hot(labels, num_classes).float() * (1.0 - smoothing) + off
 
 
-def mix_batch(clips: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup: float, cutmix: float,
-              smoothing: float, generator: torch.Generator | None = None):
+def mix_batch(
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mixup: float,
+    cutmix: float,
+    smoothing: float,
+    generator: torch.Generator | None = None,
+):
     """Returns (clips, soft targets).  With both enabled, each batch flips a coin between them."""
     targets = soft_targets(labels, num_classes, smoothing)
     if mixup <= 0 and cutmix <= 0:

@@ -52,8 +52,13 @@ def layer_lr_scale(name: str, depth: int, layer_decay: float) -> float:
     return layer_decay ** (depth + 1 - layer_id(name, depth))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0,
-                     layer_decay: float = 1.0, decay_prompt_scales: bool = True) -> list[dict]:
+def parameter_groups(
+    model: nn.Module,
+    weight_decay: float,
+    head_lr_scale: float = 1.0,
+    layer_decay: float = 1.0,
+    decay_prompt_scales: bool = True,
+) -> list[dict]:
     """Trainable tensors grouped by (decayed, lr scale); ``lr_scale`` rides on each group.
 
     Groups keep the order in which their first tensor appears, as in the official code.
@@ -67,16 +72,25 @@ def parameter_groups(model: nn.Module, weight_decay: float, head_lr_scale: float
         scale = layer_lr_scale(name, depth, layer_decay)
         if head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES):
             scale *= head_lr_scale
-        group = groups.setdefault((decays, scale), {
-            "params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale})
+        group = groups.setdefault(
+            (decays, scale), {"params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+        )
         group["params"].append(param)
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float = 0.9, betas: tuple[float, float] = (0.9, 0.999),
-                    head_lr_scale: float = 1.0, layer_decay: float = 1.0,
-                    decay_prompt_scales: bool = True, eps: float = 1e-8) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    head_lr_scale: float = 1.0,
+    layer_decay: float = 1.0,
+    decay_prompt_scales: bool = True,
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """``head_lr_scale``: the classifier's (``fc_norm``, ``head``) peak lr over the body's."""
     groups = parameter_groups(model, weight_decay, head_lr_scale, layer_decay, decay_prompt_scales)
     if not groups:
@@ -116,8 +130,15 @@ class CosineSchedule:
     Its state is that count, so a resumed run continues the exact schedule.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                 base_lr: float, min_lr: float, weight_decay_end: float | None = None) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int,
+        base_lr: float,
+        min_lr: float,
+        weight_decay_end: float | None = None,
+    ) -> None:
         self.optimizer = optimizer
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps

@@ -46,8 +46,9 @@ from aptune.models.vit import arch_config
 log = logging.getLogger(__name__)
 
 
-def reconstruction_loss(runner, clips: torch.Tensor, labels: torch.Tensor, precision: str,
-                        device: torch.device) -> torch.Tensor:
+def reconstruction_loss(
+    runner, clips: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device
+) -> torch.Tensor:
     with autocast(precision, device):
         return runner(clips).float()  # the pre-trainer's forward returns its loss; labels are unused
 
@@ -56,8 +57,14 @@ def pretrain(config: Config, output_dir: str | Path, resume: bool | None = None)
     def work(info):
         refuse_classifier_options(config)
         device = pick_device(config.train.device, info, config.train.precision)
-        return run_in_folder(config, output_dir, resume, info, device,
-                             lambda folder, resuming: _pretrain_in(folder, config, resuming, info, device))
+        return run_in_folder(
+            config,
+            output_dir,
+            resume,
+            info,
+            device,
+            lambda folder, resuming: _pretrain_in(folder, config, resuming, info, device),
+        )
 
     return dist_utils.run_on_every_rank(config.train.device, work)
 
@@ -68,21 +75,30 @@ def build_pretrainer(config: Config) -> VideoMAEPretrainer:
     except (KeyError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     p = config.pretrain
-    return VideoMAEPretrainer(arch, decoder_dim=p.decoder_dim, decoder_depth=p.decoder_depth,
-                              decoder_heads=p.decoder_heads, mask_ratio=p.mask_ratio,
-                              normalize_target=p.normalize_target)
+    return VideoMAEPretrainer(
+        arch,
+        decoder_dim=p.decoder_dim,
+        decoder_depth=p.decoder_depth,
+        decoder_heads=p.decoder_heads,
+        mask_ratio=p.mask_ratio,
+        normalize_target=p.normalize_target,
+    )
 
 
 def refuse_classifier_options(config: Config, source: str = "config") -> None:
     """Options of `train` that a pre-trainer (no fc_norm, no head) would silently ignore."""
-    ignored = {"optim.head_lr": config.optim.head_lr is not None,
-               "optim.head_base_lr": config.optim.head_base_lr is not None,
-               "train.standardize_features": config.train.standardize_features,
-               "train.cache_features": config.train.cache_features}
+    ignored = {
+        "optim.head_lr": config.optim.head_lr is not None,
+        "optim.head_base_lr": config.optim.head_base_lr is not None,
+        "train.standardize_features": config.train.standardize_features,
+        "train.cache_features": config.train.cache_features,
+    }
     for key, is_set in ignored.items():
         if is_set:
-            raise ConfigError(f"{source}: {key} is a classifier option; aptune pretrain has no classifier "
-                              "to apply it to: remove it from the pre-training config")
+            raise ConfigError(
+                f"{source}: {key} is a classifier option; aptune pretrain has no classifier "
+                "to apply it to: remove it from the pre-training config"
+            )
 
 
 def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device) -> dict[str, Any]:
@@ -102,15 +118,17 @@ def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device
     if resuming:
         log.info("resumed from %s at epoch %d", folder.checkpoint_path, state.epoch)
     runner = wrap_for_training(model, device, info, config.train.compile)
-    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
-                     reconstruction_loss)
+    loop = TrainLoop(
+        config, runner, model, optimizer, schedule, scaler, device, data, info, metrics, reconstruction_loss
+    )
 
     def write_encoder() -> None:
         save_pretrained(model, output_dir / PRETRAINED_NAME, config)
 
     def save_checkpoint() -> None:
-        save_training_checkpoint(folder.checkpoint_path, model, optimizer, schedule, scaler, state, config, info,
-                                 artifacts=write_encoder)
+        save_training_checkpoint(
+            folder.checkpoint_path, model, optimizer, schedule, scaler, state, config, info, artifacts=write_encoder
+        )
 
     rewrite_artifacts_if_finished(state, config.train.epochs, info, write_encoder, "the encoder")
     loop.run_epochs(state, steps_per_epoch, save_checkpoint)
@@ -119,22 +137,33 @@ def _pretrain_in(folder: RunFolder, config: Config, resuming: bool, info, device
 
 def finish(output_dir: Path, state: TrainState, metrics: MetricsLog, info) -> dict[str, Any]:
     """The summary (``metrics.json``) and the loss curve of a finished pre-training."""
-    summary = {"epochs": state.epoch, "train_seconds": round(state.train_seconds, 2),
-               "final_loss": _last_loss(metrics), "pretrained": str(output_dir / PRETRAINED_NAME)}
+    summary = {
+        "epochs": state.epoch,
+        "train_seconds": round(state.train_seconds, 2),
+        "final_loss": _last_loss(metrics),
+        "pretrained": str(output_dir / PRETRAINED_NAME),
+    }
     with dist_utils.together("while writing the final metrics"):
         if info.is_main:
             write_json_atomically(output_dir / METRICS_NAME, summary)
             plot_curves(metrics.read(), make_folder(output_dir / PLOTS_DIR) / CURVES_PLOT)
     if info.is_main:
-        log.info("pre-training done: loss %.4f after %d epochs; encoder at %s", summary["final_loss"] or
-                 float("nan"), state.epoch, summary["pretrained"])
+        log.info(
+            "pre-training done: loss %.4f after %d epochs; encoder at %s",
+            summary["final_loss"] or float("nan"),
+            state.epoch,
+            summary["pretrained"],
+        )
     return summary
 
 
 def save_pretrained(model: VideoMAEPretrainer, path: Path, config: Config) -> None:
     """The whole pre-training state dict (encoder + decoder) with the arch and recipe in its header."""
-    metadata = {"format": "videomae-pretrain", "arch": json.dumps(model.config.to_dict()),
-                "recipe": json.dumps(config.to_dict())}
+    metadata = {
+        "format": "videomae-pretrain",
+        "arch": json.dumps(model.config.to_dict()),
+        "recipe": json.dumps(config.to_dict()),
+    }
     save_safetensors_atomically(model.encoder_state_dict(), path, metadata)
 
 

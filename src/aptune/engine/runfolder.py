@@ -50,17 +50,37 @@ TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"  # aptune eval --run RUN writes its outputs here
 LOCK_NAME = ".aptune.lock"
 # what train / pretrain / eval write into a run folder: a new run must not find another's
-RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, ADAPTER_NAME, RANDOM_BACKBONE_NAME, PRETRAINED_NAME,
-             METRICS_LOG_NAME, METRICS_NAME, REPORT_NAME, PLOTS_DIR, TENSORBOARD_DIR, EVAL_DIR)
+RUN_FILES = (
+    CONFIG_NAME,
+    CHECKPOINT_NAME,
+    ADAPTER_NAME,
+    RANDOM_BACKBONE_NAME,
+    PRETRAINED_NAME,
+    METRICS_LOG_NAME,
+    METRICS_NAME,
+    REPORT_NAME,
+    PLOTS_DIR,
+    TENSORBOARD_DIR,
+    EVAL_DIR,
+)
 
 # Keys a resumed run may change: they decide how long it runs, how often it reports, and
 # where it computes, never which numbers it produces (data order and augmentation are
 # seeded per item, so the number of loader workers does not change them either).
-SAFE_TO_CHANGE = frozenset({
-    "train.epochs", "train.log_every", "train.save_every", "train.eval_every", "train.device",
-    "train.compile", "model.grad_checkpointing", "data.num_workers", "data.decode_threads",
-    "data.max_bad_fraction",
-})
+SAFE_TO_CHANGE = frozenset(
+    {
+        "train.epochs",
+        "train.log_every",
+        "train.save_every",
+        "train.eval_every",
+        "train.device",
+        "train.compile",
+        "model.grad_checkpointing",
+        "data.num_workers",
+        "data.decode_threads",
+        "data.max_bad_fraction",
+    }
+)
 
 
 class RunFolder:
@@ -148,8 +168,10 @@ class RunFolder:
         if stored is not None and not changed_keys(stored, config):
             return  # killed before its first checkpoint: the same recipe starts over
         what = "another recipe's run" if stored is not None else "files of another run"
-        raise ConfigError(f"{self.path}: holds {what} ({', '.join(found[:3])}) and no checkpoint to resume; "
-                          "nothing there is overwritten: use another --output-dir or remove those files")
+        raise ConfigError(
+            f"{self.path}: holds {what} ({', '.join(found[:3])}) and no checkpoint to resume; "
+            "nothing there is overwritten: use another --output-dir or remove those files"
+        )
 
     def _stored_config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG_NAME
@@ -180,8 +202,10 @@ class RunFolder:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise ConfigError(f"{self.path}: another aptune process is writing this run folder ({holder}); "
-                              "wait for it to finish or use another --output-dir") from None
+            raise ConfigError(
+                f"{self.path}: another aptune process is writing this run folder ({holder}); "
+                "wait for it to finish or use another --output-dir"
+            ) from None
         try:
             handle.seek(0)
             handle.truncate()
@@ -219,7 +243,8 @@ def refuse_changed_recipe(stored: dict[str, Any] | None, config: Config, folder:
         raise ConfigError(
             f"{folder}: resuming would change how this run is made ({shown}{more}); resume with the "
             f"recipe in {folder / CONFIG_NAME} (only {', '.join(sorted(SAFE_TO_CHANGE))} may change) "
-            "or use another --output-dir")
+            "or use another --output-dir"
+        )
 
 
 def changed_keys(stored: dict[str, Any], config: Config) -> list[str]:
@@ -229,8 +254,9 @@ def changed_keys(stored: dict[str, Any], config: Config) -> list[str]:
     """
     current = _flatten(_plain(config.to_dict()))
     saved = _flatten(_plain(stored))
-    return [key for key in sorted(current.keys() & saved.keys())
-            if key not in SAFE_TO_CHANGE and current[key] != saved[key]]
+    return [
+        key for key in sorted(current.keys() & saved.keys()) if key not in SAFE_TO_CHANGE and current[key] != saved[key]
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -243,5 +269,9 @@ def _plain(value: Any) -> Any:
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
-            for key, value in values.items()}
+    return {
+        f"{section}.{key}": value
+        for section, values in config.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }

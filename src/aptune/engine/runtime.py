@@ -70,8 +70,7 @@ def seed_everything(seed: int, epoch: int = -1, rank: int = 0) -> None:
 
 def progress_bar(total: int, desc: str, enabled: bool):
     # on a terminal a live bar; in logs (not a TTY) periodic lines written by the caller instead
-    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()),
-                dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, leave=False)
 
 
 # ------------------------------------------------------------------ DDP and compile

@@ -64,10 +64,17 @@ def train(config: Config, output_dir: str | Path, resume: bool | None = None) ->
     None (default) resumes when there is one.  Under torchrun every rank calls this;
     an error on any rank stops all of them (:mod:`aptune.engine.distributed`).
     """
+
     def work(info):
         device = pick_device(config.train.device, info, config.train.precision)
-        return run_in_folder(config, output_dir, resume, info, device,
-                             lambda folder, resuming: _train_in(folder, config, resuming, info, device))
+        return run_in_folder(
+            config,
+            output_dir,
+            resume,
+            info,
+            device,
+            lambda folder, resuming: _train_in(folder, config, resuming, info, device),
+        )
 
     return dist_utils.run_on_every_rank(config.train.device, work)
 
@@ -94,15 +101,36 @@ def _train_in(folder: RunFolder, config: Config, resuming: bool, info, device) -
     if info.is_main:
         log_run_start(config, model, device, schedule, steps_per_epoch)
     runner, data = training_runner(model, data, config, info, device)
-    loop = TrainLoop(config, runner, model, optimizer, schedule, scaler, device, data, info, metrics,
-                     ClassificationLoss(config, len(data.class_names)))
+    loop = TrainLoop(
+        config,
+        runner,
+        model,
+        optimizer,
+        schedule,
+        scaler,
+        device,
+        data,
+        info,
+        metrics,
+        ClassificationLoss(config, len(data.class_names)),
+    )
 
     def write_adapter() -> None:
         save_adapter(model, output_dir / ADAPTER_NAME, preprocess=data.preprocess)
 
     def save_checkpoint() -> None:
-        save_training_checkpoint(folder.checkpoint_path, model, optimizer, schedule, scaler, state, config, info,
-                                 extra={"class_names": list(data.class_names)}, artifacts=write_adapter)
+        save_training_checkpoint(
+            folder.checkpoint_path,
+            model,
+            optimizer,
+            schedule,
+            scaler,
+            state,
+            config,
+            info,
+            extra={"class_names": list(data.class_names)},
+            artifacts=write_adapter,
+        )
 
     def validate() -> None:
         validate_epoch(model, data, device, config, state, metrics, info)
@@ -126,17 +154,31 @@ def log_run_start(config: Config, model, device, schedule, steps_per_epoch: int)
     trainable, total = count_parameters(model)
     head_scale = head_lr_scale(config.optim)
     head = "" if head_scale == 1.0 else f" (classifier {schedule.base_lr * head_scale:.3g})"
-    log.info("%s on %s: %s trainable of %s parameters, lr %.3g%s, %d steps/epoch", config.method.name,
-             device, f"{trainable:,}", f"{total:,}", schedule.base_lr, head, steps_per_epoch)
+    log.info(
+        "%s on %s: %s trainable of %s parameters, lr %.3g%s, %d steps/epoch",
+        config.method.name,
+        device,
+        f"{trainable:,}",
+        f"{total:,}",
+        schedule.base_lr,
+        head,
+        steps_per_epoch,
+    )
 
 
 def validate_epoch(model, data: DataBundle, device, config: Config, state, metrics: MetricsLog, info) -> None:
-    result = evaluate(model, data.val, device, config.train.precision, len(data.class_names),
-                      desc=f"val {state.epoch}")
+    result = evaluate(model, data.val, device, config.train.precision, len(data.class_names), desc=f"val {state.epoch}")
     with dist_utils.together(f"while writing {METRICS_LOG_NAME}"):
-        metrics.write("eval", epoch=state.epoch, step=state.step, split="val",
-                      top1=result["top1"], top5=result["top5"], num_videos=result["num_videos"],
-                      skipped_videos=result["skipped_videos"])
+        metrics.write(
+            "eval",
+            epoch=state.epoch,
+            step=state.step,
+            split="val",
+            top1=result["top1"],
+            top5=result["top5"],
+            num_videos=result["num_videos"],
+            skipped_videos=result["skipped_videos"],
+        )
     if info.is_main:
         log.info("epoch %d: val top-1 %.2f  top-5 %.2f", state.epoch, result["top1"], result["top5"])
 
@@ -149,8 +191,9 @@ class ClassificationLoss:
         self.num_classes = num_classes
         self.criterion = nn.CrossEntropyLoss()
 
-    def __call__(self, runner: nn.Module, clips: torch.Tensor, labels: torch.Tensor, precision: str,
-                 device: torch.device) -> torch.Tensor:
+    def __call__(
+        self, runner: nn.Module, clips: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device
+    ) -> torch.Tensor:
         cfg = self.train_cfg
         clips, targets = mix_batch(clips, labels, self.num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing)
         with autocast(precision, device):
@@ -159,20 +202,28 @@ class ClassificationLoss:
 
 
 def finish(config, model, data, device, state, output_dir, metrics, info) -> dict[str, Any]:
-    result = evaluate(model, data.test, device, config.train.precision, len(data.class_names),
-                      desc="test (all views)")
+    result = evaluate(model, data.test, device, config.train.precision, len(data.class_names), desc="test (all views)")
     summary = {
-        "top1": result["top1"], "top5": result["top5"], "num_videos": result["num_videos"],
-        "skipped_videos": result["skipped_videos"], "epochs": state.epoch,
-        "train_seconds": round(state.train_seconds, 2), "method": config.method.name,
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "num_videos": result["num_videos"],
+        "skipped_videos": result["skipped_videos"],
+        "epochs": state.epoch,
+        "train_seconds": round(state.train_seconds, 2),
+        "method": config.method.name,
     }
     with dist_utils.together("while writing the final metrics"):
         metrics.write("eval", epoch=state.epoch, step=state.step, split="test", final=True, **summary)
         if info.is_main:
             write_final_outputs(model, result, summary, data.class_names, output_dir, metrics.read(), config)
     if info.is_main:
-        log.info("test: top-1 %.2f  top-5 %.2f on %d videos (%d skipped)", result["top1"], result["top5"],
-                 result["num_videos"], result["skipped_videos"])
+        log.info(
+            "test: top-1 %.2f  top-5 %.2f on %d videos (%d skipped)",
+            result["top1"],
+            result["top5"],
+            result["num_videos"],
+            result["skipped_videos"],
+        )
     return {**summary, **{k: result[k] for k in ("per_class_accuracy",)}}
 
 
@@ -208,8 +259,10 @@ def start_from_data(model: nn.Module, data: DataBundle, config: Config, info, de
 def _first_training_clips(batches, data: DataBundle, config: Config, device) -> torch.Tensor:
     first = next(batches, None)
     if first is None:
-        raise ConfigError(f"method.prompt_init / train.standardize_features need one training batch, but "
-                          f"{len(data.train)} training videos do not fill train.batch_size={config.train.batch_size}")
+        raise ConfigError(
+            f"method.prompt_init / train.standardize_features need one training batch, but "
+            f"{len(data.train)} training videos do not fill train.batch_size={config.train.batch_size}"
+        )
     return first.clips.to(device)
 
 
@@ -252,12 +305,21 @@ def build_model(config: Config, class_names: list[str]):
     options = {k: v for k, v in vars(config.method).items() if k in valid}
     arch = config.model.arch
     overrides = config.model.arch_overrides()
-    if config.model.pretrained and brings_own_architecture(config.model.pretrained) and not (
-            overrides.keys() - {"drop_path_rate", "head_dropout"}):
+    if (
+        config.model.pretrained
+        and brings_own_architecture(config.model.pretrained)
+        and not (overrides.keys() - {"drop_path_rate", "head_dropout"})
+    ):
         arch = None  # a Hugging Face folder or a merged file brings its own architecture
-    model = create_model(arch, num_classes=num_classes, method=config.method.name,
-                         pretrained=config.model.pretrained, class_names=class_names,
-                         method_options=options, **overrides)
+    model = create_model(
+        arch,
+        num_classes=num_classes,
+        method=config.method.name,
+        pretrained=config.model.pretrained,
+        class_names=class_names,
+        method_options=options,
+        **overrides,
+    )
     model.grad_checkpointing = config.model.grad_checkpointing
     return model
 
@@ -266,8 +328,14 @@ def save_random_backbone(model, output_dir: Path) -> None:
     """Without model.pretrained the frozen weights are a random init: keep them with the run."""
     path = output_dir / RANDOM_BACKBONE_NAME
     if not path.exists():
-        log.warning("model.pretrained is not set: the frozen backbone is randomly initialised "
-                    "(saved to %s so the adapter stays usable)", path)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                 if k.startswith(("patch_embed.", "blocks."))}
+        log.warning(
+            "model.pretrained is not set: the frozen backbone is randomly initialised "
+            "(saved to %s so the adapter stays usable)",
+            path,
+        )
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if k.startswith(("patch_embed.", "blocks."))
+        }
         save_safetensors_atomically(state, path)

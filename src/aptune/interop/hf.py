@@ -43,8 +43,15 @@ class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
 
     def __init__(self, original: VideoMAESelfAttention, prompts: nn.Module, layer_index: int) -> None:
         nn.Module.__init__(self)  # the projections are taken over, not rebuilt
-        for name in ("config", "num_attention_heads", "attention_head_size", "all_head_size",
-                     "dropout_prob", "scaling", "is_causal"):
+        for name in (
+            "config",
+            "num_attention_heads",
+            "attention_head_size",
+            "all_head_size",
+            "dropout_prob",
+            "scaling",
+            "is_causal",
+        ):
             if hasattr(original, name):
                 setattr(self, name, getattr(original, name))
         self.query, self.key, self.value = original.query, original.key, original.value
@@ -69,8 +76,7 @@ class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
         if extra_kv is not None:
             k, v = append_kv(k, v, extra_kv)
         dropout = self.dropout_prob if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout,
-                                                 scale=self.attention_head_size**-0.5)
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.attention_head_size**-0.5)
         batch, tokens = hidden_states.shape[:2]
         context = context.transpose(1, 2).reshape(batch, tokens, -1)
         return context, None  # attention probabilities are not computed on the fused path
@@ -103,19 +109,22 @@ def inject_huggingface(model: nn.Module, tuning) -> Injection:
     config = base.config
     layers = base.encoder.layer
     if any(not isinstance(layer.attention.attention, VideoMAESelfAttention) for layer in layers):
-        raise ConfigError("inject: a VideoMAE layer's attention is not a VideoMAESelfAttention "
-                          "(already modified by another library?)")
+        raise ConfigError(
+            "inject: a VideoMAE layer's attention is not a VideoMAESelfAttention (already modified by another library?)"
+        )
     device = next(model.parameters()).device
     kv_prompts, token_prompts = build_prompt_modules(
-        tuning, depth=len(layers), embed_dim=config.hidden_size,
-        num_heads=config.num_attention_heads, patch_size=_side(config.patch_size), device=device,
+        tuning,
+        depth=len(layers),
+        embed_dim=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        patch_size=_side(config.patch_size),
+        device=device,
     )
     if kv_prompts is not None:
         model.kv_prompts = kv_prompts
         for index, layer in enumerate(layers):
-            layer.attention.attention = PromptedVideoMAESelfAttention(
-                layer.attention.attention, kv_prompts, index
-            )
+            layer.attention.attention = PromptedVideoMAESelfAttention(layer.attention.attention, kv_prompts, index)
     if token_prompts is not None:
         model.token_prompts = token_prompts
         base.encoder = PromptedVideoMAEEncoder(base.encoder, token_prompts)
@@ -126,8 +135,12 @@ def inject_huggingface(model: nn.Module, tuning) -> Injection:
     if isinstance(getattr(model, "fc_norm", None), nn.LayerNorm):
         name_map["fc_norm."] = "fc_norm."
     return Injection(
-        family="videomae", method=tuning, name_map=name_map, describe_arch=_describe_arch,
-        describe_preprocess=_describe_preprocess, get_class_names=_class_names,
+        family="videomae",
+        method=tuning,
+        name_map=name_map,
+        describe_arch=_describe_arch,
+        describe_preprocess=_describe_preprocess,
+        get_class_names=_class_names,
         set_class_names=_set_class_names,
     )
 
@@ -154,8 +167,13 @@ def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
 
     config = getattr(model, "videomae", model).config
     # VideoMAE's image processors normalise with the ImageNet statistics
-    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_frames": config.num_frames,
-            "input_size": _side(config.image_size), "layout": "BTCHW"}
+    return {
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "num_frames": config.num_frames,
+        "input_size": _side(config.image_size),
+        "layout": "BTCHW",
+    }
 
 
 def _class_names(model: nn.Module) -> list[str] | None:

@@ -65,13 +65,13 @@ class Injection:
     def own_to_adapter(self, name: str) -> str | None:
         for own, adapter in self.name_map.items():
             if name.startswith(own):
-                return adapter + name[len(own):]
+                return adapter + name[len(own) :]
         return None
 
     def adapter_to_own(self, name: str) -> str | None:
         for own, adapter in self.name_map.items():
             if name.startswith(adapter):
-                return own + name[len(adapter):]
+                return own + name[len(adapter) :]
         return None
 
     def trainable_prefixes(self) -> tuple[str, ...]:
@@ -88,8 +88,7 @@ class Injection:
 
     def frozen_state(self) -> dict[str, Tensor]:
         """Every tensor of the model that the method does not train, under the model's own names."""
-        return {name: value for name, value in self.model.state_dict().items()
-                if self.own_to_adapter(name) is None}
+        return {name: value for name, value in self.model.state_dict().items() if self.own_to_adapter(name) is None}
 
     def backbone_state(self, frozen: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The frozen backbone under the names its fingerprint is taken over.
@@ -133,9 +132,16 @@ class Injection:
         }
 
 
-def inject(model: nn.Module, method: str = "apt", *, num_prompts: int | None = None,
-           prompt_start: int | None = None, prompt_end: int | None = None,
-           reparam: bool | None = None, prompt_dropout: float | None = None) -> nn.Module:
+def inject(
+    model: nn.Module,
+    method: str = "apt",
+    *,
+    num_prompts: int | None = None,
+    prompt_start: int | None = None,
+    prompt_end: int | None = None,
+    reparam: bool | None = None,
+    prompt_dropout: float | None = None,
+) -> nn.Module:
     """Add ``method`` in place to a ``transformers`` VideoMAE or a ``timm`` VisionTransformer.
 
     ``method`` is ``"apt"`` (prompts appended to each layer's keys and values),
@@ -150,8 +156,13 @@ def inject(model: nn.Module, method: str = "apt", *, num_prompts: int | None = N
         raise ConfigError("this model already has aptune prompts injected; inject once per model")
     if method not in INJECTABLE_METHODS:
         raise ConfigError(f"inject supports methods {', '.join(INJECTABLE_METHODS)}, not '{method}'")
-    options = {"num_prompts": num_prompts, "prompt_start": prompt_start, "prompt_end": prompt_end,
-               "reparam": reparam, "prompt_dropout": prompt_dropout}
+    options = {
+        "num_prompts": num_prompts,
+        "prompt_start": prompt_start,
+        "prompt_end": prompt_end,
+        "reparam": reparam,
+        "prompt_dropout": prompt_dropout,
+    }
     options = {k: v for k, v in options.items() if v is not None}
     if method == "linear" and options:
         raise ConfigError(f"method 'linear' takes no option '{sorted(options)[0]}'")
@@ -194,14 +205,18 @@ def init_prompts_from_clips(model: nn.Module, inputs: Tensor, seed: int = 0) -> 
     deterministic for a given ``seed``.
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise ConfigError("call init_prompts_from_clips before wrapping the model in DistributedDataParallel "
-                          "(DDP then broadcasts rank 0's prompts to every rank)")
+        raise ConfigError(
+            "call init_prompts_from_clips before wrapping the model in DistributedDataParallel "
+            "(DDP then broadcasts rank 0's prompts to every rank)"
+        )
     generator = torch.Generator().manual_seed(seed)
     injection = injection_of(model)
     method = injection.method if injection is not None else getattr(model, "tuning_method", None)
     if method is None or not hasattr(method, "init_from_clips"):
-        raise ConfigError("init_prompts_from_clips needs a model with prompts: aptune.create_model(..., "
-                          "method='apt' or 'vpt-*') or aptune.inject(model, 'apt')")
+        raise ConfigError(
+            "init_prompts_from_clips needs a model with prompts: aptune.create_model(..., "
+            "method='apt' or 'vpt-*') or aptune.inject(model, 'apt')"
+        )
     if injection is None:
         previous, method.prompt_init = method.prompt_init, "tokens"
         try:
@@ -218,16 +233,19 @@ def init_prompts_from_clips(model: nn.Module, inputs: Tensor, seed: int = 0) -> 
     sampler = _sample_without_prompts(model, injection.family, prompts, inputs, generator)
     expected = set(range(prompts.first_layer, prompts.last_layer + 1))
     if set(sampler.samples) != expected:
-        raise ConfigError(f"init_prompts_from_clips: the forward pass reached prompted layers "
-                          f"{sorted(sampler.samples)}, not all of {sorted(expected)}")
+        raise ConfigError(
+            f"init_prompts_from_clips: the forward pass reached prompted layers "
+            f"{sorted(sampler.samples)}, not all of {sorted(expected)}"
+        )
     for layer, (keys, values) in sampler.samples.items():
         prompts.keys[layer - prompts.first_layer].copy_(keys)
         prompts.values[layer - prompts.first_layer].copy_(values)
     method.prompt_init = "tokens"
 
 
-def _sample_without_prompts(model: nn.Module, family: str, prompts: nn.Module, inputs: Tensor,
-                            generator: torch.Generator) -> KeyValueSampler:
+def _sample_without_prompts(
+    model: nn.Module, family: str, prompts: nn.Module, inputs: Tensor, generator: torch.Generator
+) -> KeyValueSampler:
     """One eval-mode forward pass in which the injected attentions hand their keys/values to a sampler."""
     sampler = KeyValueSampler(prompts.keys.shape[1], generator)
     modes = {module: module.training for module in model.modules()}  # the caller's mix, restored as it was
@@ -245,8 +263,9 @@ def _sample_without_prompts(model: nn.Module, family: str, prompts: nn.Module, i
     return sampler
 
 
-def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int,
-                         device: torch.device) -> tuple[nn.Module | None, nn.Module | None]:
+def build_prompt_modules(
+    tuning, depth: int, embed_dim: int, num_heads: int, patch_size: int, device: torch.device
+) -> tuple[nn.Module | None, nn.Module | None]:
     """(kv_prompts, token_prompts) exactly as the method builds them for our own backbone.
 
     The method's ``attach`` only reads the depth, the widths, the patch size and
@@ -255,10 +274,12 @@ def build_prompt_modules(tuning, depth: int, embed_dim: int, num_heads: int, pat
     """
     stand_in = SimpleNamespace(
         blocks=range(depth),
-        config=SimpleNamespace(embed_dim=embed_dim, head_dim=embed_dim // num_heads,
-                               num_heads=num_heads, patch_size=patch_size),
+        config=SimpleNamespace(
+            embed_dim=embed_dim, head_dim=embed_dim // num_heads, num_heads=num_heads, patch_size=patch_size
+        ),
         fc_norm=SimpleNamespace(weight=torch.empty(0, device=device)),
-        kv_prompts=None, token_prompts=None,
+        kv_prompts=None,
+        token_prompts=None,
     )
     tuning.attach(stand_in)
     return stand_in.kv_prompts, stand_in.token_prompts
@@ -284,7 +305,10 @@ def _is_huggingface_videomae(model: nn.Module) -> bool:
 def _looks_like_timm_vit(model: nn.Module) -> bool:
     blocks = getattr(model, "blocks", None)
     return (
-        hasattr(model, "num_prefix_tokens") and hasattr(model, "forward_head")
-        and isinstance(blocks, nn.Sequential) and len(blocks) > 0
-        and hasattr(blocks[0], "attn") and hasattr(blocks[0].attn, "qkv")
+        hasattr(model, "num_prefix_tokens")
+        and hasattr(model, "forward_head")
+        and isinstance(blocks, nn.Sequential)
+        and len(blocks) > 0
+        and hasattr(blocks[0], "attn")
+        and hasattr(blocks[0].attn, "qkv")
     )

@@ -55,8 +55,7 @@ class PromptedTimmAttention(nn.Module):
         self.layer_index = layer_index
         object.__setattr__(self, "prompts", prompts)  # registered once, as the model's kv_prompts
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
-                **kwargs: Any) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False, **kwargs: Any) -> Tensor:
         if is_causal:
             raise ValueError("APT prompts are not defined for causal attention")
         batch, tokens, _ = x.shape
@@ -69,8 +68,7 @@ class PromptedTimmAttention(nn.Module):
             if attn_mask is not None:
                 attn_mask = _extend_mask(attn_mask, extra_kv[0].shape[-2])
         dropout = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout,
-                                             scale=self.scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(self.norm(out)))
 
@@ -103,8 +101,12 @@ def inject_timm(model: nn.Module, tuning) -> Injection:
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", 16)
     device = next(model.parameters()).device
     kv_prompts, _ = build_prompt_modules(
-        tuning, depth=len(blocks), embed_dim=embed_dim, num_heads=num_heads,
-        patch_size=int(patch[0] if isinstance(patch, (list, tuple)) else patch), device=device,
+        tuning,
+        depth=len(blocks),
+        embed_dim=embed_dim,
+        num_heads=num_heads,
+        patch_size=int(patch[0] if isinstance(patch, (list, tuple)) else patch),
+        device=device,
     )
     if kv_prompts is not None:
         if kv_prompts.keys.shape[-1] != blocks[0].attn.head_dim:
@@ -117,8 +119,12 @@ def inject_timm(model: nn.Module, tuning) -> Injection:
     for name in _trained_head_modules(model):
         name_map[f"{name}."] = f"{name}."
     return Injection(
-        family="timm-vit", method=tuning, name_map=name_map, describe_arch=_describe_arch,
-        describe_preprocess=_describe_preprocess, get_class_names=_class_names,
+        family="timm-vit",
+        method=tuning,
+        name_map=name_map,
+        describe_arch=_describe_arch,
+        describe_preprocess=_describe_preprocess,
+        get_class_names=_class_names,
         set_class_names=_set_class_names,
     )
 

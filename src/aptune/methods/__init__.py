@@ -28,7 +28,18 @@ from aptune.methods.registry import (
 )
 
 __all__ = [
-    "CAPABILITIES", "METHODS", "TuningMethod", "apply_method", "build_method", "check_method_dict",
-    "method_from_dict", "method_names", "method_options", "method_to_dict", "methods_that",
-    "options_compared_on_load", "register", "trainable_state_dict",
+    "CAPABILITIES",
+    "METHODS",
+    "TuningMethod",
+    "apply_method",
+    "build_method",
+    "check_method_dict",
+    "method_from_dict",
+    "method_names",
+    "method_options",
+    "method_to_dict",
+    "methods_that",
+    "options_compared_on_load",
+    "register",
+    "trainable_state_dict",
 ]

@@ -56,8 +56,9 @@ class AdaptFormer:
 
     def attach(self, model) -> None:
         start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
-        model.mlp_adapters = ParallelAdapters(end - start + 1, model.config.embed_dim, self.adapter_dim,
-                                              self.adapter_scale, first_layer=start).to(model.fc_norm.weight.device)
+        model.mlp_adapters = ParallelAdapters(
+            end - start + 1, model.config.embed_dim, self.adapter_dim, self.adapter_scale, first_layer=start
+        ).to(model.fc_norm.weight.device)
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("mlp_adapters.", "fc_norm.", "head.")

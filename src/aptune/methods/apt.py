@@ -32,8 +32,16 @@ from aptune.models.vit import VisionTransformer, prompt_init_bound
 class AttentionPrompts(nn.Module):
     """Per-layer prompt keys/values (and scales) for layers first_layer..last_layer."""
 
-    def __init__(self, num_layers: int, num_prompts: int, head_dim: int, bound: float,
-                 first_layer: int = 0, dropout: float = 0.0, reparam: bool = True) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_prompts: int,
+        head_dim: int,
+        bound: float,
+        first_layer: int = 0,
+        dropout: float = 0.0,
+        reparam: bool = True,
+    ) -> None:
         super().__init__()
         self.first_layer = first_layer
         self.last_layer = first_layer + num_layers - 1
@@ -112,7 +120,5 @@ def resolve_layer_range(start: int, end: int | None, depth: int) -> tuple[int, i
     """Check an inclusive block range and fill in the default end (the last block)."""
     end = depth - 1 if end is None else end
     if not 0 <= start <= end < depth:
-        raise ConfigError(
-            f"prompt range [{start}, {end}] must satisfy 0 <= prompt_start <= prompt_end < depth={depth}"
-        )
+        raise ConfigError(f"prompt range [{start}, {end}] must satisfy 0 <= prompt_start <= prompt_end < depth={depth}")
     return start, end

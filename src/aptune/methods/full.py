@@ -13,6 +13,7 @@ from aptune.methods.registry import register
 class Full:
     trains_backbone: ClassVar[bool] = True
     mergeable: ClassVar[bool] = True
+
     def attach(self, model) -> None:
         pass
 

@@ -14,6 +14,7 @@ class Linear:
     injectable: ClassVar[bool] = True
     mergeable: ClassVar[bool] = True
     shareable: ClassVar[bool] = True
+
     def attach(self, model) -> None:
         pass
 

@@ -54,8 +54,9 @@ class LoRA:
 
     def attach(self, model) -> None:
         start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
-        model.qkv_adapters = QKVLowRank(end - start + 1, model.config.embed_dim, self.lora_rank,
-                                        self.lora_alpha, first_layer=start).to(model.fc_norm.weight.device)
+        model.qkv_adapters = QKVLowRank(
+            end - start + 1, model.config.embed_dim, self.lora_rank, self.lora_alpha, first_layer=start
+        ).to(model.fc_norm.weight.device)
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("qkv_adapters.", "fc_norm.", "head.")

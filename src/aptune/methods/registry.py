@@ -84,9 +84,7 @@ def build_method(name: str, **options: Any) -> TuningMethod:
     valid = method_options(name)
     for key in options:
         if key not in valid:
-            raise ConfigError(
-                f"method '{name}' takes no option '{key}' (valid: {', '.join(valid) or 'none'})"
-            )
+            raise ConfigError(f"method '{name}' takes no option '{key}' (valid: {', '.join(valid) or 'none'})")
     return cls(**options)
 
 
@@ -109,8 +107,13 @@ def method_from_dict(values: dict[str, Any], where: str = "method") -> TuningMet
 
 
 # Ranges of stored options; a crafted file must not ask for a billion prompts before any check.
-_OPTION_RANGES = {"num_prompts": (0, 65536), "prompt_start": (0, 255), "prompt_end": (0, 255),
-                  "lora_rank": (1, 65536), "adapter_dim": (1, 65536)}
+_OPTION_RANGES = {
+    "num_prompts": (0, 65536),
+    "prompt_start": (0, 255),
+    "prompt_end": (0, 255),
+    "lora_rank": (1, 65536),
+    "adapter_dim": (1, 65536),
+}
 
 
 def check_method_dict(values: Any, where: str = "method") -> dict[str, Any]:
@@ -119,8 +122,9 @@ def check_method_dict(values: Any, where: str = "method") -> dict[str, Any]:
         raise CheckpointError(f"{where} is {_short(values)}, expected a JSON object with a 'name'")
     name = values.get("name")
     if not isinstance(name, str) or name not in METHODS:
-        raise CheckpointError(f"{where} names method {_short(name)}, which this aptune does not have "
-                              f"(valid: {', '.join(METHODS)})")
+        raise CheckpointError(
+            f"{where} names method {_short(name)}, which this aptune does not have (valid: {', '.join(METHODS)})"
+        )
     for field in dataclasses.fields(METHODS[name]):
         if field.name not in values:
             continue
@@ -177,4 +181,3 @@ def _method_class(name: str) -> type:
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}' (valid: {', '.join(METHODS)})")
     return METHODS[name]
-

@@ -27,8 +27,9 @@ from aptune.models.vit import VisionTransformer, prompt_init_bound
 class TokenPrompts(nn.Module):
     """Prompt tokens inserted before layers first_layer..last_layer (one set per layer)."""
 
-    def __init__(self, num_layers: int, num_prompts: int, dim: int, bound: float,
-                 first_layer: int = 0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, num_layers: int, num_prompts: int, dim: int, bound: float, first_layer: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.first_layer = first_layer
         self.last_layer = first_layer + num_layers - 1

@@ -30,8 +30,9 @@ QKVDelta = Callable[[Tensor], Tensor]
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
@@ -54,8 +55,7 @@ class Attention(nn.Module):
         if tuple(bias.shape) != (dim,):
             raise ValueError(f"a key bias must have shape ({dim},), not {tuple(bias.shape)}")
         weight = self.qkv.weight
-        self.k_bias = nn.Parameter(bias.detach().to(weight.device, weight.dtype).clone(),
-                                   requires_grad=requires_grad)
+        self.k_bias = nn.Parameter(bias.detach().to(weight.device, weight.dtype).clone(), requires_grad=requires_grad)
 
     def qkv_bias(self) -> Tensor | None:
         if self.q_bias is None and self.k_bias is None:
@@ -77,8 +77,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         return q, k, v
 
-    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None,
-                qkv_delta: QKVDelta | None = None) -> Tensor:
+    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None, qkv_delta: QKVDelta | None = None) -> Tensor:
         batch, tokens, dim = x.shape
         q, k, v = self.project_qkv(x, qkv_delta)
         if extra_kv is not None:

@@ -71,8 +71,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     raw = read_tensor_file(path)
     state_dict, kind, ignored, prompts = convert_state_dict(raw, str(path))
     arch, class_names = _merged_file_header(path) if path.suffix == ".safetensors" else (None, None)
-    return LoadedCheckpoint(state_dict, str(path), kind, arch=arch, class_names=class_names,
-                            prompts=prompts, ignored=ignored)
+    return LoadedCheckpoint(
+        state_dict, str(path), kind, arch=arch, class_names=class_names, prompts=prompts, ignored=ignored
+    )
 
 
 def brings_own_architecture(path: str | Path) -> bool:
@@ -108,7 +109,12 @@ def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | 
     # the shape only: the head's size comes from the weights, the name is a label, and
     # regularisation (drop path, dropout, head init) belongs to whoever trains the model next
     shape = {f.name for f in dataclasses.fields(ViTConfig)} - {
-        "num_classes", "name", "drop_path_rate", "head_dropout", "head_init_scale"}
+        "num_classes",
+        "name",
+        "drop_path_rate",
+        "head_dropout",
+        "head_init_scale",
+    }
     arch = check_arch_values({k: v for k, v in arch.items() if k in shape}, f"{path}: aptune-merged header 'arch'")
     if class_names is not None:
         check_class_names(class_names, f"{path}: aptune-merged header 'class_names'")
@@ -131,8 +137,17 @@ def _header_json(header: dict[str, str], key: str, path: Path, kind: type, requi
 
 # Upper bounds keep a crafted header or config from asking for a model that cannot be built
 # (a terabyte of weights) before any tensor is read; every real ViT is far inside them.
-ARCH_LIMITS = {"embed_dim": 16384, "depth": 256, "num_heads": 1024, "patch_size": 1024, "tubelet_size": 1024,
-               "num_frames": 4096, "img_size": 8192, "in_chans": 64, "num_classes": 1_000_000}
+ARCH_LIMITS = {
+    "embed_dim": 16384,
+    "depth": 256,
+    "num_heads": 1024,
+    "patch_size": 1024,
+    "tubelet_size": 1024,
+    "num_frames": 4096,
+    "img_size": 8192,
+    "in_chans": 64,
+    "num_classes": 1_000_000,
+}
 
 
 def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
@@ -160,8 +175,9 @@ def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
         elif key == "name" and not isinstance(value, str):
             raise CheckpointError(f"{where} key 'name' is {value!r}, expected a string")
     if "embed_dim" in arch and "num_heads" in arch and arch["embed_dim"] % arch["num_heads"]:
-        raise CheckpointError(f"{where}: embed_dim={arch['embed_dim']} is not divisible by "
-                              f"num_heads={arch['num_heads']}")
+        raise CheckpointError(
+            f"{where}: embed_dim={arch['embed_dim']} is not divisible by num_heads={arch['num_heads']}"
+        )
     for size, part in (("num_frames", "tubelet_size"), ("img_size", "patch_size")):
         if size in arch and part in arch and arch[size] % arch[part]:
             raise CheckpointError(f"{where}: {size}={arch[size]} is not a multiple of {part}={arch[part]}")
@@ -179,8 +195,12 @@ def check_class_names(names: Any, where: str) -> list[str]:
 
 
 def _check_int(value: Any, where: str, key: str, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         if maximum is not None:
             wanted += f" up to {maximum:,}"
@@ -188,8 +208,16 @@ def _check_int(value: Any, where: str, key: str, minimum: int, maximum: int | No
     return value
 
 
-def _check_number(value: Any, where: str, key: str, *, positive: bool = False, minimum: float | None = None,
-                  below: float | None = None, upper: float | None = None) -> float:
+def _check_number(
+    value: Any,
+    where: str,
+    key: str,
+    *,
+    positive: bool = False,
+    minimum: float | None = None,
+    below: float | None = None,
+    upper: float | None = None,
+) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and not (positive and value <= 0) and not (minimum is not None and value < minimum)
     ok = ok and not (below is not None and value >= below) and not (upper is not None and value > upper)
@@ -207,9 +235,14 @@ def _check_number(value: Any, where: str, key: str, *, positive: bool = False, m
 
 
 def _check_triple(value: Any, where: str, key: str, positive: bool) -> None:
-    numbers = isinstance(value, (list, tuple)) and len(value) == 3 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
-        for v in value)
+    numbers = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+            for v in value
+        )
+    )
     if not numbers:
         wanted = "3 positive numbers" if positive else "3 numbers"
         raise CheckpointError(f"{where} key '{key}' is {_short(value)}, expected a list of {wanted}")
@@ -222,8 +255,15 @@ def _short(value: Any) -> str:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "JSON object", list: "JSON list", str: "string", bool: "boolean", type(None): "null",
-             int: "number", float: "number"}
+    names = {
+        dict: "JSON object",
+        list: "JSON list",
+        str: "string",
+        bool: "boolean",
+        type(None): "null",
+        int: "number",
+        float: "number",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -246,8 +286,7 @@ def read_tensor_file(path: Path) -> dict[str, Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-            f"({_first_line(exc)})"
+            f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True ({_first_line(exc)})"
         ) from None
     return _flatten_tensors(obj, path)
 
@@ -264,11 +303,14 @@ def _flatten_tensors(obj: Any, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: holds no tensors (keys: {', '.join(_short(k) for k in list(obj)[:5])})")
     for key, value in tensors.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"{path}: state-dict key {_short(key)} is a {type(key).__name__}, "
-                                  "expected a string (a tensor name)")
+            raise CheckpointError(
+                f"{path}: state-dict key {_short(key)} is a {type(key).__name__}, expected a string (a tensor name)"
+            )
         if value.layout != torch.strided or value.is_quantized:
-            raise CheckpointError(f"{path}: '{key}' is a {value.layout} / quantized tensor; only dense "
-                                  "floating-point weights can be loaded")
+            raise CheckpointError(
+                f"{path}: '{key}' is a {value.layout} / quantized tensor; only dense "
+                "floating-point weights can be loaded"
+            )
     return tensors
 
 
@@ -296,15 +338,14 @@ def convert_state_dict(raw: dict[str, Tensor], source: str):
     prompts = None
     if "kv_prompts.keys" in state:
         keys = state["kv_prompts.keys"]
-        prompts = {"layers": keys.shape[0], "num_prompts": keys.shape[1],
-                   "reparam": "kv_prompts.scales" in state}
+        prompts = {"layers": keys.shape[0], "num_prompts": keys.shape[1], "reparam": "kv_prompts.scales" in state}
     return dict(state), "videomae", [], prompts
 
 
 def _strip_common_prefix(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> dict[str, Tensor]:
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -314,7 +355,7 @@ def _convert_videomae_pretrain(state: dict[str, Tensor]) -> tuple[dict[str, Tens
         if not key.startswith("encoder."):
             ignored.append(key)  # decoder, mask token, encoder_to_decoder
             continue
-        name = key[len("encoder."):]
+        name = key[len("encoder.") :]
         if name.startswith(PRETRAIN_IGNORED) or name.startswith("head."):
             ignored.append(key)  # the encoder's final norm and (identity) head
             continue
@@ -332,7 +373,7 @@ def _convert_official_apt(state: dict[str, Tensor], source: str):
         elif key == "prompt_scale":
             converted["kv_prompts.scales"] = value
         elif key.startswith("head_norm."):
-            converted["fc_norm." + key[len("head_norm."):]] = value
+            converted["fc_norm." + key[len("head_norm.") :]] = value
         else:
             converted[key] = value
     keys, values = converted["kv_prompts.keys"], converted.get("kv_prompts.values")
@@ -345,8 +386,10 @@ def _convert_official_apt(state: dict[str, Tensor], source: str):
         )
     scales = converted.get("kv_prompts.scales")
     if scales is not None and tuple(scales.shape) != (keys.shape[0], 2, keys.shape[1]):
-        raise CheckpointError(f"{source}: 'prompt_scale' has shape {tuple(scales.shape)}, expected "
-                              f"(layers, 2, P) = {(keys.shape[0], 2, keys.shape[1])}")
+        raise CheckpointError(
+            f"{source}: 'prompt_scale' has shape {tuple(scales.shape)}, expected "
+            f"(layers, 2, P) = {(keys.shape[0], 2, keys.shape[1])}"
+        )
     prompts = {"layers": keys.shape[0], "num_prompts": keys.shape[1], "reparam": scales is not None}
     return converted, prompts
 
@@ -386,12 +429,15 @@ def convert_huggingface(state: dict[str, Tensor], source: str) -> tuple[dict[str
     ignored: list[str] = []
     qkv: dict[int, dict[str, Tensor]] = {}
     for key, value in state.items():
-        name = key[len("videomae."):] if key.startswith("videomae.") else key
+        name = key[len("videomae.") :] if key.startswith("videomae.") else key
         match = _HF_LAYER.match(name)
         if match:
             index, rest = int(match.group(1)), match.group(2)
-            if rest in ("attention.attention.query.weight", "attention.attention.key.weight",
-                        "attention.attention.value.weight"):
+            if rest in (
+                "attention.attention.query.weight",
+                "attention.attention.key.weight",
+                "attention.attention.value.weight",
+            ):
                 qkv.setdefault(index, {})[rest.split(".")[2]] = value
             elif rest == "attention.attention.key.bias":
                 if bool((value == 0).all()):
@@ -412,17 +458,14 @@ def convert_huggingface(state: dict[str, Tensor], source: str) -> tuple[dict[str
     for index, parts in sorted(qkv.items()):
         missing = [p for p in ("query", "key", "value") if p not in parts]
         if missing:
-            raise CheckpointError(
-                f"{source}: layer {index} has no attention.attention.{missing[0]}.weight"
-            )
+            raise CheckpointError(f"{source}: layer {index} has no attention.attention.{missing[0]}.weight")
         shapes = {tuple(parts[p].shape) for p in ("query", "key", "value")}
         if len(shapes) != 1 or parts["query"].ndim != 2:
             found = ", ".join(f"{p} {tuple(parts[p].shape)}" for p in ("query", "key", "value"))
-            raise CheckpointError(f"{source}: layer {index}'s query/key/value weights must have one "
-                                  f"(hidden, hidden) shape, found {found}")
-        converted[f"blocks.{index}.attn.qkv.weight"] = torch.cat(
-            (parts["query"], parts["key"], parts["value"]), dim=0
-        )
+            raise CheckpointError(
+                f"{source}: layer {index}'s query/key/value weights must have one (hidden, hidden) shape, found {found}"
+            )
+        converted[f"blocks.{index}.attn.qkv.weight"] = torch.cat((parts["query"], parts["key"], parts["value"]), dim=0)
     return converted, ignored
 
 
@@ -438,10 +481,11 @@ def _load_huggingface_dir(folder: Path) -> LoadedCheckpoint:
     if "head.weight" not in state:
         class_names = None  # a bare VideoMAEModel: its labels describe nothing we load
     elif class_names is not None and len(class_names) != state["head.weight"].shape[0]:
-        raise CheckpointError(f"{config_path}: 'id2label' names {len(class_names)} classes but the classifier "
-                              f"has {state['head.weight'].shape[0]}")
-    return LoadedCheckpoint(state, str(folder), "huggingface", arch=arch,
-                            class_names=class_names, ignored=ignored)
+        raise CheckpointError(
+            f"{config_path}: 'id2label' names {len(class_names)} classes but the classifier "
+            f"has {state['head.weight'].shape[0]}"
+        )
+    return LoadedCheckpoint(state, str(folder), "huggingface", arch=arch, class_names=class_names, ignored=ignored)
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -492,23 +536,29 @@ def arch_from_hf_config(config: dict[str, Any], path: Path) -> tuple[dict[str, A
     arch = {
         "embed_dim": hidden,
         "depth": _check_int(config["num_hidden_layers"], where, "num_hidden_layers", 1, ARCH_LIMITS["depth"]),
-        "num_heads": _check_int(config["num_attention_heads"], where, "num_attention_heads", 1,
-                                ARCH_LIMITS["num_heads"]),
+        "num_heads": _check_int(
+            config["num_attention_heads"], where, "num_attention_heads", 1, ARCH_LIMITS["num_heads"]
+        ),
         "mlp_ratio": intermediate / hidden,
         "img_size": _hf_side(config, "image_size", 224, where, ARCH_LIMITS["img_size"]),
         "patch_size": _hf_side(config, "patch_size", 16, where, ARCH_LIMITS["patch_size"]),
         "in_chans": _check_int(config.get("num_channels", 3), where, "num_channels", 1, ARCH_LIMITS["in_chans"]),
         "num_frames": _check_int(config.get("num_frames", 16), where, "num_frames", 1, ARCH_LIMITS["num_frames"]),
-        "tubelet_size": _check_int(config.get("tubelet_size", 2), where, "tubelet_size", 1,
-                                   ARCH_LIMITS["tubelet_size"]),
+        "tubelet_size": _check_int(
+            config.get("tubelet_size", 2), where, "tubelet_size", 1, ARCH_LIMITS["tubelet_size"]
+        ),
         "layer_norm_eps": _check_number(eps, where, "layer_norm_eps", positive=True, upper=1.0),
         "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
         "qkv_bias": bias,
     }
     if hidden % arch["num_heads"]:
-        raise CheckpointError(f"{path}: hidden_size={hidden} is not divisible by num_attention_heads={arch['num_heads']}")
-    for size, part, size_key, part_key in (("num_frames", "tubelet_size", "num_frames", "tubelet_size"),
-                                           ("img_size", "patch_size", "image_size", "patch_size")):
+        raise CheckpointError(
+            f"{path}: hidden_size={hidden} is not divisible by num_attention_heads={arch['num_heads']}"
+        )
+    for size, part, size_key, part_key in (
+        ("num_frames", "tubelet_size", "num_frames", "tubelet_size"),
+        ("img_size", "patch_size", "image_size", "patch_size"),
+    ):
         if arch[size] % arch[part]:
             raise CheckpointError(f"{path}: {size_key}={arch[size]} is not a multiple of {part_key}={arch[part]}")
     class_names = _hf_class_names(config.get("id2label"), path)
@@ -533,8 +583,9 @@ def _hf_class_names(labels: Any, path: Path) -> list[str] | None:
     if labels is None or labels == {}:
         return None
     if not isinstance(labels, dict):
-        raise CheckpointError(f"{path}: key 'id2label' is a {_json_type(labels)}, expected a JSON object "
-                              "mapping class indices to names")
+        raise CheckpointError(
+            f"{path}: key 'id2label' is a {_json_type(labels)}, expected a JSON object mapping class indices to names"
+        )
     indices = {}
     for key, name in labels.items():
         text = str(key)
@@ -568,29 +619,36 @@ def _read_sharded(folder: Path, index_path: Path) -> dict[str, Tensor]:
     """The shards an index names, each checked to exist inside ``folder`` and to hold its tensors."""
     weight_map = read_json_object(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index_path}: key 'weight_map' is {_short(weight_map)}, expected a non-empty "
-                              "JSON object mapping tensor names to shard files")
+        raise CheckpointError(
+            f"{index_path}: key 'weight_map' is {_short(weight_map)}, expected a non-empty "
+            "JSON object mapping tensor names to shard files"
+        )
     shards: dict[str, list[str]] = {}
     root = folder.resolve()
     for tensor_name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
-            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] is {_short(shard)}, "
-                                  "expected a shard file name")
+            raise CheckpointError(
+                f"{index_path}: weight_map[{_short(tensor_name)}] is {_short(shard)}, expected a shard file name"
+            )
         target = (folder / shard).resolve()
         if Path(shard).is_absolute() or (target != root and root not in target.parents):
-            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] names {_short(shard)}, "
-                                  "which is outside the checkpoint folder")
+            raise CheckpointError(
+                f"{index_path}: weight_map[{_short(tensor_name)}] names {_short(shard)}, "
+                "which is outside the checkpoint folder"
+            )
         if not target.is_file():
-            raise CheckpointError(f"{index_path}: weight_map[{_short(tensor_name)}] names shard {_short(shard)}, "
-                                  "which does not exist")
+            raise CheckpointError(
+                f"{index_path}: weight_map[{_short(tensor_name)}] names shard {_short(shard)}, which does not exist"
+            )
         shards.setdefault(shard, []).append(tensor_name)
     state: dict[str, Tensor] = {}
     for shard, names in sorted(shards.items()):
         tensors = read_tensor_file(folder / shard)
         absent = [n for n in names if n not in tensors]
         if absent:
-            raise CheckpointError(f"{index_path}: weight_map puts {_short(absent[0])} in shard {_short(shard)}, "
-                                  "which does not hold it")
+            raise CheckpointError(
+                f"{index_path}: weight_map puts {_short(absent[0])} in shard {_short(shard)}, which does not hold it"
+            )
         state.update(tensors)
     return state
 
@@ -607,8 +665,12 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
     own = model.state_dict()
     head = state.get("head.weight")
     if head is not None and head.shape != own["head.weight"].shape:
-        log.info("%s: classifier has %d classes, model has %d: starting a new head",
-                 source, head.shape[0], own["head.weight"].shape[0])
+        log.info(
+            "%s: classifier has %d classes, model has %d: starting a new head",
+            source,
+            head.shape[0],
+            own["head.weight"].shape[0],
+        )
         state.pop("head.weight")
         state.pop("head.bias", None)
     pos_embed = state.pop("pos_embed", None)
@@ -633,12 +695,14 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
         )
     unexpected_backbone = [k for k in result.unexpected_keys if k.startswith(BACKBONE_PREFIXES)]
     if unexpected_backbone:
-        raise CheckpointError(
-            f"{source}: unexpected backbone tensor '{unexpected_backbone[0]}' (is the arch right?)"
-        )
+        raise CheckpointError(f"{source}: unexpected backbone tensor '{unexpected_backbone[0]}' (is the arch right?)")
     if result.unexpected_keys:
-        log.warning("%s: ignored %d tensors the model does not have: %s", source,
-                    len(result.unexpected_keys), ", ".join(result.unexpected_keys[:5]))
+        log.warning(
+            "%s: ignored %d tensors the model does not have: %s",
+            source,
+            len(result.unexpected_keys),
+            ", ".join(result.unexpected_keys[:5]),
+        )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
 
 
@@ -666,17 +730,16 @@ def _load_position_table(model, table: Tensor, source: str) -> None:
     from aptune.models.vit import resize_position_table
 
     if table.ndim < 2 or table.numel() == 0:
-        raise CheckpointError(f"{source}: 'pos_embed' has shape {tuple(table.shape)}, expected (1, positions, "
-                              f"{model.config.embed_dim})")
+        raise CheckpointError(
+            f"{source}: 'pos_embed' has shape {tuple(table.shape)}, expected (1, positions, {model.config.embed_dim})"
+        )
     table = table.reshape(-1, table.shape[-1]).float()
     target = model.config.grid
     if table.shape[-1] != model.config.embed_dim:
         raise CheckpointError(f"{source}: 'pos_embed' width {table.shape[-1]} != embed_dim {model.config.embed_dim}")
     source_grid = _guess_grid(table.shape[0], target)
     if source_grid is None:
-        raise CheckpointError(
-            f"{source}: 'pos_embed' has {table.shape[0]} positions, which fits no grid near {target}"
-        )
+        raise CheckpointError(f"{source}: 'pos_embed' has {table.shape[0]} positions, which fits no grid near {target}")
     model.pos_embed.copy_(resize_position_table(table, source_grid, target)[None])
 
 

@@ -27,8 +27,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         self.patch_embed = PatchEmbed(config.patch_size, config.tubelet_size, config.in_chans, config.embed_dim)
-        self.register_buffer("pos_embed", sincos_position_table(config.num_patches, config.embed_dim)[None],
-                             persistent=False)
+        self.register_buffer(
+            "pos_embed", sincos_position_table(config.num_patches, config.embed_dim)[None], persistent=False
+        )
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
 
@@ -58,8 +59,15 @@ class Decoder(nn.Module):
 class VideoMAEPretrainer(nn.Module):
     """Encoder + decoder; ``forward(clips)`` returns the reconstruction loss."""
 
-    def __init__(self, config: ViTConfig, decoder_dim: int = 96, decoder_depth: int = 2,
-                 decoder_heads: int = 3, mask_ratio: float = 0.9, normalize_target: bool = True) -> None:
+    def __init__(
+        self,
+        config: ViTConfig,
+        decoder_dim: int = 96,
+        decoder_depth: int = 2,
+        decoder_heads: int = 3,
+        mask_ratio: float = 0.9,
+        normalize_target: bool = True,
+    ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -67,13 +75,15 @@ class VideoMAEPretrainer(nn.Module):
         self.mask_ratio = mask_ratio
         self.normalize_target = normalize_target
         patch_dim = config.tubelet_size * config.patch_size**2 * config.in_chans
-        decoder_config = replace(config, embed_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
-                                 drop_path_rate=0.0)
+        decoder_config = replace(
+            config, embed_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads, drop_path_rate=0.0
+        )
         self.encoder = Encoder(config)
         self.encoder_to_decoder = nn.Linear(config.embed_dim, decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.register_buffer("decoder_pos_embed", sincos_position_table(config.num_patches, decoder_dim)[None],
-                             persistent=False)
+        self.register_buffer(
+            "decoder_pos_embed", sincos_position_table(config.num_patches, decoder_dim)[None], persistent=False
+        )
         self.decoder = Decoder(decoder_config, patch_dim)
         self._init_weights()
 

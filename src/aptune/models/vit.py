@@ -121,8 +121,7 @@ def sincos_position_table(num_positions: int, dim: int) -> Tensor:
     return table.to(torch.float32)
 
 
-def resize_position_table(table: Tensor, src_grid: tuple[int, int, int],
-                          dst_grid: tuple[int, int, int]) -> Tensor:
+def resize_position_table(table: Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]) -> Tensor:
     """Trilinearly resample a (N, D) table laid out on ``src_grid`` to ``dst_grid``."""
     if tuple(src_grid) == tuple(dst_grid):
         return table
@@ -188,8 +187,13 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None, qkv_delta: QKVDelta | None = None,
-                mlp_side: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        extra_kv: ExtraKV | None = None,
+        qkv_delta: QKVDelta | None = None,
+        mlp_side: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         attn = self.attn(self.norm1(x), extra_kv, qkv_delta)
         if self.gamma_1 is not None:
             attn = self.gamma_1 * attn
@@ -212,9 +216,7 @@ class VisionTransformer(nn.Module):
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(config.patch_size, config.tubelet_size, config.in_chans, dim)
         # Fixed, not a parameter: rebuilt from the config, never stored in checkpoints.
-        self.register_buffer(
-            "pos_embed", sincos_position_table(config.num_patches, dim)[None], persistent=False
-        )
+        self.register_buffer("pos_embed", sincos_position_table(config.num_patches, dim)[None], persistent=False)
         self.blocks = nn.ModuleList(Block(config, rate) for rate in drop_path_rates(config))
         fc_eps = config.fc_norm_eps if config.fc_norm_eps is not None else config.layer_norm_eps
         self.fc_norm = nn.LayerNorm(dim, eps=fc_eps)

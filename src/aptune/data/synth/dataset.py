@@ -163,8 +163,15 @@ def _render_jobs(jobs: list[tuple], workers: int) -> None:
             raise
 
 
-def _render_one(motion: str, frames: int, size: tuple[int, int], seed: tuple[int, int, int], grey: bool,
-                write_kwargs: dict, path: Path) -> None:
+def _render_one(
+    motion: str,
+    frames: int,
+    size: tuple[int, int],
+    seed: tuple[int, int, int],
+    grey: bool,
+    write_kwargs: dict,
+    path: Path,
+) -> None:
     video = render_motion_video(motion, frames, size, np.random.default_rng(list(seed)))
     if grey:
         video = video.mean(axis=-1).astype(np.uint8)
@@ -201,9 +208,7 @@ def _write_ucf101(root, names, per_class, ext, render, dataset, seed):
     classes = [_camel(name) for name in names]
     dataset.class_names = classes
     lists = make_folder(root / "ucfTrainTestlist")
-    write_text_atomically(
-        lists / "classInd.txt", "".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes))
-    )
+    write_text_atomically(lists / "classInd.txt", "".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
     train: dict[int, list[str]] = {1: [], 2: [], 3: []}
     test: dict[int, list[str]] = {1: [], 2: [], 3: []}
     for label, name in enumerate(classes):

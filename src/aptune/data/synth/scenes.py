@@ -131,8 +131,13 @@ def _pair(motion: str, scene: _Scene) -> list[_Object]:
     cx = scene.width / 2 + rng.uniform(-0.1, 0.1) * side
     cy = scene.height / 2 + rng.uniform(-0.1, 0.1) * side
     return [
-        (cx + sign * ax * distance / 2, cy + sign * ay * distance / 2, radius * ones,
-         rng.uniform(0, math.pi) * ones, ones)
+        (
+            cx + sign * ax * distance / 2,
+            cy + sign * ay * distance / 2,
+            radius * ones,
+            rng.uniform(0, math.pi) * ones,
+            ones,
+        )
         for sign in (-1, 1)
     ]
 
@@ -141,10 +146,7 @@ def _fade(motion: str, scene: _Scene) -> list[_Object]:
     rng, ones, radius, tau = scene.rng, scene.ones, scene.radius, scene.tau
     cx = rng.uniform(radius, scene.width - radius)
     cy = rng.uniform(radius, scene.height - radius)
-    if motion == "fade_in":
-        alpha = np.clip(tau * 1.25 - 0.1, 0, 1)
-    else:
-        alpha = np.clip(1.15 - tau * 1.25, 0, 1)
+    alpha = np.clip(tau * 1.25 - 0.1, 0, 1) if motion == "fade_in" else np.clip(1.15 - tau * 1.25, 0, 1)
     return [(cx * ones, cy * ones, radius * ones, rng.uniform(0, math.pi) * ones, alpha)]
 
 
@@ -162,9 +164,7 @@ _MOTION_RENDERERS = {
 }
 
 
-def render_motion_video(
-    motion: str, num_frames: int, size: tuple[int, int], rng: np.random.Generator
-) -> np.ndarray:
+def render_motion_video(motion: str, num_frames: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """One video of ``motion`` with random appearance, uint8 ``(T, H, W, 3)``."""
     if motion.endswith("_moves") and motion[: -len("_moves")] in PALETTE:
         mover = motion[: -len("_moves")]
@@ -194,13 +194,9 @@ def _noisy_background(rng, num_frames, height, width, xs, ys) -> np.ndarray:
     """A random colour with fixed pixel noise and, one time in two, a smooth gradient (float32)."""
     background = rng.uniform(30, 225, size=3)
     static_noise = rng.uniform(4, 30) * rng.standard_normal((height, width, 1), dtype=np.float32)
-    video = np.broadcast_to(
-        (background + static_noise).astype(np.float32), (num_frames, height, width, 3)
-    ).copy()
+    video = np.broadcast_to((background + static_noise).astype(np.float32), (num_frames, height, width, 3)).copy()
     if rng.random() < 0.5:  # a smooth gradient so the background is not flat
-        gradient = rng.uniform(-40, 40) * (xs[0] / width - 0.5) + rng.uniform(-40, 40) * (
-            ys[0] / height - 0.5
-        )
+        gradient = rng.uniform(-40, 40) * (xs[0] / width - 0.5) + rng.uniform(-40, 40) * (ys[0] / height - 0.5)
         video += gradient[None, ..., None].astype(np.float32)
     return video
 
