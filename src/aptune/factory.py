@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,26 +14,8 @@ from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, arch_config
 
 log = logging.getLogger(__name__)
 
-ARCH_KEYS = {
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "patch_size",
-    "tubelet_size",
-    "num_frames",
-    "img_size",
-    "in_chans",
-    "qkv_bias",
-    "layer_norm_eps",
-    "fc_norm_eps",
-    "layer_scale_init",
-    "drop_path_rate",
-    "head_dropout",
-    "head_init_scale",
-    "mean",
-    "std",
-}
+# every ViTConfig field but the ones create_model takes as arguments of their own
+ARCH_KEYS = {f.name for f in dataclasses.fields(ViTConfig)} - {"num_classes", "name"}
 
 
 def create_model(

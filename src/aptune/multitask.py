@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aptune.adapters import backbone_fingerprint, check_backbone_fingerprint, read_adapter
+from aptune.adapters import COMPARED_ARCH, backbone_fingerprint, check_backbone_fingerprint, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import method_from_dict, methods_that
 from aptune.methods.apt import resolve_layer_range
@@ -47,19 +47,9 @@ log = logging.getLogger(__name__)
 
 AdapterSource = str | Path | tuple[dict, dict]
 SUPPORTED_METHODS = methods_that("shareable")
-# architecture fields that must agree between the backbone and every adapter
-SHARED_ARCH = (
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "patch_size",
-    "tubelet_size",
-    "in_chans",
-    "qkv_bias",
-    "layer_scale_init",
-    "layer_norm_eps",
-)
+# architecture fields that must agree between the backbone and every adapter: those an adapter
+# shares with its model, less the ones each task keeps in its own head
+SHARED_ARCH = tuple(key for key in COMPARED_ARCH["videomae"] if key not in ("fc_norm_eps", "num_classes"))
 HEAD_TENSORS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
 PROMPT_TENSORS = ("kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales")
 

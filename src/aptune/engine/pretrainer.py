@@ -35,9 +35,9 @@ from aptune.engine.runfolder import (
     PLOTS_DIR,
     PRETRAINED_NAME,
     RunFolder,
-    run_in_folder,
+    run_recipe,
 )
-from aptune.engine.runtime import autocast, pick_device, seed_everything, wrap_for_training
+from aptune.engine.runtime import autocast, seed_everything, wrap_for_training
 from aptune.errors import ConfigError
 from aptune.fileio import make_folder, save_safetensors_atomically, write_json_atomically
 from aptune.models.pretrain import VideoMAEPretrainer
@@ -54,19 +54,13 @@ def reconstruction_loss(
 
 
 def pretrain(config: Config, output_dir: str | Path, resume: bool | None = None) -> dict[str, Any]:
-    def work(info):
-        refuse_classifier_options(config)
-        device = pick_device(config.train.device, info, config.train.precision)
-        return run_in_folder(
-            config,
-            output_dir,
-            resume,
-            info,
-            device,
-            lambda folder, resuming: _pretrain_in(folder, config, resuming, info, device),
-        )
-
-    return dist_utils.run_on_every_rank(config.train.device, work)
+    return run_recipe(
+        config,
+        output_dir,
+        resume,
+        lambda folder, resuming, info, device: _pretrain_in(folder, config, resuming, info, device),
+        check=lambda: refuse_classifier_options(config),
+    )
 
 
 def build_pretrainer(config: Config) -> VideoMAEPretrainer:

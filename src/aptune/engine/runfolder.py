@@ -30,6 +30,7 @@ from typing import Any
 from aptune.config import Config, read_yaml_mapping, save_config
 from aptune.engine import distributed as dist_utils
 from aptune.engine.checkpoint import load_training_state
+from aptune.engine.runtime import pick_device
 from aptune.errors import ConfigError, OutputError
 from aptune.fileio import make_folder, output_error, remove_stale_temporaries
 
@@ -215,6 +216,21 @@ class RunFolder:
             handle.close()
             raise output_error(lock_path, exc) from None
         self._lock_handle = handle
+
+
+def run_recipe(config: Config, output_dir: str | Path, resume: bool | None, body, check=None):
+    """A recipe's frame, on every rank: ``check()``, pick the device, open the run folder, run
+    ``body(folder, resuming, info, device)`` and close the folder; an error on one rank stops all."""
+
+    def on_this_rank(info):
+        if check is not None:
+            check()
+        device = pick_device(config.train.device, info, config.train.precision)
+        return run_in_folder(
+            config, output_dir, resume, info, device, lambda folder, resuming: body(folder, resuming, info, device)
+        )
+
+    return dist_utils.run_on_every_rank(config.train.device, on_this_rank)
 
 
 def run_in_folder(config: Config, output_dir: str | Path, resume: bool | None, info, device, body):

@@ -44,9 +44,9 @@ from aptune.engine.runfolder import (
     METRICS_LOG_NAME,
     RANDOM_BACKBONE_NAME,
     RunFolder,
-    run_in_folder,
+    run_recipe,
 )
-from aptune.engine.runtime import autocast, pick_device, seed_everything, wrap_for_training
+from aptune.engine.runtime import autocast, seed_everything, wrap_for_training
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.fileio import save_safetensors_atomically
@@ -65,18 +65,12 @@ def train(config: Config, output_dir: str | Path, resume: bool | None = None) ->
     an error on any rank stops all of them (:mod:`aptune.engine.distributed`).
     """
 
-    def work(info):
-        device = pick_device(config.train.device, info, config.train.precision)
-        return run_in_folder(
-            config,
-            output_dir,
-            resume,
-            info,
-            device,
-            lambda folder, resuming: _train_in(folder, config, resuming, info, device),
-        )
-
-    return dist_utils.run_on_every_rank(config.train.device, work)
+    return run_recipe(
+        config,
+        output_dir,
+        resume,
+        lambda folder, resuming, info, device: _train_in(folder, config, resuming, info, device),
+    )
 
 
 def _train_in(folder: RunFolder, config: Config, resuming: bool, info, device) -> dict[str, Any]:
