@@ -346,7 +346,13 @@ def _describe(bounds) -> str:
 
 
 def _check_combinations(config: Config, source: str) -> None:
-    model, method, data, optim, train = config.model, config.method, config.data, config.optim, config.train
+    """Checks that read more than one key; the first problem found is the one reported."""
+    _check_data_combinations(config.data, config.model, source)
+    _check_method_and_optim_combinations(config.method, config.optim, source)
+    _check_train_and_model_combinations(config, source)
+
+
+def _check_data_combinations(data: DataConfig, model: ModelConfig, source: str) -> None:
     if data.test_num_crop not in (1, 3):
         raise ConfigError(f"{source}: data.test_num_crop must be 1 or 3, got {data.test_num_crop}")
     if data.split not in (1, 2, 3):
@@ -370,9 +376,12 @@ def _check_combinations(config: Config, source: str) -> None:
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"{source}: data.crop_scale must satisfy 0 < min <= max <= 1, got {[low, high]}")
     if data.rand_augment is not None:
-        from aptune.data.transforms import parse_rand_augment
+        from aptune.data.transforms import parse_rand_augment  # local: aptune.data loads PyAV
 
         parse_rand_augment(data.rand_augment)
+
+
+def _check_method_and_optim_combinations(method: MethodConfig, optim: OptimConfig, source: str) -> None:
     if method.prompt_end is not None and method.prompt_end < method.prompt_start:
         raise ConfigError(
             f"{source}: method.prompt_end={method.prompt_end} is before method.prompt_start={method.prompt_start}"
@@ -398,6 +407,10 @@ def _check_combinations(config: Config, source: str) -> None:
     if optim.min_lr > peak:
         name = "optim.lr" if peak_is_absolute else "optim.base_lr"
         raise ConfigError(f"{source}: optim.min_lr={optim.min_lr:g} is above the peak {name}={peak:g}")
+
+
+def _check_train_and_model_combinations(config: Config, source: str) -> None:
+    model, method, train = config.model, config.method, config.train
     if not DEVICE_PATTERN.match(train.device):
         raise ConfigError(f"{source}: train.device={train.device!r} is not one of: auto, cpu, cuda, cuda:N")
     if train.cache_features and method.name != "linear":
