@@ -304,7 +304,7 @@ def test_timm_structure_apt_matches_the_reference(tmp_path):
 
 
 def test_timm_attention_mask_is_extended():
-    from aptune.interop.timm import _extend_mask
+    from aptune.models.attention import extend_mask as _extend_mask
 
     mask = torch.zeros(2, 1, 5, 5)
     assert _extend_mask(mask, 3).shape == (2, 1, 5, 8)

@@ -14,7 +14,7 @@ SDPA broadcasts over heads and queries: softmax gives those keys exactly zero
 weight, so the result is the unpadded attention (up to float rounding), and
 the mask is never N x N (on CPU the fused flash kernel takes it as is).  A
 batch whose tasks all have the same number of prompts in a layer needs no
-mask and runs through the backbone's own block code.
+mask.  Either way each layer runs the backbone's own block, which takes the mask.
 
 Supported adapters: ``apt`` and ``linear``; others raise a ConfigError.  Each adapter is
 checked against the shared backbone as :func:`aptune.load_adapter` checks it: the
@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aptune.adapters import COMPARED_ARCH, backbone_fingerprint, check_backbone_fingerprint, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import method_from_dict, methods_that
 from aptune.methods.apt import resolve_layer_range
-from aptune.models.attention import append_kv
-from aptune.models.vit import Block, VisionTransformer
+from aptune.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +213,7 @@ class MultiAdapterModel(nn.Module):
         x = x + backbone.position_embedding(grid).to(x.dtype)
         for layer, block in enumerate(backbone.blocks):
             extra_kv, mask = self._layer_prompts(layer, task_index, x.shape[1])
-            x = block(x, extra_kv) if mask is None else _masked_block(block, x, extra_kv, mask)
+            x = block(x, extra_kv, attn_mask=None if mask is None else mask.to(x.dtype))
         return x.mean(dim=1)
 
     def forward(self, clips: Tensor, task_ids) -> list[Tensor]:
@@ -363,24 +361,3 @@ def _effective_prompts(
         keys = keys * torch.clamp(scales[:, 0].float(), min=1.0)[..., None]
         values = values * torch.clamp(scales[:, 1].float(), min=1.0)[..., None]
     return {start + i: (keys[i], values[i]) for i in range(keys.shape[0])}
-
-
-def _masked_block(block: Block, x: Tensor, extra_kv, mask: Tensor) -> Tensor:
-    """``Block.forward`` (eval) with an additive key mask for the padded prompts.
-
-    Our Attention takes no mask, so this path spells the block out from its
-    parts; ``tests/test_multitask.py`` compares it with separate native models.
-    """
-    attn = block.attn
-    batch, tokens, dim = x.shape
-    q, k, v = attn.project_qkv(block.norm1(x))
-    k, v = append_kv(k, v, extra_kv)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
-    out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
-    if block.gamma_1 is not None:
-        out = block.gamma_1 * out
-    x = x + out
-    mlp = block.mlp(block.norm2(x))
-    if block.gamma_2 is not None:
-        mlp = block.gamma_2 * mlp
-    return x + mlp

@@ -4,8 +4,8 @@ APT: each layer's ``attention.attention`` (a ``VideoMAESelfAttention``) is
 replaced by :class:`PromptedVideoMAESelfAttention`, a subclass that reuses the
 same ``query`` / ``key`` / ``value`` Linears (so state-dict names and the user's
 optimiser references are unchanged), projects q/k/v itself, appends the layer's
-prompt keys/values with :func:`aptune.models.attention.append_kv` and calls
-``scaled_dot_product_attention``.  Hooks on the key/value Linears are not used:
+prompt keys/values and attends through
+:func:`aptune.models.attention.prompted_attention`, the native blocks' own code.  Hooks on the key/value Linears are not used:
 they would have to return more rows than the queries have, which the rest of
 the layer does not expect.
 
@@ -35,7 +35,7 @@ from transformers.models.videomae.modeling_videomae import VideoMAEEncoder, Vide
 from aptune.errors import ConfigError
 from aptune.interop.inject import Injection, build_prompt_modules
 from aptune.methods.prompt_init import layer_prompts
-from aptune.models.attention import append_kv
+from aptune.models.attention import prompted_attention
 
 
 class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
@@ -73,10 +73,8 @@ class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
         k = self._project(hidden_states, self.key, None)
         v = self._project(hidden_states, self.value, self.v_bias)
         extra_kv = layer_prompts(self.prompts, self.layer_index, k, v)
-        if extra_kv is not None:
-            k, v = append_kv(k, v, extra_kv)
         dropout = self.dropout_prob if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.attention_head_size**-0.5)
+        context = prompted_attention(q, k, v, extra_kv, dropout_p=dropout, scale=self.attention_head_size**-0.5)
         batch, tokens = hidden_states.shape[:2]
         context = context.transpose(1, 2).reshape(batch, tokens, -1)
         return context, None  # attention probabilities are not computed on the fused path

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aptune.errors import ConfigError
 from aptune.interop.inject import Injection, build_prompt_modules
 from aptune.methods.prompt_init import layer_prompts
-from aptune.models.attention import append_kv
+from aptune.models.attention import prompted_attention
 
 
 class PromptedTimmAttention(nn.Module):
@@ -63,12 +61,8 @@ class PromptedTimmAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         extra_kv = layer_prompts(self.prompts, self.layer_index, k, v)
-        if extra_kv is not None:
-            k, v = append_kv(k, v, extra_kv)
-            if attn_mask is not None:
-                attn_mask = _extend_mask(attn_mask, extra_kv[0].shape[-2])
         dropout = self.attn_drop.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
+        out = prompted_attention(q, k, v, extra_kv, attn_mask=attn_mask, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(self.norm(out)))
 
@@ -76,13 +70,6 @@ class PromptedTimmAttention(nn.Module):
 def _submodule(module: nn.Module, name: str, default: nn.Module) -> nn.Module:
     found = getattr(module, name, None)
     return default if found is None else found
-
-
-def _extend_mask(mask: Tensor, num_prompts: int) -> Tensor:
-    """Every query may attend to every prompt: True (bool) or 0 (additive) in the new columns."""
-    shape = (*mask.shape[:-1], num_prompts)
-    extra = mask.new_ones(shape) if mask.dtype == torch.bool else mask.new_zeros(shape)
-    return torch.cat((mask, extra), dim=-1)
 
 
 def inject_timm(model: nn.Module, tuning) -> Injection:

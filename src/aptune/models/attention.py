@@ -77,15 +77,51 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         return q, k, v
 
-    def forward(self, x: Tensor, extra_kv: ExtraKV | None = None, qkv_delta: QKVDelta | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        extra_kv: ExtraKV | None = None,
+        qkv_delta: QKVDelta | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
         batch, tokens, dim = x.shape
         q, k, v = self.project_qkv(x, qkv_delta)
-        if extra_kv is not None:
-            k, v = append_kv(k, v, extra_kv)
         dropout = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = prompted_attention(q, k, v, extra_kv, attn_mask=attn_mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out))
+
+
+def prompted_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    extra_kv: ExtraKV | None = None,
+    *,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """Attention of ``q`` over the tokens' keys/values followed by ``extra_kv``: APT's arithmetic.
+
+    Every prompted attention in aptune goes through here: the native blocks, the
+    transformers and timm injections and the multi-task model.  A mask that covers only
+    the tokens' keys (last dimension N) gets "attend" columns for the extra keys; one that
+    already covers N + P (the multi-task model's padding mask) is used as it is.
+    """
+    if extra_kv is not None:
+        num_extra = extra_kv[0].shape[-2]
+        k, v = append_kv(k, v, extra_kv)
+        if attn_mask is not None and attn_mask.shape[-1] == k.shape[-2] - num_extra:
+            attn_mask = extend_mask(attn_mask, num_extra)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+def extend_mask(mask: Tensor, num_extra: int) -> Tensor:
+    """Every query may attend to every extra key: True (bool) or 0 (additive) in the new columns."""
+    shape = (*mask.shape[:-1], num_extra)
+    extra = mask.new_ones(shape) if mask.dtype == torch.bool else mask.new_zeros(shape)
+    return torch.cat((mask, extra), dim=-1)
 
 
 def append_kv(k: Tensor, v: Tensor, extra_kv: ExtraKV) -> tuple[Tensor, Tensor]:

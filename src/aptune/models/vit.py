@@ -193,8 +193,9 @@ class Block(nn.Module):
         extra_kv: ExtraKV | None = None,
         qkv_delta: QKVDelta | None = None,
         mlp_side: Callable[[Tensor], Tensor] | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        attn = self.attn(self.norm1(x), extra_kv, qkv_delta)
+        attn = self.attn(self.norm1(x), extra_kv, qkv_delta, attn_mask)
         if self.gamma_1 is not None:
             attn = self.gamma_1 * attn
         x = x + self.drop_path(attn)
