@@ -53,7 +53,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from aptune._version import __version__
 from aptune.errors import CheckpointError
+from aptune.factory import create_model
 from aptune.fileio import save_safetensors_atomically
 from aptune.methods import (
     method_from_dict,
@@ -61,6 +63,9 @@ from aptune.methods import (
     options_compared_on_load,
     trainable_state_dict,
 )
+from aptune.methods.apt import resolve_layer_range
+from aptune.models.checkpoints import BACKBONE_PREFIXES, add_key_biases, check_arch_values, check_class_names
+from aptune.models.vit import PRESETS, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,6 @@ TEST_CROPS = (1, 3)  # what aptune.data.transforms.crop_positions makes
 
 # ------------------------------------------------------------------ writing
 def adapter_metadata(model, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
-    from aptune._version import __version__
 
     config = model.config
     preprocess = {
@@ -151,7 +155,6 @@ def backbone_fingerprint(model) -> str:
 
 
 def native_backbone_state(model) -> dict[str, Tensor]:
-    from aptune.models.checkpoints import BACKBONE_PREFIXES
 
     return {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIXES)}
 
@@ -233,8 +236,6 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
     _check_arch(meta["arch"], family, source)
     names = meta.get("class_names")
     if names is not None:
-        from aptune.models.checkpoints import check_class_names
-
         check_class_names(names, f"{source}: adapter header 'class_names'")
         classes = meta["arch"].get("num_classes")
         if family == "videomae" and names and classes is not None and len(names) != classes:
@@ -254,7 +255,6 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
 
 
 def _check_arch(arch: Any, family: str, source: str | Path) -> None:
-    from aptune.models.checkpoints import check_arch_values
 
     where = f"{source}: adapter header 'arch'"
     if not isinstance(arch, dict):
@@ -358,8 +358,6 @@ def load_adapter_tensors(
         own_names = None  # transformers' placeholder labels name nothing
     check_class_names_match(meta.get("class_names"), own_names, source)
     if not injection:
-        from aptune.models.checkpoints import add_key_biases
-
         add_key_biases(model, tensors, source)  # a 'full' adapter of a backbone with key biases
     own = injection.adapter_state() if injection else trainable_state_dict(model)
     for key, value in tensors.items():
@@ -398,7 +396,6 @@ def own_arch_of(model) -> dict[str, Any]:
 
 def check_method_matches(found: dict[str, Any], own, depth: int, source: str | Path) -> None:
     """Refuse an adapter whose method, or any option that changes what it computes, differs."""
-    from aptune.methods.apt import resolve_layer_range
 
     if found.get("name") != own.name:
         raise CheckpointError(
@@ -512,8 +509,6 @@ def model_from_adapter(
     ``allow_backbone_mismatch=True`` accepts ``pretrained`` weights other than those the
     adapter was trained on (with a warning); see :func:`load_adapter`.
     """
-    from aptune.factory import create_model
-    from aptune.models.vit import PRESETS, ViTConfig
 
     tensors, meta = read_adapter(path)
     family = meta.get("backbone_family", "videomae")

@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from aptune.adapters import COMPARED_ARCH, backbone_fingerprint, check_backbone_fingerprint, read_adapter
 from aptune.errors import CheckpointError, ConfigError
+from aptune.factory import create_model
 from aptune.methods import method_from_dict, methods_that
 from aptune.methods.apt import resolve_layer_range
-from aptune.models.vit import VisionTransformer
+from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,6 @@ class MultiAdapterModel(nn.Module):
         **arch_overrides: Any,
     ) -> MultiAdapterModel:
         """Build the backbone from the first adapter's arch and ``pretrained`` weights, then share it."""
-        from aptune.factory import create_model
-        from aptune.models.vit import PRESETS, ViTConfig
 
         if not adapters:
             raise ConfigError("MultiAdapterModel needs at least one task adapter")

@@ -36,6 +36,8 @@ from aptune.errors import ConfigError
 from aptune.interop.inject import Injection, build_prompt_modules
 from aptune.methods.prompt_init import layer_prompts
 from aptune.models.attention import prompted_attention
+from aptune.models.checkpoints import arch_from_hf_config
+from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 
 
 class PromptedVideoMAESelfAttention(VideoMAESelfAttention):
@@ -149,8 +151,6 @@ def _side(value) -> int:
 
 def _describe_arch(model: nn.Module) -> dict[str, Any]:
     """The native ViTConfig of these weights, so ``model_from_adapter`` can rebuild it."""
-    from aptune.models.checkpoints import arch_from_hf_config
-    from aptune.models.vit import ViTConfig
 
     base = getattr(model, "videomae", model)
     arch, _ = arch_from_hf_config(base.config.to_dict(), Path("<transformers VideoMAEConfig>"))
@@ -161,7 +161,6 @@ def _describe_arch(model: nn.Module) -> dict[str, Any]:
 
 
 def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
-    from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
     config = getattr(model, "videomae", model).config
     # VideoMAE's image processors normalise with the ImageNet statistics

@@ -30,9 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aptune._version import __version__
+from aptune.adapters import FORMAT_VERSION
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import build_method, method_to_dict, methods_that
 from aptune.methods.prompt_init import KeyValueSampler
+from aptune.models.checkpoints import BACKBONE_PREFIXES, convert_huggingface
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,6 @@ class Injection:
         frozen = self.frozen_state() if frozen is None else frozen
         if self.family != "videomae":
             return frozen
-        from aptune.models.checkpoints import BACKBONE_PREFIXES, convert_huggingface
 
         converted, _ = convert_huggingface(frozen, "<injected model>")
         return {name: value for name, value in converted.items() if name.startswith(BACKBONE_PREFIXES)}
@@ -116,9 +118,6 @@ class Injection:
 
     def adapter_metadata(self, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
         import json
-
-        from aptune._version import __version__
-        from aptune.adapters import FORMAT_VERSION
 
         return {
             "format": "aptune-adapter",

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from aptune.errors import CheckpointError
+from aptune.models.vit import ViTConfig, resize_position_table
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | 
     """Architecture and class names from the header of an ``aptune merge`` output, so such a
     file rebuilds its own model; (None, None) for any other safetensors file."""
     from safetensors import safe_open
-
-    from aptune.models.vit import ViTConfig
 
     with safe_open(str(path), framework="pt") as handle:
         header = handle.metadata() or {}
@@ -727,7 +726,6 @@ def add_key_biases(model, state: dict[str, Tensor], source: str) -> None:
 
 
 def _load_position_table(model, table: Tensor, source: str) -> None:
-    from aptune.models.vit import resize_position_table
 
     if table.ndim < 2 or table.numel() == 0:
         raise CheckpointError(
