@@ -473,3 +473,17 @@ def test_prompt_init_needs_a_prompt_method(tmp_path, dataset, capsys):
     config = write_config(tmp_path, dataset, method={"name": "linear", "prompt_init": "tokens"})
     assert run_cli("train", "--config", config, "--output-dir", tmp_path / "r") == 2
     assert "needs a prompt method" in capsys.readouterr().err
+
+
+def test_bitfit_trains_and_evaluates_end_to_end(tmp_path, dataset, backbone, capsys):
+    """A method added as one file is trained, saved and evaluated by the unchanged engine."""
+    config = write_config(tmp_path, dataset, backbone, method={"name": "bitfit"}, train={"epochs": 1})
+    assert run_cli("train", "--config", config, "--output-dir", tmp_path / "bitfit") == 0
+    tensors = load_file(tmp_path / "bitfit" / "adapter.safetensors")
+    assert "blocks.0.attn.q_bias" in tensors and "blocks.1.mlp.fc2.bias" in tensors
+    assert not any(name.endswith("weight") and not name.startswith(("fc_norm.", "head.")) for name in tensors)
+    capsys.readouterr()
+    assert run_cli("eval", "--run", tmp_path / "bitfit", "--json", tmp_path / "eval.json") == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    trained = json.loads((tmp_path / "bitfit" / "metrics.json").read_text())
+    assert evaluated["top1"] == pytest.approx(trained["top1"])  # the adapter reloads onto the backbone

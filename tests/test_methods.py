@@ -17,7 +17,14 @@ EXPECTED_PREFIXES = {
     "full": ("",),
     "lora": ("qkv_adapters.", "fc_norm.", "head."),
     "adaptformer": ("mlp_adapters.", "fc_norm.", "head."),
+    "bitfit": ("fc_norm.", "head."),  # and every bias: see expected_trainable
 }
+
+
+def expected_trainable(method: str, name: str) -> bool:
+    if method == "bitfit" and name.endswith("bias"):
+        return True
+    return name.startswith(EXPECTED_PREFIXES[method])
 
 
 def make(method):
@@ -45,9 +52,8 @@ def test_forward_shape(method):
 def test_gradients_reach_only_trainable_tensors(method):
     model = make(method).train()
     model(tiny_clip()).logsumexp(-1).sum().backward()
-    prefixes = EXPECTED_PREFIXES[method]
     for name, param in model.named_parameters():
-        trainable = name.startswith(prefixes)
+        trainable = expected_trainable(method, name)
         assert param.requires_grad == trainable, name
         if trainable:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -307,10 +313,26 @@ def test_lists_of_methods_elsewhere_are_derived_from_the_registry():
 def test_capabilities_of_the_built_in_methods():
     from aptune.methods import method_names, methods_that
 
-    assert method_names() == ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer")
+    assert method_names() == ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer", "bitfit")
     assert methods_that("prompted") == ("apt", "vpt-shallow", "vpt-deep")
     assert methods_that("injectable") == ("apt", "vpt-shallow", "vpt-deep", "linear")
     assert methods_that("mergeable") == ("linear", "full", "lora")
     assert methods_that("shareable") == ("apt", "linear")
     assert methods_that("adapter") == ("lora", "adaptformer")
     assert methods_that("trains_backbone") == ("full",)
+
+
+def test_bitfit_trains_exactly_the_biases_and_keeps_the_backbone_fingerprint(tmp_path):
+    """BitFit, added as one file (methods/bitfit.py), through the same engine and adapter files."""
+    model = make("bitfit")
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "blocks.0.attn.q_bias" in trained and "blocks.1.mlp.fc1.bias" in trained
+    assert "patch_embed.proj.bias" in trained and "blocks.0.norm1.bias" in trained
+    assert not any(n.endswith("weight") and not n.startswith(("fc_norm.", "head.")) for n in trained)
+    before = aptune.backbone_fingerprint(model)
+    with torch.no_grad():
+        model.blocks[0].attn.q_bias.add_(1.0)  # training a bias must not change what the adapter is for
+    assert aptune.backbone_fingerprint(model) == before
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.add_(1.0)  # a frozen weight does
+    assert aptune.backbone_fingerprint(model) != before

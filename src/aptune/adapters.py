@@ -60,6 +60,7 @@ from aptune.fileio import save_safetensors_atomically
 from aptune.methods import (
     method_from_dict,
     method_to_dict,
+    method_trains,
     options_compared_on_load,
     trainable_state_dict,
 )
@@ -155,8 +156,15 @@ def backbone_fingerprint(model) -> str:
 
 
 def native_backbone_state(model) -> dict[str, Tensor]:
-
-    return {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIXES)}
+    """The backbone tensors the fingerprint covers: all of them, less those the model's method
+    trains (BitFit's biases), unless it trains the whole backbone (full fine-tuning)."""
+    method = getattr(model, "tuning_method", None)
+    partly_trained = method is not None and not getattr(method, "trains_backbone", False)
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if k.startswith(BACKBONE_PREFIXES) and not (partly_trained and method_trains(method, k))
+    }
 
 
 def digest_tensors(tensors: dict[str, Tensor]) -> str:

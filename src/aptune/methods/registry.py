@@ -4,7 +4,9 @@ A method is a dataclass of its options with two methods:
 
 * ``attach(model)`` adds the method's modules to a :class:`VisionTransformer`
   (through its ``kv_prompts`` / ``token_prompts`` slots, or its own submodules);
-* ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix;
+* ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix, or, for a
+  method that trains by another rule (BitFit: every bias), an optional ``trains(name)``
+  decides (:func:`method_trains`);
 * optionally ``init_from_clips(model, clips, generator)``, which the trainer calls once
   with a batch of training clips before the first step (prompts started from data);
 * optionally ``LOAD_IGNORES``, the options that do not change what a trained adapter
@@ -164,17 +166,22 @@ def _short(value: Any) -> str:
 def apply_method(model: nn.Module, method: TuningMethod) -> nn.Module:
     """Attach ``method`` to ``model`` and freeze every parameter it does not train."""
     method.attach(model)
-    prefixes = method.trainable_prefixes()
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(prefixes))
+        param.requires_grad_(method_trains(method, name))
     model.tuning_method = method
     return model
 
 
 def trainable_state_dict(model: nn.Module) -> dict:
     """The tensors the model's method trains: exactly what an adapter file holds."""
-    prefixes = model.tuning_method.trainable_prefixes()
-    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    method = model.tuning_method
+    return {k: v for k, v in model.state_dict().items() if method_trains(method, k)}
+
+
+def method_trains(method: TuningMethod, name: str) -> bool:
+    """Whether ``method`` trains the tensor called ``name``: its ``trains`` rule, else its prefixes."""
+    rule = getattr(method, "trains", None)
+    return rule(name) if rule is not None else name.startswith(method.trainable_prefixes())
 
 
 def _method_class(name: str) -> type:
