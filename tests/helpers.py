@@ -116,7 +116,7 @@ def reference_apt_logits(model, x: torch.Tensor) -> torch.Tensor:
     heads, head_dim = config.num_heads, config.head_dim
     tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
     tokens = tokens + model.pos_embed
-    prompts = model.kv_prompts
+    prompts = getattr(model, "kv_prompts", None)
     batch, length, dim = tokens.shape
     for index, block in enumerate(model.blocks):
         h = F.layer_norm(tokens, (dim,), block.norm1.weight, block.norm1.bias, config.layer_norm_eps)

@@ -45,7 +45,7 @@ def test_zero_prompts_is_the_frozen_backbone():
     randomize_(backbone)
     apt = tiny_model("apt", num_prompts=0).eval()
     apt.load_state_dict(backbone.state_dict())
-    assert apt.kv_prompts is None
+    assert apt.extension("kv_prompts") is None
     x = tiny_clip()
     torch.testing.assert_close(apt(x), backbone(x), rtol=0, atol=0)
 

@@ -60,8 +60,8 @@ def test_cases_switch_methods_on_one_backbone():
         assert trainable == {n for n, p in reference.named_parameters() if p.requires_grad}
         assert aptune.count_parameters(model) == aptune.count_parameters(reference)
         # only this case's modules are attached
-        assert (model.qkv_adapters is not None) == (case.method == "lora")
-        assert (model.mlp_adapters is not None) == (case.method == "adaptformer")
+        assert (model.extension("qkv_adapters") is not None) == (case.method == "lora")
+        assert (model.extension("mlp_adapters") is not None) == (case.method == "adaptformer")
     with pytest.raises(ConfigError, match="cannot benchmark"):
         build_cases(model, ["nope"], [1])
 

@@ -77,7 +77,7 @@ def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
 
     for method in ("linear", "full"):
         merged = aptune.create_model(None, method=method, pretrained=output, **TINY)
-        assert merged.qkv_adapters is None and merged.num_classes == len(CLASSES)
+        assert merged.extension("qkv_adapters") is None and merged.num_classes == len(CLASSES)
         torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
     # the file's header alone rebuilds the model: architecture and class names
     rebuilt = aptune.create_model(method="linear", pretrained=output)
@@ -88,7 +88,7 @@ def test_lora_merge_gives_the_adapter_logits(tmp_path, backbone, options):
         aptune.create_model("vit_small_patch16_224", method="linear", pretrained=output)
     # the LoRA update mattered: the same model without it gives other logits
     unadapted = aptune.model_from_adapter(adapter, pretrained=backbone)
-    unadapted.qkv_adapters = None
+    unadapted.remove_extension("qkv_adapters")
     assert not torch.allclose(logits(unadapted), expected, atol=1e-3)
 
 

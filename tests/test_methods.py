@@ -31,7 +31,7 @@ def make(method):
     options = {"num_prompts": 3} if method in PROMPT_METHODS else {}
     model = tiny_model(method, **options)
     randomize_(model)
-    if model.kv_prompts is not None:
+    if model.extension("kv_prompts") is not None:
         with torch.no_grad():  # scales on both sides of 1 (below 1 they get no gradient)
             scales = model.kv_prompts.scales
             scales.copy_(torch.linspace(0.5, 2.0, scales.numel()).view_as(scales))
@@ -193,7 +193,7 @@ def test_merged_lora_gives_the_same_logits():
     x = tiny_clip()
     before = model(x)
     merge_lora(model)
-    assert model.qkv_adapters is None
+    assert model.extension("qkv_adapters") is None
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
 
 

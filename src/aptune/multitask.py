@@ -91,8 +91,8 @@ class MultiAdapterModel(nn.Module):
                 "MultiAdapterModel needs an aptune VisionTransformer backbone "
                 "(aptune.create_model or aptune.model_from_adapter)"
             )
-        for slot in ("token_prompts", "qkv_adapters", "mlp_adapters"):
-            if getattr(backbone, slot) is not None:
+        for slot, _ in backbone.named_extensions():
+            if slot != "kv_prompts":  # its own prompts are simply not used: each task brings its own
                 raise ConfigError(
                     f"the backbone has {slot} attached; give MultiAdapterModel a plain "
                     "backbone (e.g. create_model(..., method='linear'))"

@@ -42,10 +42,7 @@ class MethodCase:
 
     method: str
     num_prompts: int | None
-    kv_prompts: nn.Module | None = None
-    token_prompts: nn.Module | None = None
-    qkv_adapters: nn.Module | None = None
-    mlp_adapters: nn.Module | None = None
+    extensions: dict[str, nn.Module] = field(default_factory=dict)
     tuning_method: object = None
     trainable: frozenset[str] = frozenset()
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -56,10 +53,7 @@ class MethodCase:
 
     def activate(self, model: VisionTransformer) -> VisionTransformer:
         """Put this method's prompt/adapter modules and trainable flags on the shared backbone."""
-        model.kv_prompts = self.kv_prompts
-        model.token_prompts = self.token_prompts
-        model.qkv_adapters = self.qkv_adapters
-        model.mlp_adapters = self.mlp_adapters
+        model.set_extensions(self.extensions)
         model.tuning_method = self.tuning_method
         for name, param in model.named_parameters():
             param.requires_grad_(name in self.trainable)
@@ -97,21 +91,11 @@ def build_cases(
         if method not in UNPROMPTED_METHODS:
             settings = [(p, {**options, "prompt_start": prompt_start}) for p, options in settings]
         for num_prompts, options in settings:
-            model.kv_prompts = model.token_prompts = None
-            model.qkv_adapters = model.mlp_adapters = None
+            model.set_extensions({})
             apply_method(model, build_method(method, **options))
             trainable = frozenset(n for n, p in model.named_parameters() if p.requires_grad)
             cases.append(
-                MethodCase(
-                    method,
-                    num_prompts,
-                    model.kv_prompts,
-                    model.token_prompts,
-                    model.qkv_adapters,
-                    model.mlp_adapters,
-                    model.tuning_method,
-                    trainable,
-                )
+                MethodCase(method, num_prompts, dict(model.named_extensions()), model.tuning_method, trainable)
             )
     return cases
 

@@ -75,11 +75,9 @@ def merge_adapter(
         merge_lora(model)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     state["pos_embed"] = model.pos_embed.detach().contiguous().cpu()  # a buffer outside state_dict
-    leftover = [
-        name for name in state if name.startswith(("qkv_adapters.", "mlp_adapters.", "kv_prompts.", "token_prompts."))
-    ]
+    leftover = [name for name, _ in model.named_extensions()]
     if leftover:  # a bug, not user input: the checkpoint would not load as a plain model
-        raise RuntimeError(f"merged state still holds method tensors: {leftover[:3]}")
+        raise RuntimeError(f"the merged model still has method modules: {leftover}")
 
     metadata = adapter_metadata(model, meta.get("preprocess"))
     metadata.pop("method")

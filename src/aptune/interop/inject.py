@@ -271,17 +271,17 @@ def build_prompt_modules(
     the device, so it runs on a small stand-in with those; initialisation and
     layer-range checks are therefore the native ones.
     """
+    added: dict[str, nn.Module] = {}
     stand_in = SimpleNamespace(
         blocks=range(depth),
         config=SimpleNamespace(
             embed_dim=embed_dim, head_dim=embed_dim // num_heads, num_heads=num_heads, patch_size=patch_size
         ),
         fc_norm=SimpleNamespace(weight=torch.empty(0, device=device)),
-        kv_prompts=None,
-        token_prompts=None,
+        add_extension=added.__setitem__,
     )
     tuning.attach(stand_in)
-    return stand_in.kv_prompts, stand_in.token_prompts
+    return added.get("kv_prompts"), added.get("token_prompts")
 
 
 def injection_of(model: nn.Module) -> Injection | None:

@@ -18,13 +18,12 @@ from torch import nn
 
 from aptune.methods.apt import resolve_layer_range
 from aptune.methods.registry import register
+from aptune.models.vit import BlockExtension
 
 
-class ParallelAdapters(nn.Module):
+class ParallelAdapters(BlockExtension):
     def __init__(self, num_layers: int, dim: int, bottleneck: int, scale: float, first_layer: int = 0) -> None:
-        super().__init__()
-        self.first_layer = first_layer
-        self.last_layer = first_layer + num_layers - 1
+        super().__init__(first_layer, num_layers)
         self.scale = scale
         self.down_weight = nn.Parameter(torch.empty(num_layers, bottleneck, dim))
         self.down_bias = nn.Parameter(torch.zeros(num_layers, bottleneck))
@@ -44,6 +43,9 @@ class ParallelAdapters(nn.Module):
 
         return adapter
 
+    def block_inputs(self, layer: int) -> dict:
+        return {"mlp_side": self(layer)}
+
 
 @register("adaptformer")
 @dataclass
@@ -56,9 +58,10 @@ class AdaptFormer:
 
     def attach(self, model) -> None:
         start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
-        model.mlp_adapters = ParallelAdapters(
-            end - start + 1, model.config.embed_dim, self.adapter_dim, self.adapter_scale, first_layer=start
-        ).to(model.fc_norm.weight.device)
+        adapters = ParallelAdapters(
+            end - start + 1, model.config.embed_dim, self.adapter_dim, self.adapter_scale, start
+        )
+        model.add_extension("mlp_adapters", adapters.to(model.fc_norm.weight.device))
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("mlp_adapters.", "fc_norm.", "head.")

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from aptune.errors import ConfigError
 from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
 from aptune.methods.registry import register
-from aptune.models.vit import VisionTransformer, prompt_init_bound
+from aptune.models.vit import BlockExtension, VisionTransformer, prompt_init_bound
 
 
-class AttentionPrompts(nn.Module):
+class AttentionPrompts(BlockExtension):
     """Per-layer prompt keys/values (and scales) for layers first_layer..last_layer."""
 
     def __init__(
@@ -42,9 +42,7 @@ class AttentionPrompts(nn.Module):
         dropout: float = 0.0,
         reparam: bool = True,
     ) -> None:
-        super().__init__()
-        self.first_layer = first_layer
-        self.last_layer = first_layer + num_layers - 1
+        super().__init__(first_layer, num_layers)
         self.keys = nn.Parameter(torch.empty(num_layers, num_prompts, head_dim).uniform_(-bound, bound))
         self.values = nn.Parameter(torch.empty(num_layers, num_prompts, head_dim).uniform_(-bound, bound))
         self.scales = nn.Parameter(torch.ones(num_layers, 2, num_prompts)) if reparam else None
@@ -63,6 +61,9 @@ class AttentionPrompts(nn.Module):
             keys = keys * torch.maximum(self.scales[index, 0], one)[:, None]
             values = values * torch.maximum(self.scales[index, 1], one)[:, None]
         return keys[None, None], values[None, None]
+
+    def block_inputs(self, layer: int) -> dict:
+        return {"extra_kv": self(layer)}
 
 
 @register("apt")
@@ -90,7 +91,7 @@ class APT:
             return  # zero prompts is exactly the frozen backbone with a new head
         start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
         config = model.config
-        model.kv_prompts = AttentionPrompts(
+        prompts = AttentionPrompts(
             num_layers=end - start + 1,
             num_prompts=self.num_prompts,
             head_dim=config.head_dim,
@@ -98,7 +99,8 @@ class APT:
             first_layer=start,
             dropout=self.prompt_dropout,
             reparam=self.reparam,
-        ).to(model.fc_norm.weight.device)
+        )
+        model.add_extension("kv_prompts", prompts.to(model.fc_norm.weight.device))
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("kv_prompts.", "fc_norm.", "head.")
@@ -106,7 +108,7 @@ class APT:
     @torch.no_grad()
     def init_from_clips(self, model: VisionTransformer, clips: Tensor, generator: torch.Generator) -> None:
         """With ``prompt_init="tokens"``: every layer's prompts become real keys/values of ``clips``."""
-        prompts = model.kv_prompts
+        prompts = model.extension("kv_prompts")
         if self.prompt_init != "tokens" or prompts is None:
             return
         samples = sample_block_tokens(model, clips, self.num_prompts, generator)

@@ -17,13 +17,12 @@ from torch import Tensor, nn
 
 from aptune.methods.apt import resolve_layer_range
 from aptune.methods.registry import register
+from aptune.models.vit import BlockExtension
 
 
-class QKVLowRank(nn.Module):
+class QKVLowRank(BlockExtension):
     def __init__(self, num_layers: int, dim: int, rank: int, alpha: float, first_layer: int = 0) -> None:
-        super().__init__()
-        self.first_layer = first_layer
-        self.last_layer = first_layer + num_layers - 1
+        super().__init__(first_layer, num_layers)
         self.scaling = alpha / rank
         self.down = nn.Parameter(torch.empty(num_layers, rank, dim))
         self.up = nn.Parameter(torch.zeros(num_layers, 3 * dim, rank))
@@ -36,6 +35,9 @@ class QKVLowRank(nn.Module):
         index = layer - self.first_layer
         down, up = self.down[index], self.up[index]
         return lambda x: (x @ down.T) @ up.T * self.scaling
+
+    def block_inputs(self, layer: int) -> dict:
+        return {"qkv_delta": self(layer)}
 
     def delta_weight(self, layer: int) -> Tensor:
         index = layer - self.first_layer
@@ -54,9 +56,8 @@ class LoRA:
 
     def attach(self, model) -> None:
         start, end = resolve_layer_range(self.prompt_start, self.prompt_end, len(model.blocks))
-        model.qkv_adapters = QKVLowRank(
-            end - start + 1, model.config.embed_dim, self.lora_rank, self.lora_alpha, first_layer=start
-        ).to(model.fc_norm.weight.device)
+        adapters = QKVLowRank(end - start + 1, model.config.embed_dim, self.lora_rank, self.lora_alpha, start)
+        model.add_extension("qkv_adapters", adapters.to(model.fc_norm.weight.device))
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("qkv_adapters.", "fc_norm.", "head.")
@@ -65,10 +66,10 @@ class LoRA:
 @torch.no_grad()
 def merge_lora(model) -> None:
     """Fold the low-rank updates into the frozen qkv weights and remove the adapters."""
-    adapters = model.qkv_adapters
+    adapters = model.extension("qkv_adapters")
     if adapters is None:
         return
     for layer in range(adapters.first_layer, adapters.last_layer + 1):
         weight = model.blocks[layer].attn.qkv.weight
         weight.add_(adapters.delta_weight(layer).to(weight.dtype))
-    model.qkv_adapters = None
+    model.remove_extension("qkv_adapters")

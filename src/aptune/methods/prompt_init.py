@@ -61,8 +61,6 @@ def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Gener
     shared by all heads, so a real key of any head is a plausible start.  Only the samples
     are kept, never a block's full activations.
     """
-    saved = model.kv_prompts, model.token_prompts
-    model.kv_prompts = model.token_prompts = None
     samples: list[SampledTokens] = []
     key_values = KeyValueSampler(count, generator)
 
@@ -78,11 +76,11 @@ def sample_block_tokens(model, clips: Tensor, count: int, generator: torch.Gener
     was_training = model.training
     try:
         model.eval()
-        model.forward_pooled(clips)
+        with model.extensions_disabled():
+            model.forward_pooled(clips)
     finally:
         for hook in hooks:
             hook.remove()
-        model.kv_prompts, model.token_prompts = saved
         model.train(was_training)
     return samples
 

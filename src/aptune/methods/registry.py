@@ -2,8 +2,9 @@
 
 A method is a dataclass of its options with two methods:
 
-* ``attach(model)`` adds the method's modules to a :class:`VisionTransformer`
-  (through its ``kv_prompts`` / ``token_prompts`` slots, or its own submodules);
+* ``attach(model)`` adds the method's modules to a :class:`VisionTransformer` as
+  :class:`~aptune.models.vit.BlockExtension` s (``model.add_extension(name, module)``: the
+  name is the state-dict prefix of its tensors), or adds nothing (BitFit);
 * ``trainable_prefixes()`` names the parameters it trains, by state-dict prefix, or, for a
   method that trains by another rule (BitFit: every bias), an optional ``trains(name)``
   decides (:func:`method_trains`);

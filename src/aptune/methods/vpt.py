@@ -21,18 +21,16 @@ from torch import Tensor, nn
 from aptune.methods.apt import resolve_layer_range
 from aptune.methods.prompt_init import check_prompt_init, sample_block_tokens
 from aptune.methods.registry import register
-from aptune.models.vit import VisionTransformer, prompt_init_bound
+from aptune.models.vit import BlockExtension, VisionTransformer, prompt_init_bound
 
 
-class TokenPrompts(nn.Module):
+class TokenPrompts(BlockExtension):
     """Prompt tokens inserted before layers first_layer..last_layer (one set per layer)."""
 
     def __init__(
         self, num_layers: int, num_prompts: int, dim: int, bound: float, first_layer: int = 0, dropout: float = 0.0
     ) -> None:
-        super().__init__()
-        self.first_layer = first_layer
-        self.last_layer = first_layer + num_layers - 1
+        super().__init__(first_layer, num_layers)
         self.tokens = nn.Parameter(torch.empty(num_layers, num_prompts, dim).uniform_(-bound, bound))
         self.dropout = nn.Dropout(dropout)
 
@@ -42,6 +40,12 @@ class TokenPrompts(nn.Module):
             return None
         tokens = self.dropout(self.tokens[layer - self.first_layer])
         return tokens[None].expand(batch_size, -1, -1)
+
+    def tokens_before(self, layer: int, x: Tensor, num_patches: int) -> Tensor:
+        # the prompts leaving the previous block are replaced; past last_layer the model stops
+        # calling this, so shallow prompts (one layer) are carried through the later blocks
+        tokens = self(layer, x.shape[0])
+        return torch.cat((x[:, :num_patches], tokens.to(x.dtype)), dim=1)
 
 
 @dataclass
@@ -68,14 +72,15 @@ class _VPT:
         if not self.deep:
             end = start  # shallow: inserted once, then carried through the later blocks
         config = model.config
-        model.token_prompts = TokenPrompts(
+        prompts = TokenPrompts(
             num_layers=end - start + 1,
             num_prompts=self.num_prompts,
             dim=config.embed_dim,
             bound=prompt_init_bound(config.patch_size, config.embed_dim),
             first_layer=start,
             dropout=self.prompt_dropout,
-        ).to(model.fc_norm.weight.device)
+        )
+        model.add_extension("token_prompts", prompts.to(model.fc_norm.weight.device))
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("token_prompts.", "fc_norm.", "head.")
@@ -83,7 +88,7 @@ class _VPT:
     @torch.no_grad()
     def init_from_clips(self, model: VisionTransformer, clips: Tensor, generator: torch.Generator) -> None:
         """With ``prompt_init="tokens"``: every layer's prompts become real tokens of ``clips``."""
-        prompts = model.token_prompts
+        prompts = model.extension("token_prompts")
         if self.prompt_init != "tokens" or prompts is None:
             return
         samples = sample_block_tokens(model, clips, self.num_prompts, generator)

@@ -1,32 +1,33 @@
-"""The VideoMAE vision transformer, with explicit extension points for tuning methods.
+"""The VideoMAE vision transformer, with one extension protocol for tuning methods.
 
 Architecture (Tong et al., NeurIPS 2022): Conv3d tubelet patch embedding, a fixed
 1-D sin-cos position table over the flattened (t, h, w) token grid, pre-norm
 blocks with GELU MLPs, mean pooling over tokens, ``fc_norm`` and a linear ``head``.
 State-dict names match the original VideoMAE code so its checkpoints load as-is.
 
-Tuning methods never patch forward functions.  They use two slots:
+Tuning methods never patch forward functions and this file names none of them.  A
+method adds :class:`BlockExtension` modules with :meth:`VisionTransformer.add_extension`;
+before every block the model asks each extension covering that block for
 
-* ``kv_prompts`` -- a module called as ``kv_prompts(layer_index)`` returning extra
-  (keys, values) for that block's attention, or None (Attention Prompt Tuning);
-* ``token_prompts`` -- a module called as ``token_prompts(layer_index, batch_size)``
-  returning (B, P, D) tokens that replace the prompt tokens before that block,
-  or None to keep the current ones (Visual Prompt Tuning);
-* ``qkv_adapters`` -- ``qkv_adapters(layer_index)`` returns a function adding to
-  the fused qkv projection, or None (LoRA);
-* ``mlp_adapters`` -- ``mlp_adapters(layer_index)`` returns a function whose
-  output is added beside the MLP branch, or None (AdaptFormer).
+* ``tokens_before(layer, x, num_patches)`` -- the token sequence entering the block
+  (prompt tokens appended or replaced: Visual Prompt Tuning);
+* ``block_inputs(layer)`` -- keyword arguments of :meth:`Block.forward`: ``extra_kv``
+  (keys/values appended in attention: APT), ``qkv_delta`` (an addition to the fused
+  qkv projection: LoRA) or ``mlp_side`` (a branch beside the MLP: AdaptFormer).
 
-All expose ``first_layer`` so the model can run the frozen blocks before it
-without building an autograd graph.
+Extensions are registered under the names the method chooses, so their tensors keep
+stable state-dict names (``kv_prompts.keys`` ...), and each says ``first_layer``, so the
+frozen blocks before it run without building an autograd graph.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -208,6 +209,27 @@ class Block(nn.Module):
         return out
 
 
+class BlockExtension(nn.Module):
+    """A tuning method's module acting on blocks ``first_layer``..``last_layer`` (inclusive).
+
+    Subclasses override the hooks they need; the defaults change nothing.  The model
+    calls them only for the blocks in the range.
+    """
+
+    def __init__(self, first_layer: int, num_layers: int) -> None:
+        super().__init__()
+        self.first_layer = first_layer
+        self.last_layer = first_layer + num_layers - 1
+
+    def tokens_before(self, layer: int, x: Tensor, num_patches: int) -> Tensor:
+        """The (B, N', D) tokens entering block ``layer``; the first ``num_patches`` are the video's."""
+        return x
+
+    def block_inputs(self, layer: int) -> dict[str, Any]:
+        """Keyword arguments for :meth:`Block.forward` at ``layer`` (extra_kv, qkv_delta, mlp_side)."""
+        return {}
+
+
 class VisionTransformer(nn.Module):
     """VideoMAE ViT classifier.  Input (B, C, T, H, W) normalised float; output logits."""
 
@@ -223,10 +245,7 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(dim, eps=fc_eps)
         self.head_dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(dim, config.num_classes)
-        self.kv_prompts: nn.Module | None = None
-        self.token_prompts: nn.Module | None = None
-        self.qkv_adapters: nn.Module | None = None
-        self.mlp_adapters: nn.Module | None = None
+        self._extension_names: list[str] = []  # BlockExtension submodules, in the order they were added
         self.grad_checkpointing = False
         self._init_weights()
 
@@ -272,10 +291,53 @@ class VisionTransformer(nn.Module):
             if any(p.requires_grad for p in block.parameters()):
                 candidates.append(i)
                 break
-        for hook in (self.kv_prompts, self.token_prompts, self.qkv_adapters, self.mlp_adapters):
-            if hook is not None and any(p.requires_grad for p in hook.parameters()):
-                candidates.append(hook.first_layer)
+        for _, extension in self.named_extensions():
+            if any(p.requires_grad for p in extension.parameters()):
+                candidates.append(extension.first_layer)
         return min(candidates)
+
+    # ------------------------------------------------------------ extensions
+    def add_extension(self, name: str, extension: BlockExtension) -> None:
+        """Register a method's module under ``name`` (its tensors are saved as ``name.*``)."""
+        if not isinstance(extension, BlockExtension):
+            raise TypeError(f"extension '{name}' is a {type(extension).__name__}, not a BlockExtension")
+        if name in self._extension_names or hasattr(self, name):
+            raise ValueError(f"the model already has an attribute or extension called '{name}'")
+        self.add_module(name, extension)
+        self._extension_names.append(name)
+
+    def remove_extension(self, name: str) -> BlockExtension:
+        extension = self.extension(name)
+        if extension is None:
+            raise KeyError(f"the model has no extension '{name}'")
+        self._extension_names.remove(name)
+        delattr(self, name)
+        return extension
+
+    def extension(self, name: str) -> BlockExtension | None:
+        """The extension registered as ``name``, or None."""
+        return getattr(self, name) if name in self._extension_names else None
+
+    def named_extensions(self) -> Iterator[tuple[str, BlockExtension]]:
+        for name in list(self._extension_names):
+            yield name, getattr(self, name)
+
+    def set_extensions(self, extensions: dict[str, BlockExtension]) -> None:
+        """Replace every extension by ``extensions`` (a benchmark switching methods on one backbone)."""
+        for name in list(self._extension_names):
+            self.remove_extension(name)
+        for name, extension in extensions.items():
+            self.add_extension(name, extension)
+
+    @contextmanager
+    def extensions_disabled(self) -> Iterator[None]:
+        """Run as the plain backbone for a while (e.g. to read its own keys and values)."""
+        saved = dict(self.named_extensions())
+        self.set_extensions({})
+        try:
+            yield
+        finally:
+            self.set_extensions(saved)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Pooled, normalised features (B, D)."""
@@ -297,16 +359,18 @@ class VisionTransformer(nn.Module):
         return x[:, :num_patches].mean(dim=1)
 
     def _run_block(self, index: int, block: Block, x: Tensor, num_patches: int) -> Tensor:
-        if self.token_prompts is not None:
-            tokens = self.token_prompts(index, x.shape[0])
-            if tokens is not None:
-                x = torch.cat((x[:, :num_patches], tokens.to(x.dtype)), dim=1)
-        extra_kv = self.kv_prompts(index) if self.kv_prompts is not None else None
-        qkv_delta = self.qkv_adapters(index) if self.qkv_adapters is not None else None
-        mlp_side = self.mlp_adapters(index) if self.mlp_adapters is not None else None
+        inputs: dict[str, Any] = {}
+        for name, extension in self.named_extensions():
+            if not extension.first_layer <= index <= extension.last_layer:
+                continue
+            x = extension.tokens_before(index, x, num_patches)
+            for key, value in extension.block_inputs(index).items():
+                if key in inputs:  # two methods on one hook point: a composition nothing defines
+                    raise ValueError(f"extension '{name}' sets block input '{key}' that another already sets")
+                inputs[key] = value
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, extra_kv, qkv_delta, mlp_side, use_reentrant=False)
-        return block(x, extra_kv, qkv_delta, mlp_side)
+            return checkpoint(block, x, use_reentrant=False, **inputs)
+        return block(x, **inputs)
 
     def forward_head(self, features: Tensor) -> Tensor:
         return self.head(self.head_dropout(features))
