@@ -100,6 +100,20 @@ def test_linear_adapter_is_written_as_a_full_model(tmp_path, backbone):
     torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_bitfit_merge_is_the_backbone_with_its_tuned_biases(tmp_path, backbone):
+    adapter = trained_adapter(tmp_path, backbone, "bitfit")
+    output = merge_adapter(adapter, backbone, tmp_path / "bitfit_full.safetensors")
+    expected = logits(aptune.model_from_adapter(adapter, pretrained=backbone))
+    merged = aptune.create_model(None, method="linear", pretrained=output, **TINY)
+    assert not list(merged.named_extensions())
+    torch.testing.assert_close(logits(merged), expected, atol=1e-5, rtol=1e-5)
+    plain = aptune.create_model(None, method="linear", pretrained=backbone, num_classes=len(CLASSES), **TINY)
+    plain.load_state_dict(
+        {k: v for k, v in merged.state_dict().items() if k.startswith(("fc_norm.", "head."))}, strict=False
+    )
+    assert not torch.allclose(logits(plain), expected, atol=1e-3)  # the tuned biases mattered
+
+
 @pytest.mark.parametrize(
     "method, options",
     [("apt", {"num_prompts": 2}), ("vpt-deep", {"num_prompts": 2}), ("adaptformer", {"adapter_dim": 4})],

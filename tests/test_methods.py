@@ -316,7 +316,7 @@ def test_capabilities_of_the_built_in_methods():
     assert method_names() == ("apt", "vpt-shallow", "vpt-deep", "linear", "full", "lora", "adaptformer", "bitfit")
     assert methods_that("prompted") == ("apt", "vpt-shallow", "vpt-deep")
     assert methods_that("injectable") == ("apt", "vpt-shallow", "vpt-deep", "linear")
-    assert methods_that("mergeable") == ("linear", "full", "lora")
+    assert methods_that("mergeable") == ("linear", "full", "lora", "bitfit")
     assert methods_that("shareable") == ("apt", "linear")
     assert methods_that("adapter") == ("lora", "adaptformer")
     assert methods_that("trains_backbone") == ("full",)

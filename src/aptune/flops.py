@@ -175,10 +175,10 @@ def closed_form_macs(
     known = PROMPTED_METHODS + UNPROMPTED_METHODS + ADAPTER_METHODS
     if method not in known:
         raise ConfigError(f"unknown method '{method}' (valid: {', '.join(known)})")
-    if merged and method not in ("lora", *UNPROMPTED_METHODS):
+    if merged and method not in methods_that("mergeable"):
         raise ConfigError(
             f"method '{method}' cannot be merged into the backbone weights "
-            "(only lora can; linear and full have nothing to merge)"
+            f"(mergeable: {', '.join(methods_that('mergeable'))})"
         )
     depth, dim = config.depth, config.embed_dim
     tokens = config.num_patches

@@ -8,15 +8,16 @@ extra modules.
 
 Which adapters can be merged:
 
-* ``lora``: the low-rank update is folded into each block's qkv weight
-  (:func:`aptune.methods.lora.merge_lora`); the result runs at the backbone's cost
-  and gives the adapter model's logits (up to float rounding).
-* ``linear`` and ``full``: nothing to fold; the checkpoint is the backbone with
-  the trained tensors (head, ``fc_norm``, or everything) in place.
+* every method declaring ``mergeable``; one with modules of its own folds them with its
+  ``merge(model)``: ``lora``'s low-rank update goes into each block's qkv weight
+  (:func:`aptune.methods.lora.merge_lora`), so the result runs at the backbone's cost
+  and gives the adapter model's logits (up to float rounding);
+* ``linear``, ``bitfit`` and ``full``: nothing to fold; the checkpoint is the backbone
+  with the trained tensors (head, ``fc_norm``, the biases or everything) in place.
 * ``apt``, ``vpt-*`` and ``adaptformer`` cannot be merged: prompts add keys,
   values or tokens that no weight of the backbone can express, and AdaptFormer's
   bottleneck sits behind a ReLU.  They raise :class:`~aptune.errors.CheckpointError`
-  in one line; use their adapter file with :func:`aptune.model_from_adapter`.
+  in one line, with the reason the method gives (``NOT_MERGEABLE_BECAUSE``); use their adapter file with :func:`aptune.model_from_adapter`.
 
 The header metadata (strings) holds ``format`` (``aptune-merged``),
 ``format_version``, ``aptune_version``, ``arch`` (JSON, everything needed to
@@ -34,8 +35,7 @@ from pathlib import Path
 from aptune.adapters import adapter_metadata, model_from_adapter, read_adapter
 from aptune.errors import CheckpointError, ConfigError
 from aptune.fileio import save_safetensors_atomically
-from aptune.methods import method_to_dict, methods_that
-from aptune.methods.lora import merge_lora
+from aptune.methods import METHODS, method_to_dict, methods_that
 
 MERGED_FORMAT = "aptune-merged"
 MERGED_FORMAT_VERSION = 1
@@ -71,8 +71,9 @@ def merge_adapter(
 
     model = model_from_adapter(adapter, pretrained=pretrained, allow_backbone_mismatch=allow_backbone_mismatch)
     source = method_to_dict(model.tuning_method)
-    if method == "lora":
-        merge_lora(model)
+    fold = getattr(model.tuning_method, "merge", None)  # a method with modules of its own folds them
+    if fold is not None:
+        fold(model)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
     state["pos_embed"] = model.pos_embed.detach().contiguous().cpu()  # a buffer outside state_dict
     leftover = [name for name, _ in model.named_extensions()]
@@ -91,11 +92,8 @@ def merge_adapter(
 
 
 def _why_not(method: str | None) -> str:
-    if method == "adaptformer":
-        return "its bottleneck adapters sit behind a ReLU, so no single weight equals them"
-    if method in methods_that("prompted"):
-        return "prompts add keys, values or tokens that no backbone weight can express"
-    return f"mergeable methods: {', '.join(MERGEABLE_METHODS)}"
+    reason = getattr(METHODS.get(method), "NOT_MERGEABLE_BECAUSE", None)
+    return reason or f"mergeable methods: {', '.join(MERGEABLE_METHODS)}"
 
 
 # ---------------------------------------------------------------------- CLI

@@ -51,6 +51,7 @@ class ParallelAdapters(BlockExtension):
 @dataclass
 class AdaptFormer:
     adapter: ClassVar[bool] = True
+    NOT_MERGEABLE_BECAUSE: ClassVar[str] = "its bottleneck adapters sit behind a ReLU, so no single weight equals them"
     adapter_dim: int = 64
     adapter_scale: float = 0.1
     prompt_start: int = 0

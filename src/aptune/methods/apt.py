@@ -72,6 +72,7 @@ class APT:
     prompted: ClassVar[bool] = True
     injectable: ClassVar[bool] = True
     shareable: ClassVar[bool] = True  # prompts change only attention: tasks can share a batch
+    NOT_MERGEABLE_BECAUSE: ClassVar[str] = "its prompts add keys and values that no backbone weight can express"
 
     num_prompts: int = 400
     prompt_start: int = 0

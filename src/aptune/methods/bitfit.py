@@ -9,6 +9,7 @@ costs exactly the backbone, and its adapter holds one vector per bias (~0.1 % of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from aptune.methods.registry import register
 
@@ -18,6 +19,8 @@ HEAD_PREFIXES = ("fc_norm.", "head.")
 @register("bitfit")
 @dataclass
 class BitFit:
+    mergeable: ClassVar[bool] = True  # the tuned biases are the backbone's own: nothing to fold
+
     def attach(self, model) -> None:
         pass  # nothing is added: the biases are the backbone's own
 

@@ -48,7 +48,7 @@ class QKVLowRank(BlockExtension):
 @dataclass
 class LoRA:
     adapter: ClassVar[bool] = True
-    mergeable: ClassVar[bool] = True  # merge_lora folds the update into the qkv weights
+    mergeable: ClassVar[bool] = True  # merge() folds the update into the qkv weights
     lora_rank: int = 8
     lora_alpha: float = 16.0
     prompt_start: int = 0  # first block adapted (shared range option name)
@@ -61,6 +61,9 @@ class LoRA:
 
     def trainable_prefixes(self) -> tuple[str, ...]:
         return ("qkv_adapters.", "fc_norm.", "head.")
+
+    def merge(self, model) -> None:
+        merge_lora(model)
 
 
 @torch.no_grad()

@@ -14,7 +14,9 @@ A method is a dataclass of its options with two methods:
   computes (dropout, how prompts were started), so loading an adapter does not compare
   them (:func:`options_compared_on_load`); every other option must match the model's;
 * class-level capabilities (:data:`CAPABILITIES`), so that no other module keeps its own
-  list of method names: :func:`methods_that` derives every such list from the registry.
+  list of method names: :func:`methods_that` derives every such list from the registry;
+* a ``mergeable`` method with modules of its own folds them into the backbone weights with
+  ``merge(model)`` (LoRA); one that cannot be merged may say why in ``NOT_MERGEABLE_BECAUSE``.
 
 :func:`apply_method` attaches a method and freezes everything else, so which
 tensors train is decided in exactly one place per method.

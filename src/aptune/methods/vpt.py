@@ -59,6 +59,9 @@ class _VPT:
     deep = False
     prompted: ClassVar[bool] = True
     injectable: ClassVar[bool] = True
+    NOT_MERGEABLE_BECAUSE: ClassVar[str] = (
+        "its prompt tokens join the attention of every block, which no weight can express"
+    )
     # training-only: an adapter trained with other values computes the same at inference
     LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init")
 
