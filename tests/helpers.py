@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import aptune
+from aptune.config import switch_method
 
 TINY = dict(embed_dim=32, depth=3, num_heads=4, num_frames=4, img_size=32, patch_size=16)
 
@@ -82,6 +83,8 @@ def tiny_run_config(**sections) -> dict:
         "train": {"epochs": 2, "batch_size": 4, "eval_every": 100, "save_every": 1, "log_every": 1},
     }
     for section, values in sections.items():
+        if section == "method" and "name" in values:  # as --set method.name= does
+            config["method"] = switch_method(config["method"], values["name"])
         config[section].update(values)
     return config
 

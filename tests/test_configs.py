@@ -22,7 +22,7 @@ def test_aptune_departures_are_off_in_configs(path):
     config = load_config(path)
     assert config.optim.head_lr is None and config.optim.head_base_lr is None
     assert config.optim.decay_prompt_scales  # the official code decays APT's prompt scales
-    assert config.method.prompt_init == "uniform"
+    assert getattr(config.method, "prompt_init", "uniform") == "uniform"  # only prompt methods have it
     assert not config.train.standardize_features and not config.train.cache_features
     assert config.optim.lr is None  # base_lr, scaled by the total batch like the official lr
     assert config.data.num_sample == 2 and config.train.label_smoothing == 0.1

@@ -14,6 +14,7 @@ from helpers import tiny_run_config
 from safetensors.torch import load_file
 
 from aptune.cli import main as cli_main
+from aptune.config import switch_method
 from aptune.data import datasets as datasets_module
 
 # augmentation and 2 x 3 test views on, validation every epoch
@@ -59,6 +60,8 @@ def write_config(tmp_path: Path, dataset: Path, backbone: Path | None = None, **
     if backbone is not None:
         config["model"]["pretrained"] = str(backbone)
     for section, values in sections.items():
+        if section == "method" and "name" in values:  # as --set method.name= does
+            config["method"] = switch_method(config["method"], values["name"])
         config[section].update(values)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from helpers import randomize_, tiny_model
 from torch.utils.data import Dataset
 
-from aptune.config import config_from_dict
+from aptune.config import config_from_dict, switch_method
 from aptune.data import TrainItem
 from aptune.engine.checkpoint import TrainState
 from aptune.engine.distributed import DistInfo
@@ -178,7 +178,7 @@ def recipe(method: str, **optim) -> dict:
             "img_size": 32,
             "patch_size": 16,
         },
-        "method": {"name": method, "num_prompts": 3, "prompt_dropout": 0.0, "reparam": True},
+        "method": switch_method({"name": "apt", "num_prompts": 3, "prompt_dropout": 0.0, "reparam": True}, method),
         "data": {"num_frames": 4, "input_size": 32, "short_side_size": 32, "num_workers": 0, "num_sample": 2},
         "optim": {"name": "adamw", "base_lr": 0.05, "weight_decay": 0.05, "warmup_epochs": 1, "min_lr": 1e-3, **optim},
         "train": {"epochs": 4, "batch_size": 4, "accum_steps": 1, "label_smoothing": 0.1, "seed": 3},

@@ -21,7 +21,7 @@ import yaml
 
 from aptune.errors import ConfigError
 from aptune.fileio import write_text_atomically
-from aptune.methods import method_names, methods_that
+from aptune.methods import METHODS, TuningMethod, build_method, method_names, method_to_dict, methods_that
 from aptune.methods.prompt_init import PROMPT_INITS
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
@@ -57,19 +57,23 @@ class ModelConfig:
         return overrides
 
 
-@dataclass
-class MethodConfig:
-    name: str = "apt"
-    num_prompts: int = 400
-    prompt_start: int = 0
-    prompt_end: int | None = None
-    prompt_dropout: float = 0.0
-    reparam: bool = True
-    prompt_init: str = "uniform"  # apt / vpt: "uniform" (the papers') or "tokens" (copies of real ones)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    adapter_dim: int = 64
-    adapter_scale: float = 0.1
+DEFAULT_METHOD = "apt"
+
+# The one flat method section of aptune 0.1.0 and its defaults.  A recipe or run folder of that
+# release may hold keys of other methods (config.yaml held them all); they never did anything,
+# so one at this default, or in a section holding every one of them, is dropped when read.
+LEGACY_METHOD_DEFAULTS: dict[str, Any] = {
+    "num_prompts": 400,
+    "prompt_start": 0,
+    "prompt_end": None,
+    "prompt_dropout": 0.0,
+    "reparam": True,
+    "prompt_init": "uniform",
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "adapter_dim": 64,
+    "adapter_scale": 0.1,
+}
 
 
 @dataclass
@@ -155,14 +159,17 @@ class PretrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    # the method's own dataclass (aptune.methods), parsed from `method: {name: ..., <its options>}`
+    method: TuningMethod = field(default_factory=lambda: build_method(DEFAULT_METHOD))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data["method"] = method_to_dict(self.method)  # the name first, then that method's options
+        return data
 
 
 _CHOICES = {
@@ -171,8 +178,9 @@ _CHOICES = {
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
-    ("method", "prompt_init"): PROMPT_INITS,
 }
+# choices and ranges of method options, by option name, for whichever method takes the option
+_METHOD_CHOICES = {"prompt_init": PROMPT_INITS}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -183,13 +191,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         source = str(path)
         raw = read_yaml_mapping(path, what="config file")
-    for item in overrides:
-        section, key, value = _parse_override(item)
+    parsed = [_parse_override(item) for item in overrides]
+    _forget_options_of_a_replaced_method(raw, parsed)
+    for section, key, value in parsed:
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping")
         raw[section][key] = value
     return config_from_dict(raw, source=source)
+
+
+def _forget_options_of_a_replaced_method(raw: dict[str, Any], overrides: list[tuple[str, str, Any]]) -> None:
+    """``--set method.name=X`` on a recipe for another method drops the recipe's options X lacks."""
+    names = [value for section, key, value in overrides if (section, key) == ("method", "name")]
+    if names and isinstance(raw.get("method"), dict):
+        raw["method"] = switch_method(raw["method"], names[-1])
+
+
+def switch_method(section: dict[str, Any], name: Any) -> dict[str, Any]:
+    """A ``method`` section for method ``name``, keeping the options of ``section`` that it takes.
+
+    The others configured the method being replaced (an APT recipe's prompt count has no
+    meaning for LoRA); options both methods take carry over.
+    """
+    if name not in METHODS or section.get("name", DEFAULT_METHOD) == name:
+        return {**section, "name": name}
+    kept = {f.name for f in dataclasses.fields(METHODS[name])}
+    return {"name": name, **{k: v for k, v in section.items() if k in kept}}
 
 
 def read_yaml_mapping(path: Path, what: str = "file") -> dict[str, Any]:
@@ -232,6 +260,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section '{section_name}' must be a mapping of keys")
+        if section_name == "method":
+            config.method = method_from_section(values, source)
+            continue
         section = getattr(config, section_name)
         fields = {f.name: f for f in dataclasses.fields(section)}
         hints = typing.get_type_hints(type(section))
@@ -241,6 +272,51 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}", source))
     validate(config, source)
     return config
+
+
+def method_from_section(values: dict[str, Any], source: str = "config") -> TuningMethod:
+    """The method a recipe's ``method`` section describes: ``name`` and that method's options.
+
+    Each option is type-, choice- and range-checked.  A key no method takes is an unknown
+    key; one that only other methods take (aptune 0.1.0's flat section) is dropped at its old
+    default, or in a section holding every old key (a 0.1.0 run folder's config.yaml), and is
+    otherwise an error naming the methods that take it.
+    """
+    name = _coerce(values.get("name", DEFAULT_METHOD), str, "method.name", source)
+    if name not in method_names():
+        raise ConfigError(f"{source}: method.name={name!r} is not one of: {', '.join(method_names())}")
+    own = [f.name for f in dataclasses.fields(METHODS[name])]  # in declaration order, for the message
+    old_release_section = LEGACY_METHOD_DEFAULTS.keys() <= values.keys()
+    options = {}
+    for key, value in values.items():
+        if key == "name":
+            continue
+        owners = [m for m, cls in METHODS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+        if not owners and key not in LEGACY_METHOD_DEFAULTS:
+            valid = ", ".join(["name", *own])
+            raise ConfigError(f"{source}: unknown key 'method.{key}' for method {name} (valid: {valid})")
+        if owners:
+            value = _coerce(value, typing.get_type_hints(METHODS[owners[0]])[key], f"method.{key}", source)
+            _check_method_option(key, value, source)
+        if key in own:
+            options[key] = value
+        elif not (old_release_section or value == LEGACY_METHOD_DEFAULTS.get(key, object())):
+            raise ConfigError(f"{source}: method.{key}={value!r} needs {_describe_methods(owners)}, not {name}")
+    return build_method(name, **options)
+
+
+def _check_method_option(key: str, value: Any, source: str) -> None:
+    choices = _METHOD_CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: method.{key}={value!r} is not one of: {', '.join(choices)}")
+    if key in _METHOD_RANGES:
+        _check_range(value, f"method.{key}", _METHOD_RANGES[key], source)
+
+
+def _describe_methods(names: list[str]) -> str:
+    if set(names) == set(methods_that("prompted")):
+        return f"a prompt method ({', '.join(names)})"
+    return "method " + " or ".join(names) if names else "a method that takes it"
 
 
 # (section, key): (lowest, highest, lowest allowed?, highest allowed?); None = unbounded.
@@ -259,14 +335,6 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("model", "img_size"): (1, 8192, True, True),
     ("model", "drop_path_rate"): (0, 1, True, False),
     ("model", "head_dropout"): (0, 1, True, False),
-    ("method", "num_prompts"): (0, 100000, True, True),
-    ("method", "prompt_start"): (0, 1024, True, True),
-    ("method", "prompt_end"): (0, 1024, True, True),
-    ("method", "prompt_dropout"): (0, 1, True, False),
-    ("method", "lora_rank"): (1, 4096, True, True),
-    ("method", "lora_alpha"): (0, None, False, False),
-    ("method", "adapter_dim"): (1, 65536, True, True),
-    ("method", "adapter_scale"): (None, None, False, False),
     ("data", "num_frames"): (1, 4096, True, True),
     ("data", "sampling_rate"): (1, 1000, True, True),
     ("data", "input_size"): (1, 8192, True, True),
@@ -305,6 +373,17 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("pretrain", "decoder_heads"): (1, 1024, True, True),
 }
 
+_METHOD_RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "num_prompts": (0, 100000, True, True),
+    "prompt_start": (0, 1024, True, True),
+    "prompt_end": (0, 1024, True, True),
+    "prompt_dropout": (0, 1, True, False),
+    "lora_rank": (1, 4096, True, True),
+    "lora_alpha": (0, None, False, False),
+    "adapter_dim": (1, 65536, True, True),
+    "adapter_scale": (None, None, False, False),
+}
+
 MAX_BACKBONE_PARAMETERS = 20e9  # ~ViT-g/14 (1 G) x 20: beyond it a recipe is a typo, not a model
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -319,6 +398,8 @@ def validate(config: Config, source: str = "config") -> None:
             raise ConfigError(f"{source}: {section}.{key}={value!r} is not one of: {', '.join(choices)}")
     for (section, key), bounds in _RANGES.items():
         _check_range(getattr(getattr(config, section), key), f"{section}.{key}", bounds, source)
+    for key, value in dataclasses.asdict(config.method).items():
+        _check_method_option(key, value, source)
     for index, beta in enumerate(config.optim.betas):
         _check_range(beta, f"optim.betas[{index}]", (0, 1, True, False), source)
     _check_combinations(config, source)
@@ -381,17 +462,10 @@ def _check_data_combinations(data: DataConfig, model: ModelConfig, source: str) 
         parse_rand_augment(data.rand_augment)
 
 
-def _check_method_and_optim_combinations(method: MethodConfig, optim: OptimConfig, source: str) -> None:
-    if method.prompt_end is not None and method.prompt_end < method.prompt_start:
-        raise ConfigError(
-            f"{source}: method.prompt_end={method.prompt_end} is before method.prompt_start={method.prompt_start}"
-        )
-    prompted = methods_that("prompted")
-    if method.prompt_init != "uniform" and method.name not in prompted:
-        raise ConfigError(
-            f"{source}: method.prompt_init={method.prompt_init!r} needs a prompt method "
-            f"({', '.join(prompted)}), not {method.name}"
-        )
+def _check_method_and_optim_combinations(method: TuningMethod, optim: OptimConfig, source: str) -> None:
+    start, end = getattr(method, "prompt_start", 0), getattr(method, "prompt_end", None)
+    if end is not None and end < start:
+        raise ConfigError(f"{source}: method.prompt_end={end} is before method.prompt_start={start}")
     if optim.head_lr is not None and optim.lr is None:
         raise ConfigError(
             f"{source}: optim.head_lr is an absolute lr and needs an absolute optim.lr; with "

@@ -11,7 +11,7 @@ the adapter, metrics, plots and report.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ from aptune.engine.runtime import autocast, seed_everything, wrap_for_training
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.fileio import save_safetensors_atomically
-from aptune.methods import method_options
 from aptune.models.checkpoints import brings_own_architecture
 from aptune.models.vit import count_parameters
 
@@ -295,8 +294,7 @@ def build_model(config: Config, class_names: list[str]):
     num_classes = config.model.num_classes or len(class_names)
     if num_classes != len(class_names):
         raise ConfigError(f"model.num_classes={num_classes} but the data has {len(class_names)} classes")
-    valid = method_options(config.method.name)
-    options = {k: v for k, v in vars(config.method).items() if k in valid}
+    options = asdict(config.method)
     arch = config.model.arch
     overrides = config.model.arch_overrides()
     if (
