@@ -313,7 +313,7 @@ def _check_preprocess(preprocess: Any, family: str, source: str | Path) -> None:
     for key in ("sampling", "format", "layout"):
         if key in preprocess and not isinstance(preprocess[key], str):
             raise CheckpointError(f"{where} key '{key}' is {_short(preprocess[key])}, expected a string")
-    from aptune.data.sampling import SAMPLINGS
+    from aptune.data.sampling import SAMPLINGS  # local: importing aptune.data loads PyAV
 
     if preprocess.get("sampling", "dense") not in SAMPLINGS:
         raise CheckpointError(

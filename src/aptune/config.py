@@ -23,6 +23,7 @@ from aptune.errors import ConfigError
 from aptune.fileio import write_text_atomically
 from aptune.methods import METHODS, TuningMethod, build_method, method_names, method_to_dict, methods_that
 from aptune.methods.prompt_init import PROMPT_INITS
+from aptune.models.vit import PRESETS
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -515,8 +516,6 @@ def _check_train_and_model_combinations(config: Config, source: str) -> None:
 
 
 def _preset_value(arch: str | None, key: str, default: Any = None) -> Any:
-    from aptune.models.vit import PRESETS
-
     return PRESETS.get(arch or "", {}).get(key, default)
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from aptune.bench import BenchSettings, format_table, run_bench
+from aptune.engine.distributed import DistInfo
+from aptune.engine.runtime import pick_device
+from aptune.errors import ConfigError
+from aptune.fileio import write_json_atomically
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -84,11 +90,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aptune.bench import BenchSettings, format_table, run_bench
-    from aptune.engine.distributed import DistInfo
-    from aptune.engine.runtime import pick_device
-    from aptune.errors import ConfigError
-    from aptune.fileio import write_json_atomically
 
     for flag, value, minimum in (
         ("--frames", args.frames, 1),

@@ -9,7 +9,11 @@ import os
 import sys
 from pathlib import Path
 
+from aptune.config import load_config
+from aptune.data.check import check_dataset, format_summary
+from aptune.data.synth import FPS_RANGE, MAX_GOP, MAX_PIXELS_PER_VIDEO, MOTIONS, make_synthetic_dataset
 from aptune.errors import ConfigError, OutputError
+from aptune.fileio import make_folder, write_json_atomically
 
 # Upper bounds for ``aptune data synth``: generous for any test or demo, small enough that
 # a typo (an extra zero or three) is an error rather than hours of encoding or a full disk.
@@ -61,10 +65,6 @@ def add_parser(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from aptune.config import load_config
-    from aptune.data.check import check_dataset, format_summary
-    from aptune.fileio import write_json_atomically
-
     config = load_config(args.config, args.overrides)
     if not config.data.root and not config.data.annotations:
         raise ConfigError("data.root is empty: give --config or --set data.root=PATH")
@@ -79,8 +79,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _check_writable(path: Path) -> None:
     """Fail in one line now if ``path`` cannot be written later (its folder is created)."""
-    from aptune.fileio import make_folder
-
     if path.is_dir():
         raise OutputError(f"{path}: cannot write (a folder of that name is in the way)")
     folder = make_folder(path.parent if str(path.parent) else Path("."))
@@ -104,14 +102,6 @@ def _check_range(flag: str, value: int, low: int, high: int) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from aptune.data.synth import (
-        FPS_RANGE,
-        MAX_GOP,
-        MAX_PIXELS_PER_VIDEO,
-        MOTIONS,
-        make_synthetic_dataset,
-    )
-
     motions = [m.strip() for m in args.motions.split(",")] if args.motions is not None else None
     known = dict(MOTIONS)
     if motions is not None and (not motions or any(m not in known for m in motions)):

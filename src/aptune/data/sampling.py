@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from aptune.errors import ConfigError
+
 __all__ = [
     "SAMPLINGS",
     "resolve_sampling",
@@ -26,8 +28,6 @@ SAMPLINGS = ("auto", "dense", "segment")
 def resolve_sampling(sampling: str, data_format: str) -> str:
     """``auto`` means segment sampling for SSv2 and dense sampling for everything else."""
     if sampling not in SAMPLINGS:
-        from aptune.errors import ConfigError
-
         raise ConfigError(f"data.sampling={sampling!r} is not one of: {', '.join(SAMPLINGS)}")
     if sampling == "auto":
         return "segment" if data_format == "ssv2" else "dense"
