@@ -25,7 +25,7 @@ from aptune.engine.runtime import pick_device
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.flops import ADAPTER_METHODS, PROMPTED_METHODS, UNPROMPTED_METHODS, count_macs
-from aptune.methods import apply_method, build_method
+from aptune.methods import apply_method, build_method, method_options
 from aptune.models.vit import VisionTransformer, count_parameters
 
 log = logging.getLogger(__name__)
@@ -76,20 +76,17 @@ def build_cases(
     is the first block the prompt and adapter methods touch (earlier blocks stay
     as they are and, in training, run without autograd).
     """
+    sizes = {"lora_rank": lora_rank, "adapter_dim": adapter_dim, "prompt_start": prompt_start}
     cases = []
     for method in methods:
-        if method in PROMPTED_METHODS:
-            settings = [(p, {"num_prompts": p}) for p in prompts]
-        elif method in UNPROMPTED_METHODS:
-            settings = [(None, {})]
-        elif method == "lora":
-            settings = [(None, {"lora_rank": lora_rank})]
-        elif method == "adaptformer":
-            settings = [(None, {"adapter_dim": adapter_dim})]
-        else:
+        if method not in BENCH_METHODS:
             raise ConfigError(f"cannot benchmark method '{method}' (valid: {_VALID})")
-        if method not in UNPROMPTED_METHODS:
-            settings = [(p, {**options, "prompt_start": prompt_start}) for p, options in settings]
+        # each method gets the sizes it takes: an adapter's rank or width, the first block
+        options = {k: v for k, v in sizes.items() if k in method_options(method)}
+        if method in PROMPTED_METHODS:
+            settings = [(p, {**options, "num_prompts": p}) for p in prompts]
+        else:
+            settings = [(None, options)]
         for num_prompts, options in settings:
             model.set_extensions({})
             apply_method(model, build_method(method, **options))
