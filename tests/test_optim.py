@@ -132,3 +132,14 @@ def test_standardized_fc_norm_gives_features_of_zero_mean_and_unit_std():
     assert before.std(dim=0).sub(1).abs().max() > 0.1  # there was something to correct
     torch.testing.assert_close(after.mean(dim=0), torch.zeros(32), atol=1e-4, rtol=0)
     torch.testing.assert_close(after.std(dim=0), torch.ones(32), atol=1e-3, rtol=0)  # BatchNorm eps
+
+
+def test_a_method_names_the_tensors_it_keeps_out_of_weight_decay():
+    model = tiny_model("lora")
+    assert _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1))["qkv_adapters.down"][
+        "weight_decay"
+    ] == pytest.approx(0.1)
+    model.tuning_method.NO_WEIGHT_DECAY = ("qkv_adapters.down",)  # as a method class would declare it
+    groups = _groups_by_name(model, build_optimizer(model, "adamw", lr=0.05, weight_decay=0.1))
+    assert groups["qkv_adapters.down"]["weight_decay"] == 0.0
+    assert groups["qkv_adapters.up"]["weight_decay"] == pytest.approx(0.1)

@@ -4,9 +4,10 @@ What VideoMAE and APT train with (``run_class_finetuning.py`` / ``run_class_apt.
 ``optim_factory.py``, ``utils.cosine_scheduler``), restated here from their formulas:
 
 * **Weight decay** applies to every trainable tensor except those of one dimension,
-  biases and ``pos_embed`` / ``cls_token``.  APT's per-prompt scales are a
-  (layers, 2, P) tensor, so the official code decays them;
-  ``decay_prompt_scales=False`` (an aptune option) exempts them.
+  biases, ``pos_embed`` / ``cls_token`` and the tensors the model's method lists in its
+  ``NO_WEIGHT_DECAY`` (none of the built-in ones does).  APT's per-prompt scales are a
+  (layers, 2, P) tensor, so the official code decays them; ``decay_prompt_scales=False``
+  (an aptune option) exempts the tensors a method lists in ``DECAY_OPTIONAL`` (APT's scales).
 * **Layer-wise lr decay** (full fine-tuning): with depth L and decay d, the patch
   embedding's lr is scaled by d^(L+1), block i's by d^(L-i), everything else
   (``fc_norm``, the head, prompt tensors shared by all blocks) by 1.
@@ -27,14 +28,22 @@ from torch import nn
 
 HEAD_PREFIXES = ("fc_norm.", "head.")
 NO_DECAY_NAMES = ("pos_embed", "cls_token")  # VideoMAE's no_weight_decay()
-PROMPT_SCALE_SUFFIX = ".scales"  # APT's (layers, 2, P) reparameterisation scales
 
 
-def is_decayed(name: str, param: torch.Tensor, decay_prompt_scales: bool = True) -> bool:
-    """The official criterion, plus the optional exemption of APT's prompt scales."""
+def is_decayed(name: str, param: torch.Tensor, exempt: tuple[str, ...] = ()) -> bool:
+    """The official criterion, plus the tensors ``exempt`` names (a wrapper's prefix allowed)."""
     if param.ndim <= 1 or name.endswith(".bias") or name in NO_DECAY_NAMES:
         return False
-    return decay_prompt_scales or not name.endswith(PROMPT_SCALE_SUFFIX)
+    return not any(name == other or name.endswith("." + other) for other in exempt)
+
+
+def exempt_from_decay(model: nn.Module, decay_prompt_scales: bool = True) -> tuple[str, ...]:
+    """The tensor names the model's tuning method keeps out of weight decay."""
+    method = getattr(getattr(model, "module", model), "tuning_method", None)  # a DDP wrap holds it as .module
+    exempt = tuple(getattr(method, "NO_WEIGHT_DECAY", ()))
+    if not decay_prompt_scales:
+        exempt += tuple(getattr(method, "DECAY_OPTIONAL", ()))
+    return exempt
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -64,11 +73,12 @@ def parameter_groups(
     Groups keep the order in which their first tensor appears, as in the official code.
     """
     depth = _depth(model)
+    exempt = exempt_from_decay(model, decay_prompt_scales)
     groups: dict[tuple[bool, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decays = is_decayed(name, param, decay_prompt_scales)
+        decays = is_decayed(name, param, exempt)
         scale = layer_lr_scale(name, depth, layer_decay)
         if head_lr_scale != 1.0 and name.startswith(HEAD_PREFIXES):
             scale *= head_lr_scale

@@ -83,6 +83,8 @@ class APT:
 
     # training-only: an adapter trained with other values computes the same at inference
     LOAD_IGNORES: ClassVar[tuple[str, ...]] = ("prompt_dropout", "prompt_init")
+    # the official code weight-decays the (layers, 2, P) scales; optim.decay_prompt_scales=false does not
+    DECAY_OPTIONAL: ClassVar[tuple[str, ...]] = ("kv_prompts.scales",)
 
     def __post_init__(self) -> None:
         check_prompt_init(self.prompt_init)

@@ -15,6 +15,9 @@ A method is a dataclass of its options with two methods:
   them (:func:`options_compared_on_load`); every other option must match the model's;
 * class-level capabilities (:data:`CAPABILITIES`), so that no other module keeps its own
   list of method names: :func:`methods_that` derives every such list from the registry;
+* optionally ``NO_WEIGHT_DECAY`` (tensor names never weight-decayed, beyond the official
+  rule's biases and 1-D tensors) and ``DECAY_OPTIONAL`` (names the official recipe decays
+  and ``optim.decay_prompt_scales: false`` exempts: APT's prompt scales);
 * a ``mergeable`` method with modules of its own folds them into the backbone weights with
   ``merge(model)`` (LoRA); one that cannot be merged may say why in ``NOT_MERGEABLE_BECAUSE``.
 
