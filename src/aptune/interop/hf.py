@@ -23,6 +23,7 @@ is imported only when this module is.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,22 +135,14 @@ def inject_huggingface(model: nn.Module, tuning) -> Injection:
         name_map["classifier."] = "head."
     if isinstance(getattr(model, "fc_norm", None), nn.LayerNorm):
         name_map["fc_norm."] = "fc_norm."
-    return Injection(
-        family="videomae",
-        method=tuning,
-        name_map=name_map,
-        describe_arch=_describe_arch,
-        describe_preprocess=_describe_preprocess,
-        get_class_names=_class_names,
-        set_class_names=_set_class_names,
-    )
+    return Injection.from_family_module("videomae", tuning, name_map, sys.modules[__name__])
 
 
 def _side(value) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
-def _describe_arch(model: nn.Module) -> dict[str, Any]:
+def describe_arch(model: nn.Module) -> dict[str, Any]:
     """The native ViTConfig of these weights, so ``model_from_adapter`` can rebuild it."""
 
     base = getattr(model, "videomae", model)
@@ -160,7 +153,7 @@ def _describe_arch(model: nn.Module) -> dict[str, Any]:
     return ViTConfig.from_dict(arch).to_dict()
 
 
-def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
+def describe_preprocess(model: nn.Module) -> dict[str, Any]:
 
     config = getattr(model, "videomae", model).config
     # VideoMAE's image processors normalise with the ImageNet statistics
@@ -173,7 +166,7 @@ def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
+def class_names(model: nn.Module) -> list[str] | None:
     classifier = getattr(model, "classifier", None)
     labels = getattr(model.config, "id2label", None)
     if not isinstance(classifier, nn.Linear) or not labels or len(labels) != classifier.out_features:
@@ -181,6 +174,6 @@ def _class_names(model: nn.Module) -> list[str] | None:
     return [str(labels[k]) for k in sorted(labels, key=int)]
 
 
-def _set_class_names(model: nn.Module, names: list[str]) -> None:
+def set_class_names(model: nn.Module, names: list[str]) -> None:
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {name: i for i, name in enumerate(names)}

@@ -61,6 +61,20 @@ class Injection:
     set_class_names: Callable[[nn.Module, list[str]], None]
     model_ref: list = field(default_factory=list, repr=False)  # [model]: no nn.Module cycle
 
+    @classmethod
+    def from_family_module(cls, family: str, method: Any, name_map: dict[str, str], module: Any) -> Injection:
+        """An injection whose model functions are those an interop module defines for its family:
+        ``describe_arch``, ``describe_preprocess``, ``class_names`` and ``set_class_names``."""
+        return cls(
+            family,
+            method,
+            name_map,
+            module.describe_arch,
+            module.describe_preprocess,
+            module.class_names,
+            module.set_class_names,
+        )
+
     @property
     def model(self) -> nn.Module:
         return self.model_ref[0]

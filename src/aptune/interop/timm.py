@@ -24,6 +24,7 @@ taking the class token); ``attn_pool`` too when ``global_pool='map'``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import Tensor, nn
@@ -105,15 +106,7 @@ def inject_timm(model: nn.Module, tuning) -> Injection:
     name_map = {"kv_prompts.": "kv_prompts."}
     for name in _trained_head_modules(model):
         name_map[f"{name}."] = f"{name}."
-    return Injection(
-        family="timm-vit",
-        method=tuning,
-        name_map=name_map,
-        describe_arch=_describe_arch,
-        describe_preprocess=_describe_preprocess,
-        get_class_names=_class_names,
-        set_class_names=_set_class_names,
-    )
+    return Injection.from_family_module("timm-vit", tuning, name_map, sys.modules[__name__])
 
 
 def _has_parameters(module: nn.Module | None) -> bool:
@@ -131,7 +124,7 @@ def _trained_head_modules(model: nn.Module) -> list[str]:
     return names
 
 
-def _describe_arch(model: nn.Module) -> dict[str, Any]:
+def describe_arch(model: nn.Module) -> dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     blocks = model.blocks
     head = getattr(model, "head", None)
@@ -147,7 +140,7 @@ def _describe_arch(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
+def describe_preprocess(model: nn.Module) -> dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     out = {"layout": "BCHW"}
     for key in ("mean", "std", "input_size", "crop_pct", "interpolation"):
@@ -157,10 +150,10 @@ def _describe_preprocess(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _class_names(model: nn.Module) -> list[str] | None:
+def class_names(model: nn.Module) -> list[str] | None:
     names = getattr(model, "class_names", None)
     return list(names) if names else None
 
 
-def _set_class_names(model: nn.Module, names: list[str]) -> None:
+def set_class_names(model: nn.Module, names: list[str]) -> None:
     model.class_names = list(names)
