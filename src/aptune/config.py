@@ -98,6 +98,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01
     sampling: str = "auto"  # auto: segment (TSN) for ssv2, dense windows otherwise | dense | segment
     decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
+    video_cache_mb: int = 0  # aptune option: keep decoded videos in memory (small sets, num_workers 0); 0: off
 
 
 @dataclass
@@ -346,6 +347,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("data", "max_bad_fraction"): (0, 1, True, True),
     ("data", "random_erase"): (0, 1, True, True),
     ("data", "decode_threads"): (0, 256, True, True),
+    ("data", "video_cache_mb"): (0, 1048576, True, True),
     ("optim", "lr"): (0, None, False, False),
     ("optim", "base_lr"): (0, None, False, False),
     ("optim", "head_lr"): (0, None, False, False),

@@ -29,9 +29,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aptune.data.annotations import Annotations, Sample, load_annotations
-from aptune.data.decode import DecodeError, default_decode_threads, open_video
+from aptune.data.decode import DecodeError, default_decode_threads
 from aptune.data.sampling import clip_indices, resolve_sampling
 from aptune.data.transforms import TestTransform, TrainTransform
+from aptune.data.video_cache import DecodedVideoCache, open_cached_video, shared_video_cache
 from aptune.errors import DataError
 
 __all__ = [
@@ -97,13 +98,14 @@ def _load_clip(
     train: bool,
     num_segments: int = 1,
     max_short_side: int | None = None,
+    video_cache: DecodedVideoCache | None = None,
 ) -> list[torch.Tensor]:
     """Decode one clip (train) or all ``num_segments`` test clips in a single pass.
 
     Frames are scaled down while decoding so their short side is at most
     ``max_short_side``, so the memory a clip takes is bounded whatever the resolution.
     """
-    with open_video(path, threads, max_short_side=max_short_side) as video:
+    with open_cached_video(path, threads, max_short_side, video_cache) as video:
         total = video.num_frames
         if train:
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
@@ -136,6 +138,7 @@ class _VideoDataset(Dataset):
         sampling: str,
         decode_threads: int,
         class_names: Sequence[str] | None,
+        video_cache: DecodedVideoCache | None = None,
     ) -> None:
         if not samples:
             raise DataError(f"the {split} split has no videos")
@@ -143,6 +146,7 @@ class _VideoDataset(Dataset):
         self.class_names = list(class_names or [])
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.decode_threads = decode_threads
+        self.video_cache = video_cache
 
 
 class VideoTrainDataset(_VideoDataset):
@@ -161,8 +165,11 @@ class VideoTrainDataset(_VideoDataset):
         decode_threads: int = 1,
         max_attempts: int = 20,
         class_names: Sequence[str] | None = None,
+        video_cache: DecodedVideoCache | None = None,
     ):
-        super().__init__("training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names)
+        super().__init__(
+            "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+        )
         self.transform = transform or TrainTransform()
         self.num_sample = num_sample
         self.max_attempts = max_attempts
@@ -185,6 +192,7 @@ class VideoTrainDataset(_VideoDataset):
                     self.decode_threads,
                     train=True,
                     max_short_side=self.max_short_side,
+                    video_cache=self.video_cache,
                 )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
@@ -227,8 +235,11 @@ class VideoEvalDataset(_VideoDataset):
         num_segments: int = 1,
         decode_threads: int = 1,
         class_names: Sequence[str] | None = None,
+        video_cache: DecodedVideoCache | None = None,
     ):
-        super().__init__("evaluation", samples, num_frames, sampling_rate, sampling, decode_threads, class_names)
+        super().__init__(
+            "evaluation", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+        )
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
         self.num_crops = self.transform.num_crops
@@ -269,6 +280,7 @@ class VideoEvalDataset(_VideoDataset):
                 train=False,
                 num_segments=self.num_segments,
                 max_short_side=self.max_short_side,
+                video_cache=self.video_cache,
             )
             resized = self.transform.resize(torch.cat(clips))
             decoded: list[torch.Tensor] | Failure = list(resized.split(self.num_frames))
@@ -375,6 +387,7 @@ def build_dataset(
         sampling=sampling,
         decode_threads=threads,
         class_names=annotations.class_names,
+        video_cache=shared_video_cache(getattr(data, "video_cache_mb", 0)),
     )
     if split_name == "train":
         flip = data.horizontal_flip if data.horizontal_flip is not None else data.format != "ssv2"
