@@ -53,6 +53,46 @@ def test_quick_demo_prints_and_writes_the_table(tmp_path, capsys):
     assert rows["apt"]["prompts"] == rows["vpt-deep"]["prompts"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 0
     assert "| apt |" in (tmp_path / "demo" / "demo.md").read_text()
+    # above the table: what each row is, and chance
+    assert "- apt: the backbone frozen; P prompt keys and values" in out and "- chance: 16.7 %" in out
+    # the cost of prompts: counted and timed on the demo backbone, counted on ViT-B 16x224
+    costs = summary["prompt_cost"]
+    assert all(set(row) >= {"method", "arch", "prompts", "gmacs", "latency_ms"} for row in costs)
+    demo_rows = [r for r in costs if r["arch"] == "demo"]
+    assert demo_rows and all(r["latency_ms"] > 0 for r in demo_rows)
+    vit_b = {(r["method"], r["prompts"]): r for r in costs if r["arch"] == "vit_base_patch16_224"}
+    assert all(r["latency_ms"] is None for r in vit_b.values())
+    assert vit_b[("linear", 0)]["gmacs"] < vit_b[("apt", 8)]["gmacs"] < vit_b[("vpt-deep", 8)]["gmacs"]
+    assert (tmp_path / "demo" / "demo_prompts.png").stat().st_size > 0
+
+
+def test_prompt_cost_counts_what_the_formulas_say():
+    from aptune.demo.prompt_cost import counted_rows
+    from aptune.flops import closed_form_macs
+    from aptune.models.vit import arch_config
+
+    rows = {
+        (r["method"], r["prompts"]): r for r in counted_rows("vit_small_patch16_224", (1, 3, 16, 224, 224), (4, 40))
+    }
+    config = arch_config("vit_small_patch16_224", num_classes=400)
+    for method in ("apt", "vpt-deep"):
+        for prompts in (4, 40):
+            expected = closed_form_macs(config, method, prompts) / 1e9
+            assert abs(rows[(method, prompts)]["gmacs"] - expected) < 1e-3 * expected, (method, prompts)
+    assert rows[("linear", 0)]["latency_ms"] is None
+
+
+def test_reparam_study_trains_both_settings_and_plots_them(tmp_path, capsys):
+    demo = tmp_path / "study"
+    assert cli_main(["demo", "--study", "reparam", "--quick", "--output-dir", str(demo)]) == 0
+    summary = json.loads((demo / "reparam.json").read_text())
+    settings = {(row["reparam"], row["lr"]) for row in summary["rows"]}
+    assert settings == {(True, 0.01), (True, 0.03), (False, 0.01), (False, 0.03)}
+    assert all(0 <= row["top1"] <= 100 for row in summary["rows"]) and summary["seconds"] > 0
+    assert (demo / "reparam.png").stat().st_size > 0
+    assert "| peak lr of the prompts |" in capsys.readouterr().out
+    runs = sorted(p.name for p in demo.iterdir() if p.name.startswith("apt-"))
+    assert runs[0] == "apt-reparam-off-lr0.01-seed0" and len(runs) == 4
 
 
 def test_a_folder_of_another_run_is_refused_untouched_before_any_work(tmp_path, capsys):

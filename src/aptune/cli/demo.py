@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from aptune.demo import DEMO_METHODS, run_demo
+from aptune.demo.reparam import run_reparam_study
 from aptune.errors import ConfigError
 
 
@@ -26,6 +27,12 @@ def add_parser(subparsers) -> None:
         help="another pretrained backbone with the demo architecture (default: the one shipped in the package)",
     )
     parser.add_argument("--cache-dir", help="where the synthetic dataset is kept (default: OUTPUT/cache)")
+    parser.add_argument(
+        "--study",
+        choices=("reparam",),
+        help="instead of the demo, an optional study: 'reparam' trains APT with and without its prompt "
+        "reparameterisation over four learning rates and two seeds (about 16 minutes on 2 cores)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,5 +41,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown:
         raise ConfigError(f"--methods: unknown '{unknown[0]}' (valid: {', '.join(DEMO_METHODS)})")
+    if args.study == "reparam":
+        output = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-reparam"
+        run_reparam_study(output, cache_dir=args.cache_dir, backbone=args.backbone, quick=args.quick)
+        return 0
     run_demo(args.output_dir, quick=args.quick, methods=methods, cache_dir=args.cache_dir, backbone=args.backbone)
     return 0

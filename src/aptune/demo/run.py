@@ -1,4 +1,4 @@
-"""``aptune demo``: APT against its alternatives on a laptop CPU, from a shipped pretrained backbone.
+"""``aptune demo``: the run itself -- the target set, one training run per method, latency, outputs.
 
 The backbone (``assets/demo_backbone.safetensors``) was pre-trained with our own
 ``aptune pretrain`` (VideoMAE, tube masking) on synthetic *source* scenes of coloured
@@ -6,8 +6,9 @@ objects that move or stay at random; the recipe that made it is
 ``recipes/demo_pretrain.yaml`` and its header.  The demo tunes it on the *target*
 task "which object moves" (``recipes/demo.yaml``) with ``linear``,
 ``vpt-deep``, ``apt`` (as many prompts as VPT) and ``full``, evaluates each with
-all test views, times inference interleaved in one process, and writes a table
-(Markdown, JSON) and a bar chart.
+all test views, times inference interleaved in one process, measures what prompts cost
+(:mod:`aptune.demo.prompt_cost`) and writes the table, JSON and figures
+(:mod:`aptune.demo.report`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 import yaml
 
 from aptune.adapters import model_from_adapter
-from aptune.bench import inference_step, machine_description, spread, time_interleaved
+from aptune.bench import inference_step, spread, time_interleaved
 from aptune.config import config_from_dict
 from aptune.data.synth import make_synthetic_dataset
-from aptune.engine.plots import pyplot, save_figure
+from aptune.demo.prompt_cost import PROMPT_COUNTS, prompt_cost
+from aptune.demo.report import write_outputs
 from aptune.engine.runfolder import ADAPTER_NAME, METRICS_NAME, RunFolder
 from aptune.engine.trainer import train
 from aptune.errors import AptuneError, ConfigError
@@ -82,11 +84,15 @@ def _synth_arguments(spec: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def method_config(recipe: dict[str, Any], method: str, dataset: Path, backbone: Path, quick: bool):
+def method_config(
+    recipe: dict[str, Any], method: str, dataset: Path, backbone: Path, quick: bool, changes: dict | None = None
+):
+    """The run config of ``method`` in the demo recipe; ``changes`` (sections) go on top (a study's)."""
     raw = copy.deepcopy(recipe["base"])
     _merge(raw, recipe["methods"].get(method, {}))
     if quick:
         _merge(raw, recipe.get("quick", {}))
+    _merge(raw, changes or {})
     raw.setdefault("method", {})["name"] = method
     raw.setdefault("data", {})["root"] = str(dataset)
     raw.setdefault("model", {})["pretrained"] = str(backbone)
@@ -143,8 +149,11 @@ def run_demo(
     latencies = measure_latency(output_dir, methods, backbone, repeats=5 if quick else 20)
     for row in rows:
         row.update(latencies[row["method"]])
+    log.info("== the cost of prompts")
+    arch = model_from_adapter(output_dir / methods[0] / ADAPTER_NAME, pretrained=backbone).config
+    costs = prompt_cost(arch, PROMPT_COUNTS[:2] if quick else PROMPT_COUNTS, repeats=3 if quick else 10)
     num_classes = len(dataset_spec["motions"]) if dataset_spec.get("motions") else dataset_spec.get("num_classes", 10)
-    write_outputs(rows, output_dir, quick, chance=100.0 / num_classes)
+    write_outputs(rows, output_dir, quick, chance=100.0 / num_classes, prompt_rows=costs)
     return rows
 
 
@@ -176,82 +185,3 @@ def measure_latency(output_dir: Path, methods, backbone: Path, repeats: int) -> 
         stats = spread(samples)
         result[method] = {"latency_ms": round(stats["median"], 3), "latency_iqr_ms": round(stats["iqr"], 3)}
     return result
-
-
-def format_table(rows: list[dict]) -> str:
-    header = (
-        "| method | prompts | top-1 % | top-5 % | trainable params | % of full | GFLOPs/view "
-        "| latency ms/clip | train s |"
-    )
-    lines = [header, "|" + "---|" * 9]
-    full = next((r["trainable_params"] for r in rows if r["method"] == "full"), None)
-    for r in rows:
-        share = f"{100 * r['trainable_params'] / full:.2f}" if full else "-"
-        lines.append(
-            f"| {r['method']} | {r['prompts'] if r['prompts'] is not None else '-'} | {r['top1']:.1f} | "
-            f"{r['top5']:.1f} | {r['trainable_params']:,} | {share} | {r['gflops_per_view']:.4f} | "
-            f"{r['latency_ms']:.2f} | {r['train_seconds']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def write_outputs(rows: list[dict], output_dir: Path, quick: bool, chance: float | None = None) -> None:
-    table = format_table(rows)
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    machine = machine_description()
-    summary = {"date": stamp, "machine": machine, "quick": quick, "chance_top1": chance, "rows": rows}
-    (output_dir / "demo.json").write_text(json.dumps(summary, indent=2))
-    (output_dir / "demo.md").write_text(
-        f"# aptune demo ({stamp}{', quick' if quick else ''})\n\n{table}\n\n![demo](demo.png)\n"
-    )
-    plot_demo(rows, output_dir / "demo.png", chance)
-    print(table)
-    print(f"\nwritten: {output_dir / 'demo.md'}, {output_dir / 'demo.json'}, {output_dir / 'demo.png'}")
-
-
-def plot_demo(rows: list[dict], path: Path, chance: float | None = None) -> Path:
-    plt = pyplot()
-    colours = {"linear": "tab:gray", "vpt-deep": "tab:orange", "apt": "tab:blue", "full": "tab:green"}
-    fig, (ax_params, ax_flops) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for row in rows:
-        colour = colours.get(row["method"], "tab:purple")
-        ax_params.scatter(row["trainable_params"], row["top1"], s=90, color=colour, label=row["method"])
-        ax_params.annotate(
-            row["method"],
-            (row["trainable_params"], row["top1"]),
-            textcoords="offset points",
-            xytext=(6, -10),
-            fontsize=9,
-        )
-    if chance is not None:
-        ax_params.axhline(chance, color="black", linestyle=":", linewidth=1)
-        ax_params.annotate(
-            f"chance {chance:.1f}%",
-            (0.02, chance),
-            xycoords=("axes fraction", "data"),
-            textcoords="offset points",
-            xytext=(0, 3),
-            fontsize=8,
-        )
-        ax_params.set_ylim(bottom=0)
-    ax_params.set(
-        xscale="log",
-        xlabel="trainable parameters (log)",
-        ylabel="top-1 accuracy (%)",
-        title="Accuracy vs trainable parameters",
-    )
-    names = [r["method"] for r in rows]
-    ax_flops.bar(names, [r["gflops_per_view"] for r in rows], color=[colours.get(n, "tab:purple") for n in names])
-    for index, row in enumerate(rows):
-        ax_flops.annotate(
-            f"{row['top1']:.0f}%",
-            (index, row["gflops_per_view"]),
-            ha="center",
-            textcoords="offset points",
-            xytext=(0, 3),
-            fontsize=9,
-        )
-    ax_flops.set(ylabel="GFLOPs per view (multiply-adds)", title="Inference cost (labels: top-1)")
-    for ax in (ax_params, ax_flops):
-        ax.grid(alpha=0.3)
-    return save_figure(fig, path)
