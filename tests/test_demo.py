@@ -113,3 +113,27 @@ def test_an_empty_method_list_is_a_one_line_error(tmp_path, capsys):
     assert cli_main(["demo", "--quick", "--methods", ",", "--output-dir", str(tmp_path / "d")]) == 2
     assert "at least one method" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_demo_leaves_busy_cores_to_other_processes(monkeypatch):
+    import os
+
+    from aptune.demo.run import share_the_cores_with_other_processes
+
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
+    try:
+        torch.set_num_threads(4)
+        share_the_cores_with_other_processes()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 0.5))
+        torch.set_num_threads(4)
+        share_the_cores_with_other_processes()
+        assert torch.get_num_threads() == 1  # never zero
+        torch.set_num_threads(3)  # the user's own choice stays
+        share_the_cores_with_other_processes()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
