@@ -30,6 +30,8 @@ from aptune.errors import AptuneError, StoppedTogether
 
 log = logging.getLogger(__name__)
 
+_joined_a_group = False  # set once this process joins a process group, never reset
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -58,7 +60,14 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    global _joined_a_group
+    _joined_a_group = True
     return DistInfo(rank, world_size, local_rank)
+
+
+def joined_a_process_group() -> bool:
+    """Whether this process was ever a rank of a process group (destroyed since, or not)."""
+    return _joined_a_group
 
 
 def current() -> DistInfo:
