@@ -103,3 +103,74 @@ def test_bad_prompt_range_is_a_clear_error():
         tiny_model("apt", num_prompts=2, prompt_start=2, prompt_end=1)
     with pytest.raises(ConfigError, match="depth=3"):
         tiny_model("apt", num_prompts=2, prompt_end=3)
+
+
+@pytest.mark.parametrize(
+    "batch, grad",
+    [(2, True), (2, False), (1, False), (1, True)],
+    ids=["train-batch", "no-grad-batch", "no-grad-one-clip", "train-one-clip"],
+)
+def test_every_attention_path_computes_the_formula(batch, grad):
+    """The native attention appends prompts three ways (two products with grad, one fused product,
+    or one clip's projection written into a buffer that already holds the prompts): all are APT."""
+    model = tiny_model("apt", num_prompts=3).eval()
+    randomize_(model)
+    x = tiny_clip(batch=batch)
+    with torch.set_grad_enabled(grad):
+        logits = model(x)
+    with torch.no_grad():
+        expected = reference_apt_logits(model, x)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_key_bias_is_used_on_the_one_clip_path():
+    model = tiny_model("apt", num_prompts=3).eval()
+    randomize_(model)
+    for block in model.blocks:
+        block.attn.add_key_bias(torch.randn(block.attn.qkv.in_features))
+    x = tiny_clip(batch=1)
+    with torch.no_grad():
+        one_clip = model(x)
+        batched = model(torch.cat([x, x]))[:1]  # the fused-product path
+    torch.testing.assert_close(one_clip, batched, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.k_bias.mul_(3.0)  # a key bias is not cancelled when prompts are appended
+    with torch.no_grad():
+        assert not torch.allclose(model(x), one_clip, atol=1e-4)
+
+
+def test_prompt_gradients_equal_those_of_the_explicit_formula():
+    model = tiny_model("apt", num_prompts=3)
+    randomize_(model)
+    model.eval()
+    x = tiny_clip()
+    model(x).square().sum().backward()
+    ours = model.kv_prompts.keys.grad.clone(), model.kv_prompts.scales.grad.clone()
+    model.zero_grad()
+    reference_apt_logits(model, x).square().sum().backward()
+    torch.testing.assert_close(ours[0], model.kv_prompts.keys.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours[1], model.kv_prompts.scales.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_no_forward_state_outlives_the_forward():
+    import copy
+
+    model = tiny_model("apt", num_prompts=3)
+    model(tiny_clip()).sum()  # a training forward: its prompts belong to an autograd graph
+    assert model.kv_prompts._layer_kv is None
+    copied = copy.deepcopy(model)  # would fail on a kept non-leaf tensor
+    with torch.no_grad():
+        torch.testing.assert_close(copied.eval()(tiny_clip()), model.eval()(tiny_clip()))
+
+
+def test_one_clip_under_autocast_runs_like_a_batch():
+    """The one-clip path writes products with out=, which autocast would not see: it must step aside."""
+    model = tiny_model("apt", num_prompts=3).eval()
+    randomize_(model)
+    x = tiny_clip(batch=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        one_clip = model(x)
+        batched = model(torch.cat([x, x]))[:1]
+    assert one_clip.dtype == batched.dtype
+    torch.testing.assert_close(one_clip, batched, rtol=0, atol=1e-6)

@@ -50,12 +50,16 @@ def time_interleaved(
     device: torch.device | str = "cpu",
     progress: bool = True,
     description: str = "timing",
+    setups: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
     """Run every task once per repeat, round-robin, and return its wall times in milliseconds.
 
     The first ``warmup`` rounds are run but not recorded.  The order rotates by
-    one task each round so no task always follows the same neighbour.
+    one task each round so no task always follows the same neighbour.  ``setups[name]``,
+    where given, runs untimed before each run of that task (e.g. switching the shared
+    backbone to its method: at 128 tokens that costs more than the prompts it measures).
     """
+    setups = setups or {}
     device = torch.device(device)
     names = list(tasks)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -64,6 +68,8 @@ def time_interleaved(
         for round_index in range(rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
+                if name in setups:
+                    setups[name]()
                 synchronize(device)
                 start = time.perf_counter()
                 tasks[name]()

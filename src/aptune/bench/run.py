@@ -97,12 +97,9 @@ def build_cases(
     return cases
 
 
-def _activated(case: MethodCase, model: VisionTransformer, make_step: Callable, train: bool) -> Callable[[], object]:
-    def run() -> object:
-        case.activate(model).train(train)
-        return make_step()
-
-    return run
+def _activator(case: MethodCase, model: VisionTransformer, train: bool) -> Callable[[], object]:
+    """Untimed set-up of a task: the shared backbone switched to ``case``, in train or eval mode."""
+    return lambda: case.activate(model).train(train)
 
 
 # --------------------------------------------------------------------- main
@@ -211,9 +208,11 @@ def _measure_inference(
 ) -> None:
     """Latency (interleaved), throughput and peak memory of one forward pass, into ``rows``."""
     model.eval()
-    tasks = {c.label: _activated(c, model, inference_step(model, clip), False) for c in cases}
+    tasks = {c.label: inference_step(model, clip) for c in cases}
+    setups = {c.label: _activator(c, model, False) for c in cases}
     times = time_interleaved(
         tasks,
+        setups=setups,
         repeats=settings.repeats,
         warmup=settings.warmup,
         device=device,
@@ -227,8 +226,9 @@ def _measure_inference(
             row[f"latency_ms_{key}"] = round(value, 3)
         macs = row["gmacs"] * settings.batch
         row["gflops_per_s"] = round(2 * macs / (stats["median"] / 1000.0), 2)
+        setups[case.label]()
         extra = peak_allocated_bytes(tasks[case.label], device)
-        row["peak_memory_mb"] = _peak_mb(extra, resident_bytes(case.activate(model), clip))
+        row["peak_memory_mb"] = _peak_mb(extra, resident_bytes(model, clip))
 
 
 def _measure_training(
@@ -242,16 +242,18 @@ def _measure_training(
     progress: bool,
 ) -> None:
     """Time (interleaved) and peak memory of one AdamW training step, into ``rows``."""
-    train_tasks = {}
+    train_tasks, setups = {}, {}
     for case in cases:
         case.activate(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         # a small learning rate: full fine-tuning steps change the shared weights
         case.optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.0)
         step = training_step(model, clip, labels, case.optimizer)
-        train_tasks[case.label] = _activated(case, model, step, True)
+        train_tasks[case.label] = step
+        setups[case.label] = _activator(case, model, True)
     times = time_interleaved(
         train_tasks,
+        setups=setups,
         repeats=settings.repeats,
         warmup=max(1, settings.warmup),
         device=device,
@@ -262,8 +264,9 @@ def _measure_training(
         row = rows[case.label]
         for key, value in spread(times[case.label]).items():
             row[f"train_step_ms_{key}"] = round(value, 3)
+        setups[case.label]()
         extra = peak_allocated_bytes(train_tasks[case.label], device)
-        held = resident_bytes(case.activate(model), case.optimizer, clip, labels)
+        held = resident_bytes(model, case.optimizer, clip, labels)
         row["train_peak_memory_mb"] = _peak_mb(extra, held)
         case.optimizer = None
     model.eval()

@@ -35,15 +35,10 @@ def timed_rows(arch: ViTConfig, counts, repeats: int) -> list[dict]:
     clip = torch.randn(1, arch.in_chans, arch.num_frames, arch.img_size, arch.img_size)
     cases = build_cases(model, (BASELINE, *COST_METHODS), tuple(counts))
 
-    def timed(case):
-        def run():
-            case.activate(model)
-            return step()
-
-        step = inference_step(model, clip)
-        return run
-
-    times = time_interleaved({c.label: timed(c) for c in cases}, repeats=repeats, warmup=2, progress=False)
+    step = inference_step(model, clip)
+    tasks = {c.label: step for c in cases}
+    setups = {c.label: (lambda case=c: case.activate(model)) for c in cases}
+    times = time_interleaved(tasks, setups=setups, repeats=repeats, warmup=2, progress=False)
     rows = []
     for case in cases:
         case.activate(model)

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Keys and values to append, each broadcastable to (batch, heads, P, head_dim).
-ExtraKV = tuple[Tensor, Tensor]
+# Keys and values to append, each broadcastable to (batch, heads, P, head_dim): a pair, or
+# one tensor (2, ..., P, head_dim) holding both, which the native attention appends in one copy.
+ExtraKV = tuple[Tensor, Tensor] | Tensor
 # A function of the block input (B, N, D) returning an addition to the fused qkv output (B, N, 3D).
 QKVDelta = Callable[[Tensor], Tensor]
 
@@ -67,15 +68,38 @@ class Attention(nn.Module):
 
     def project_qkv(self, x: Tensor, qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v each (B, heads, N, head_dim)."""
-        batch, tokens, _ = x.shape
+        # unbind, not qkv[0], qkv[1], qkv[2]: each indexing op's backward zero-fills and copies the
+        # whole qkv gradient, which cost ~10 % of an APT training step on CPU
+        q, k, v = self.split_heads(self.fused_projection(x, qkv_delta), 3).unbind(0)
+        return q, k, v
+
+    def fused_projection(self, x: Tensor, qkv_delta: QKVDelta | None = None) -> Tensor:
+        """The (B, N, 3D) output of the fused q/k/v projection."""
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
         if qkv_delta is not None:
             qkv = qkv + qkv_delta(x)  # a low-rank update (LoRA) of the frozen projection
-        qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        # unbind, not qkv[0], qkv[1], qkv[2]: each indexing op's backward zero-fills and copies the
-        # whole qkv gradient, which cost ~10 % of an APT training step on CPU
-        q, k, v = qkv.unbind(0)
-        return q, k, v
+        return qkv
+
+    def split_heads(self, projected: Tensor, parts: int) -> Tensor:
+        """(B, N, parts * D) -> (parts, B, heads, N, head_dim), a view."""
+        batch, tokens, _ = projected.shape
+        return projected.view(batch, tokens, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def project_q_and_kv(self, x: Tensor, qkv_delta: QKVDelta | None = None) -> tuple[Tensor, Tensor]:
+        """q (B, heads, N, head_dim) and k, v stacked (2, B, heads, N, head_dim), from two products.
+
+        For training with prompts: SDPA keeps q for the backward, and a q that is a view of
+        the fused output keeps all of it (3·N·D per block) alive although k and v are
+        copied anyway when the prompts are appended.  Two products leave N·D.
+        """
+        dim = self.qkv.in_features
+        weight, bias = self.qkv.weight, self.qkv_bias()
+        q = F.linear(x, weight[:dim], None if bias is None else bias[:dim])
+        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+        if qkv_delta is not None:
+            delta = qkv_delta(x)
+            q, kv = q + delta[..., :dim], kv + delta[..., dim:]
+        return self.split_heads(q, 1)[0], self.split_heads(kv, 2)
 
     def forward(
         self,
@@ -85,11 +109,64 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
     ) -> Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.project_qkv(x, qkv_delta)
         dropout = self.attn_drop if self.training else 0.0
-        out = prompted_attention(q, k, v, extra_kv, attn_mask=attn_mask, dropout_p=dropout)
+        if isinstance(extra_kv, Tensor) and attn_mask is None:
+            out = self._attend_with_stacked_prompts(x, extra_kv, qkv_delta, dropout)
+        else:
+            q, k, v = self.project_qkv(x, qkv_delta)
+            out = prompted_attention(q, k, v, extra_kv, attn_mask=attn_mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(out))
+
+    def _attend_with_stacked_prompts(self, x: Tensor, extra_kv: Tensor, qkv_delta, dropout: float) -> Tensor:
+        """APT's hot path: the prompts (2, ..., P, head_dim) appended to k and v by one copy."""
+        if (
+            not torch.is_grad_enabled()
+            and x.shape[0] == 1
+            and qkv_delta is None
+            and not _autocast_on(x.device)  # out= products would bypass autocast
+        ):
+            q, k, v = self._project_into_prompted_buffer(x[0], extra_kv)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        if torch.is_grad_enabled():
+            q, kv = self.project_q_and_kv(x, qkv_delta)
+        else:
+            qkv = self.split_heads(self.fused_projection(x, qkv_delta), 3)
+            q, kv = qkv[0], qkv[1:]
+        shape = (2, kv.shape[1], kv.shape[2], extra_kv.shape[-2], kv.shape[-1])
+        k, v = torch.cat((kv, extra_kv.to(kv.dtype).expand(shape)), dim=3).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+    def _project_into_prompted_buffer(self, x: Tensor, extra_kv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One clip's q, k, v with k, v already followed by the prompts: no copy of the tokens' k, v.
+
+        The projection writes straight into rows 0..N-1 of an (N + P, 3, heads, head_dim)
+        buffer whose last P rows hold the prompts, so k and v are strided views of it.  At
+        128 tokens appending by ``torch.cat`` cost as much as the attention to the prompts.
+        """
+        tokens, dim = x.shape
+        num_prompts, heads, head_dim = extra_kv.shape[-2], self.num_heads, self.head_dim
+        # strided views made directly: per layer, chains of view ops cost more than the copy
+        buffer = x.new_empty(tokens + num_prompts, 3 * dim)
+        rows = buffer.narrow(0, 0, tokens)
+        bias = self.qkv_bias()
+        if bias is None:
+            torch.mm(x, self.qkv.weight.t(), out=rows)
+        else:
+            torch.addmm(bias, x, self.qkv.weight.t(), out=rows)
+        row = 3 * dim
+        # the prompts' k and v slots, (P, 2, heads, head_dim); their q slots stay unused
+        slots = buffer.as_strided((num_prompts, 2, heads, head_dim), (row, dim, head_dim, 1), tokens * row + dim)
+        slots.copy_(extra_kv.select(1, 0).permute(2, 0, 1, 3))  # broadcast over heads where shared
+        q = buffer.as_strided((1, heads, tokens, head_dim), (0, head_dim, row, 1))
+        every = (1, heads, tokens + num_prompts, head_dim)
+        k = buffer.as_strided(every, (0, head_dim, row, 1), dim)
+        v = buffer.as_strided(every, (0, head_dim, row, 1), 2 * dim)
+        return q, k, v
+
+
+def _autocast_on(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
 
 
 def prompted_attention(

@@ -7,7 +7,9 @@ State-dict names match the original VideoMAE code so its checkpoints load as-is.
 
 Tuning methods never patch forward functions and this file names none of them.  A
 method adds :class:`BlockExtension` modules with :meth:`VisionTransformer.add_extension`;
-before every block the model asks each extension covering that block for
+once per forward it calls each extension's ``prepare()`` (and ``release()`` when the
+blocks are done, so nothing computed for one forward outlives it), and before every
+block it asks each extension covering that block for
 
 * ``tokens_before(layer, x, num_patches)`` -- the token sequence entering the block
   (prompt tokens appended or replaced: Visual Prompt Tuning);
@@ -221,6 +223,12 @@ class BlockExtension(nn.Module):
         self.first_layer = first_layer
         self.last_layer = first_layer + num_layers - 1
 
+    def prepare(self) -> None:
+        """Called once per forward, before the first block: work shared by all its layers."""
+
+    def release(self) -> None:
+        """Called once per forward after the last block, even on error: drop what ``prepare`` made."""
+
     def tokens_before(self, layer: int, x: Tensor, num_patches: int) -> Tensor:
         """The (B, N', D) tokens entering block ``layer``; the first ``num_patches`` are the video's."""
         return x
@@ -352,9 +360,16 @@ class VisionTransformer(nn.Module):
             x, grid = self.patch_embed(x)
             x = x + self.position_embedding(grid).to(x.dtype)
         num_patches = x.shape[1]
-        for index, block in enumerate(self.blocks):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and index >= first_grad):
-                x = self._run_block(index, block, x, num_patches)
+        extensions = [extension for _, extension in self.named_extensions()]
+        try:
+            for extension in extensions:
+                extension.prepare()
+            for index, block in enumerate(self.blocks):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and index >= first_grad):
+                    x = self._run_block(index, block, x, num_patches)
+        finally:
+            for extension in extensions:
+                extension.release()
         # prompt tokens (VPT) are not part of the video: pool over patch tokens only
         return x[:, :num_patches].mean(dim=1)
 
