@@ -364,8 +364,7 @@ def test_injected_hf_prompts_start_as_copies_of_each_layers_keys_and_values(hf_d
         attention = model.videomae.encoder.layer[layer].attention.attention
         with torch.no_grad():
             keys = _heads(attention.key(inputs[layer]), 4)
-            values = attention._project(inputs[layer], attention.value, attention.v_bias).transpose(1, 2)
-            values = values.reshape(2, -1, 32)
+            values = attention.value(inputs[layer])
         picked = _row_indices(prompts.keys[layer - 1], keys)
         # each prompt's value is the value of the very token (and head) its key came from
         torch.testing.assert_close(prompts.values[layer - 1], _heads(values, 4)[picked])

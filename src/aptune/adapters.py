@@ -73,7 +73,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 FINGERPRINT_KEY = "backbone_fingerprint"
 FINGERPRINT_SCHEME = "sha256-f32"
-FAMILIES = ("videomae", "timm-vit")
+NATIVE_FAMILIES = ("videomae", "timm-vit")
+# what an adapter of a transformers video model (V-JEPA 2, ViViT, ...) must share with its model
+TRANSFORMERS_ARCH = ("model_type", "hidden_size", "num_attention_heads", "depth", "trained_modules", "num_classes")
 JSON_KEYS = ("method", "arch", "class_names", "preprocess")
 # architecture fields an adapter must share with the model it loads into (per backbone family)
 COMPARED_ARCH = {
@@ -236,9 +238,10 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
         if key not in meta:
             raise CheckpointError(f"{source}: adapter header lacks '{key}'")
     family = meta.get("backbone_family", "videomae")
-    if family not in FAMILIES:
+    families = backbone_families()
+    if family not in families:
         raise CheckpointError(
-            f"{source}: adapter header 'backbone_family' is {_short(family)}, expected one of: {', '.join(FAMILIES)}"
+            f"{source}: adapter header 'backbone_family' is {_short(family)}, expected one of: {', '.join(families)}"
         )
     method = method_from_dict(meta["method"], f"{source}: adapter header 'method'")
     _check_arch(meta["arch"], family, source)
@@ -260,6 +263,13 @@ def check_header(raw_meta: dict[str, str], source: str | Path) -> dict[str, Any]
             f"expected '{FINGERPRINT_SCHEME}:' and hex digits"
         )
     return meta
+
+
+def backbone_families() -> tuple[str, ...]:
+    """aptune's own ViT (``videomae``), timm ViTs, and every transformers video model aptune prompts."""
+    from aptune.interop.transformers_video import FAMILIES  # local: interop imports this module
+
+    return (*NATIVE_FAMILIES, *(name for name in FAMILIES if name not in NATIVE_FAMILIES))
 
 
 def _check_arch(arch: Any, family: str, source: str | Path) -> None:
@@ -445,7 +455,7 @@ def check_method_matches(found: dict[str, Any], own, depth: int, source: str | P
 
 
 def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, source: str | Path) -> None:
-    for key in COMPARED_ARCH.get(family, ()):
+    for key in COMPARED_ARCH.get(family, TRANSFORMERS_ARCH):
         if key not in found or key not in own:
             continue
         theirs, mine = found[key], own[key]

@@ -154,21 +154,29 @@ def inject(
     prompt_end: int | None = None,
     reparam: bool | None = None,
     prompt_dropout: float | None = None,
+    layers: range | list[int] | tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """Add ``method`` in place to a ``transformers`` VideoMAE or a ``timm`` VisionTransformer.
+    """Add ``method`` in place to a ``transformers`` video model or a ``timm`` VisionTransformer.
 
     ``method`` is ``"apt"`` (prompts appended to each layer's keys and values),
-    ``"vpt-deep"`` / ``"vpt-shallow"`` (prompt tokens; Hugging Face models only)
-    or ``"linear"``.  Options left as None take the method's defaults.  Every
-    parameter is frozen except the prompts (and their scales) and the
-    classifier (Hugging Face: ``classifier`` and ``fc_norm``; timm: ``head`` and
-    ``fc_norm``, or ``norm`` when ``fc_norm`` is an identity, plus ``attn_pool``
-    for ``global_pool='map'``).  Returns the same model.
+    ``"vpt-deep"`` / ``"vpt-shallow"`` (prompt tokens; transformers VideoMAE only)
+    or ``"linear"``.  ``layers`` (e.g. ``range(4, 12)``) is the consecutive block of
+    layers to prompt, another way to give ``prompt_start`` / ``prompt_end``.  Options
+    left as None take the method's defaults.  Every parameter is frozen except the
+    prompts (and their scales) and the classifier: on a transformers model, every
+    module outside ``model.base_model`` (``classifier``, ``fc_norm``, V-JEPA 2's
+    attentive ``pooler``, ...); on timm, ``head`` and ``fc_norm``, or ``norm`` when
+    ``fc_norm`` is an identity, plus ``attn_pool`` for ``global_pool='map'``.
+    Returns the same model.
     """
     if getattr(model, "aptune_injection", None) is not None:
         raise ConfigError("this model already has aptune prompts injected; inject once per model")
     if method not in INJECTABLE_METHODS:
         raise ConfigError(f"inject supports methods {', '.join(INJECTABLE_METHODS)}, not '{method}'")
+    if layers is not None:
+        if prompt_start is not None or prompt_end is not None:
+            raise ConfigError("inject: give layers or prompt_start/prompt_end, not both")
+        prompt_start, prompt_end = layer_block(layers)
     options = {
         "num_prompts": num_prompts,
         "prompt_start": prompt_start,
@@ -179,10 +187,10 @@ def inject(
     options = {k: v for k, v in options.items() if v is not None}
     tuning = build_method(method, **options)  # an option the method does not take is an error there
 
-    if _is_huggingface_videomae(model):
-        from aptune.interop.hf import inject_huggingface
+    if _is_transformers_model(model):
+        from aptune.interop.transformers_video import inject_transformers
 
-        injection = inject_huggingface(model, tuning)
+        injection = inject_transformers(model, tuning)
     elif _looks_like_timm_vit(model):
         from aptune.interop.timm import inject_timm
 
@@ -190,7 +198,7 @@ def inject(
     else:
         raise ConfigError(
             f"cannot inject into {type(model).__module__}.{type(model).__name__}: supported are "
-            "transformers VideoMAEModel / VideoMAEForVideoClassification and timm VisionTransformer "
+            "transformers video models (VideoMAE, V-JEPA 2, ViViT, VideoPrism) and timm VisionTransformer "
             "(for aptune's own backbone use aptune.create_model(..., method=...))"
         )
     injection.model_ref.append(model)
@@ -199,6 +207,19 @@ def inject(
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(prefixes))
     return model
+
+
+def layer_block(layers) -> tuple[int, int]:
+    """``range(4, 12)`` or ``[4, 5, ..., 11]`` -> (4, 11): APT prompts one consecutive block of layers."""
+    indices = list(layers)
+    if not indices or any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+        raise ConfigError(f"inject: layers must be a non-empty range or list of layer indices, not {layers!r}")
+    if indices != list(range(indices[0], indices[0] + len(indices))):
+        raise ConfigError(
+            f"inject: layers {indices} are not consecutive; APT prompts one block of layers, "
+            f"e.g. layers=range({min(indices)}, {max(indices) + 1})"
+        )
+    return indices[0], indices[-1]
 
 
 @torch.no_grad()
@@ -263,10 +284,12 @@ def _sample_without_prompts(
     prompts.sampler = sampler
     try:
         model.eval()
-        if family == "videomae":
-            model(pixel_values=inputs)
-        else:
+        if family == "timm-vit":
             model(inputs)
+        else:
+            from aptune.interop.transformers_video import FAMILIES
+
+            model(**{FAMILIES[family].pixel_argument: inputs})
     finally:
         del prompts.sampler
         for module, training in modes.items():
@@ -306,11 +329,8 @@ def check_family(meta: dict[str, Any], family: str, source: str) -> None:
         raise CheckpointError(f"{source}: adapter was trained on a '{found}' backbone, this model is '{family}'")
 
 
-def _is_huggingface_videomae(model: nn.Module) -> bool:
-    if not type(model).__module__.startswith("transformers."):
-        return False
-    base = getattr(model, "videomae", model)
-    return type(base).__name__ == "VideoMAEModel"
+def _is_transformers_model(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.") and hasattr(model, "base_model")
 
 
 def _looks_like_timm_vit(model: nn.Module) -> bool:

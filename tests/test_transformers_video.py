@@ -1,0 +1,332 @@
+"""APT inside transformers video models through the attention interface (VideoMAE, V-JEPA 2, ViViT, VideoPrism).
+
+Every model is a tiny random-config instance built here: nothing is downloaded.  Each
+prompted layer's output is checked against attention written out in the test (explicit
+softmax over the tokens' keys followed by the prompts), from the module's own
+projections (and, for V-JEPA 2, its own rotary embedding of queries and keys).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import aptune
+from aptune.errors import CheckpointError, ConfigError
+
+transformers = pytest.importorskip("transformers")
+
+FRAMES, SIZE, WIDTH, HEADS = 4, 32, 48, 2
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How the test reads one family's attention module: its projections and extras."""
+
+    build: object  # () -> model
+    pixels: str  # keyword of (B, T, C, H, W) clips
+    q: str
+    k: str
+    v: str
+    out: str | None  # output projection inside the module (VideoMAE's is outside)
+    rope: bool = False
+    softcap: float | None = None
+
+
+def _vjepa2(classifier: bool):
+    config = transformers.VJEPA2Config(
+        crop_size=SIZE,
+        frames_per_clip=FRAMES,
+        patch_size=16,
+        tubelet_size=2,
+        hidden_size=WIDTH,
+        num_attention_heads=HEADS,
+        num_hidden_layers=3,
+        mlp_ratio=2.0,
+        pred_hidden_size=24,
+        pred_num_attention_heads=2,
+        pred_num_hidden_layers=1,
+        pred_num_mask_tokens=2,
+        num_pooler_layers=1,
+        num_labels=5,
+    )
+    return (transformers.VJEPA2ForVideoClassification if classifier else transformers.VJEPA2Model)(config)
+
+
+def _vivit(classifier: bool):
+    config = transformers.VivitConfig(
+        image_size=SIZE,
+        num_frames=FRAMES,
+        tubelet_size=[2, 16, 16],
+        hidden_size=WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=HEADS,
+        intermediate_size=96,
+        num_labels=5,
+    )
+    return (transformers.VivitForVideoClassification if classifier else transformers.VivitModel)(config)
+
+
+def _videoprism(classifier: bool):
+    from transformers.models.videoprism import (
+        VideoPrismForVideoClassification,
+        VideoPrismVisionConfig,
+        VideoPrismVisionModel,
+    )
+
+    config = VideoPrismVisionConfig(
+        image_size=SIZE,
+        num_frames=FRAMES,
+        tubelet_size=[1, 16, 16],
+        hidden_size=WIDTH,
+        num_spatial_layers=2,
+        num_temporal_layers=1,
+        num_attention_heads=HEADS,
+        intermediate_size=96,
+        num_labels=5,
+    )
+    return (VideoPrismForVideoClassification if classifier else VideoPrismVisionModel)(config)
+
+
+def _videomae(classifier: bool):
+    config = transformers.VideoMAEConfig(
+        image_size=SIZE,
+        num_frames=FRAMES,
+        patch_size=16,
+        tubelet_size=2,
+        hidden_size=WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=HEADS,
+        intermediate_size=96,
+        num_labels=5,
+    )
+    return (transformers.VideoMAEForVideoClassification if classifier else transformers.VideoMAEModel)(config)
+
+
+SPECS = {
+    "vjepa2": Spec(_vjepa2, "pixel_values_videos", "query", "key", "value", "proj", rope=True),
+    "vivit": Spec(_vivit, "pixel_values", "q_proj", "k_proj", "v_proj", "o_proj"),
+    "videoprism": Spec(_videoprism, "pixel_values_videos", "q_proj", "k_proj", "v_proj", "o_proj", softcap=50.0),
+    "videomae": Spec(_videomae, "pixel_values", "query", "key", "value", None),
+}
+
+
+def _model(name: str, classifier: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    model = SPECS[name].build(classifier).eval()
+    with torch.no_grad():  # non-trivial biases and norms everywhere
+        generator = torch.Generator().manual_seed(seed)
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model
+
+
+def _clips(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _outputs(name: str, model, clips) -> torch.Tensor:
+    out = model(**{SPECS[name].pixels: clips})
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _attentions(model):
+    from aptune.interop.transformers_video import encoder_of, family_of
+
+    return [m for m in encoder_of(model, family_of(model)).modules() if hasattr(m, "aptune_prompt_site")]
+
+
+def _effective(prompts, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    keys, values = prompts.keys[index], prompts.values[index]
+    if prompts.scales is not None:
+        keys = keys * torch.clamp(prompts.scales[index, 0], min=1.0)[:, None]
+        values = values * torch.clamp(prompts.scales[index, 1], min=1.0)[:, None]
+    return keys, values
+
+
+def _reference(spec: Spec, module, hidden: torch.Tensor, keys, values, rotate_prompts: bool = False) -> torch.Tensor:
+    """The module's attention output, written out: softmax(q [k; Pk]^T / sqrt(d)) [v; Pv]."""
+    batch, tokens, _ = hidden.shape
+    head_dim = WIDTH // HEADS
+
+    def heads(name):
+        return getattr(module, name)(hidden).view(batch, tokens, HEADS, head_dim).transpose(1, 2)
+
+    q, k, v = heads(spec.q), heads(spec.k), heads(spec.v)
+    prompt_keys = keys.expand(batch, HEADS, -1, -1)
+    if spec.rope:
+        positions = module.get_position_ids(hidden)
+        q, k = module.apply_rotary_embeddings(q, positions), module.apply_rotary_embeddings(k, positions)
+        if rotate_prompts:  # what a prompt treated as tokens N..N+P-1 would get
+            fake = hidden.new_zeros(batch, tokens + keys.shape[0], hidden.shape[-1])
+            rotated = module.apply_rotary_embeddings(torch.cat([k, prompt_keys], dim=2), module.get_position_ids(fake))
+            prompt_keys = rotated[:, :, tokens:]
+    k = torch.cat([k, prompt_keys], dim=2)
+    v = torch.cat([v, values.expand(batch, HEADS, -1, -1)], dim=2)
+    logits = q @ k.transpose(-1, -2) / head_dim**0.5
+    if spec.softcap is not None:
+        logits = torch.tanh(logits / spec.softcap) * spec.softcap
+    out = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(batch, tokens, WIDTH)
+    return getattr(module, spec.out)(out) if spec.out else out
+
+
+def _record_layers(attentions) -> tuple[dict, list]:
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def pre(index):
+        def hook(module, args, kwargs):
+            seen[index] = (args[0] if args else kwargs["hidden_states"],)
+
+        return hook
+
+    def post(index):
+        def hook(module, args, kwargs, output):
+            seen[index] = (*seen[index], output[0])
+
+        return hook
+
+    handles = []
+    for index, module in enumerate(attentions):
+        handles.append(module.register_forward_pre_hook(pre(index), with_kwargs=True))
+        handles.append(module.register_forward_hook(post(index), with_kwargs=True))
+    return seen, handles
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_zero_prompts_leave_the_model_exactly_itself(name):
+    model = _model(name)
+    injected = aptune.inject(copy.deepcopy(model), "apt", num_prompts=0)
+    assert _attentions(injected), "every attention layer goes through aptune's interface function"
+    clips = _clips()
+    with torch.no_grad():
+        assert torch.equal(_outputs(name, injected, clips), _outputs(name, model, clips))
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_prompted_layers_compute_attention_over_the_appended_prompts(name):
+    spec = SPECS[name]
+    model = aptune.inject(_model(name), "apt", num_prompts=3, layers=range(1, 3))
+    prompts = model.kv_prompts
+    with torch.no_grad():  # scales on both sides of one: max(s, 1) must clip the ones below
+        prompts.scales.copy_(torch.linspace(0.5, 2.0, prompts.scales.numel()).view_as(prompts.scales))
+        prompts.keys.normal_(0, 1.0)
+        prompts.values.normal_(0, 1.0)
+    attentions = _attentions(model)
+    seen, handles = _record_layers(attentions)
+    with torch.no_grad():
+        prompted = _outputs(name, model, _clips())
+        for layer, module in enumerate(attentions):
+            hidden, output = seen[layer]
+            if prompts.first_layer <= layer <= prompts.last_layer:
+                keys, values = _effective(prompts, layer - prompts.first_layer)
+            else:  # outside the range: the layer's plain attention
+                keys = values = hidden.new_zeros(0, WIDTH // HEADS)
+            torch.testing.assert_close(output, _reference(spec, module, hidden, keys, values), rtol=1e-4, atol=1e-5)
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        plain = _outputs(name, _model(name), _clips())
+    assert not torch.allclose(prompted, plain, atol=1e-4)
+
+
+def test_vjepa2_prompts_are_not_rotated():
+    """V-JEPA 2 rotates queries and keys by their 3-D position; prompts have none."""
+    spec = SPECS["vjepa2"]
+    model = aptune.inject(_model("vjepa2"), "apt", num_prompts=4, layers=[0])
+    with torch.no_grad():
+        model.kv_prompts.keys.normal_(0, 2.0)
+    module = _attentions(model)[0]
+    seen, handles = _record_layers([module])
+    with torch.no_grad():
+        _outputs("vjepa2", model, _clips())
+        hidden, output = seen[0]
+        keys, values = _effective(model.kv_prompts, 0)
+        unrotated = _reference(spec, module, hidden, keys, values)
+        rotated = _reference(spec, module, hidden, keys, values, rotate_prompts=True)
+    torch.testing.assert_close(output, unrotated, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(output, rotated, atol=1e-3)  # the test can tell the two apart
+    for handle in handles:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_only_prompts_and_the_classifier_train_and_an_adapter_round_trips(name, tmp_path):
+    model = aptune.inject(_model(name), "apt", num_prompts=2).train()
+    base_prefix = model.base_model_prefix + "."
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales"} <= trainable
+    assert not any(n.startswith(base_prefix) for n in trainable), "the backbone stays frozen"
+    assert any(n.startswith("classifier.") for n in trainable)
+    _outputs(name, model, _clips()).sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(base_prefix))
+    assert model.kv_prompts.keys.grad.abs().sum() > 0
+
+    path = aptune.save_adapter(model, tmp_path / f"{name}.safetensors")
+    again = aptune.inject(_model(name), "apt", num_prompts=2)
+    with torch.no_grad():  # every trained tensor different before loading
+        for param in again.parameters():
+            if param.requires_grad:
+                param.normal_()
+    aptune.load_adapter(again, path)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(_outputs(name, again.eval(), _clips()), _outputs(name, model, _clips()))
+
+    other = aptune.inject(_model(name, seed=1), "apt", num_prompts=2)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        aptune.load_adapter(other, path)  # other frozen weights: refused unless allowed
+
+
+def test_adapters_load_only_onto_their_own_architecture(tmp_path):
+    path = aptune.save_adapter(aptune.inject(_model("vivit"), "apt", num_prompts=2), tmp_path / "vivit.safetensors")
+    with pytest.raises(CheckpointError, match="'vivit' backbone, this model is 'vjepa2'"):
+        aptune.load_adapter(aptune.inject(_model("vjepa2"), "apt", num_prompts=2), path)
+    with pytest.raises(CheckpointError, match="num_prompts"):
+        aptune.load_adapter(aptune.inject(_model("vivit"), "apt", num_prompts=3), path)
+
+
+def test_models_that_bypass_the_interface_get_one_line():
+    config = transformers.TimesformerConfig(
+        image_size=SIZE, patch_size=16, num_frames=2, hidden_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    with pytest.raises(ConfigError, match=r"TimesformerModel: its TimesformerSelfAttention computes attention itself"):
+        aptune.inject(transformers.TimesformerModel(config), "apt", num_prompts=2)
+
+
+def test_vpt_and_bad_layer_blocks_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="vpt-deep on VJEPA2Model is not supported"):
+        aptune.inject(_model("vjepa2", classifier=False), "vpt-deep", num_prompts=2)
+    with pytest.raises(ConfigError, match=r"not consecutive.*layers=range\(0, 3\)"):
+        aptune.inject(_model("vivit"), "apt", num_prompts=2, layers=[0, 2])
+    with pytest.raises(ConfigError, match="prompt_end < depth=3"):
+        aptune.inject(_model("vivit"), "apt", num_prompts=2, layers=range(1, 5))
+
+
+def test_videoprism_prompts_its_spatial_then_temporal_layers():
+    model = aptune.inject(_model("videoprism", classifier=False), "apt", num_prompts=2)
+    attentions = _attentions(model)
+    base = model.base_model
+    assert attentions == [layer.attention for layer in (*base.spatial_layers, *base.temporal_layers)]
+    assert model.kv_prompts.keys.shape[0] == 3
+
+
+def test_prompts_start_from_the_keys_the_interface_sees():
+    """``prompt_init: tokens`` copies keys as attention receives them: for V-JEPA 2, rotated."""
+    model = aptune.inject(_model("vjepa2"), "apt", num_prompts=3)
+    aptune.init_prompts_from_clips(model, _clips())
+    plain = _model("vjepa2")
+    module = plain.base_model.encoder.layer[0].attention
+    seen, handles = _record_layers([module])
+    with torch.no_grad():
+        _outputs("vjepa2", plain, _clips())
+        hidden = seen[0][0]
+        keys = module.key(hidden).view(2, -1, HEADS, WIDTH // HEADS).transpose(1, 2)
+        keys = module.apply_rotary_embeddings(keys, module.get_position_ids(hidden))
+    for handle in handles:
+        handle.remove()
+    candidates = keys.reshape(-1, WIDTH // HEADS)
+    for prompt in model.kv_prompts.keys[0]:
+        assert torch.isclose(candidates, prompt, atol=1e-5).all(dim=1).any()
