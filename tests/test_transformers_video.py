@@ -9,6 +9,7 @@ projections (and, for V-JEPA 2, its own rotary embedding of queries and keys).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 import aptune
 from aptune.errors import CheckpointError, ConfigError
+from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
 transformers = pytest.importorskip("transformers")
 
@@ -330,3 +332,106 @@ def test_prompts_start_from_the_keys_the_interface_sees():
     candidates = keys.reshape(-1, WIDTH // HEADS)
     for prompt in model.kv_prompts.keys[0]:
         assert torch.isclose(candidates, prompt, atol=1e-5).all(dim=1).any()
+
+
+# ----------------------------------------------------------- aptune's engine on a transformers folder
+@pytest.fixture(scope="module")
+def vjepa2_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vjepa2")
+    _model("vjepa2", classifier=False).save_pretrained(folder)
+    return folder
+
+
+def _aptune_clips(batch: int = 2) -> torch.Tensor:
+    return _clips(batch).transpose(1, 2)  # aptune's (B, C, T, H, W)
+
+
+def test_create_model_builds_a_classifier_on_the_folder_and_reads_its_processor(vjepa2_folder, tmp_path):
+    model = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3).eval()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales", *_head_names()}
+    clips = _aptune_clips()
+    with torch.no_grad():
+        # the classifier feeds the encoder frames first, in the processor's normalisation (ImageNet here)
+        tokens = model.backbone.encoder(pixel_values_videos=clips.transpose(1, 2)).last_hidden_state
+        features = model.fc_norm(tokens.mean(dim=1))
+        torch.testing.assert_close(model(clips), model.head(features))
+
+    vivit = tmp_path / "vivit"
+    _model("vivit", classifier=False).save_pretrained(vivit)
+    # ViViT's processor: x / 127.5 - 1, then (. - 0.5) / 0.5, i.e. (p - 0.75) / 0.25 on p = x / 255
+    model = aptune.create_model(None, pretrained=vivit, method="linear", num_classes=3).eval()
+    pixels = torch.rand(2, 3, FRAMES, SIZE, SIZE)
+    imagenet = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1, 1
+    )
+    with torch.no_grad():
+        expected = model.backbone(pixel_values=((pixels - 0.75) / 0.25).transpose(1, 2)).last_hidden_state
+        torch.testing.assert_close(model.forward_tokens(imagenet), expected, rtol=1e-4, atol=1e-4)
+
+
+def _head_names() -> set[str]:
+    return {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+
+
+def test_a_classifier_adapter_rebuilds_from_the_folder_and_only_from_it(vjepa2_folder, tmp_path):
+    model = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_()
+    path = aptune.save_adapter(model, tmp_path / "a.safetensors")
+    again = aptune.model_from_adapter(path, pretrained=vjepa2_folder).eval()
+    with torch.no_grad():
+        assert torch.equal(again(_aptune_clips()), model(_aptune_clips()))
+    with pytest.raises(CheckpointError, match="pass pretrained=<its folder>"):
+        aptune.model_from_adapter(path)
+    with pytest.raises(ConfigError, match="not available on a transformers VJEPA2Model backbone"):
+        aptune.create_model(None, pretrained=vjepa2_folder, method="lora", num_classes=3)
+
+
+def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tmp_path, capsys):
+    import yaml
+    from helpers import tiny_run_config
+
+    from aptune.cli import main
+
+    dataset = synthetic("list")
+    config = tiny_run_config(data={"root": str(dataset.root)}, train={"epochs": 2, "batch_size": 3})
+    config["model"] = {"arch": None, "pretrained": str(vjepa2_folder)}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--output-dir", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    test_videos = len((dataset.root / "test.csv").read_text().splitlines())
+    assert metrics["num_videos"] == test_videos and metrics["gflops_per_view"] > 0
+    adapter, meta = aptune.read_adapter(run / "adapter.safetensors")
+    assert set(adapter) == {"kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales", *_head_names()}
+    assert meta["backbone_family"] == "vjepa2" and meta["arch"]["depth"] == 3
+    assert main(["eval", "--run", str(run), "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["top1"] == pytest.approx(metrics["top1"])
+
+    config["data"]["input_size"] = config["data"]["short_side_size"] = 48
+    path.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(["train", "--config", str(path), "--output-dir", str(tmp_path / "other")]) == 2
+    assert "takes clips of 4 frames at 32x32 (its config.json)" in capsys.readouterr().err
+
+    video = next((dataset.root / "videos").rglob("*.*"))
+    assert (
+        main(
+            [
+                "predict",
+                str(video),
+                "--adapter",
+                str(run / "adapter.safetensors"),
+                "--pretrained",
+                str(vjepa2_folder),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer[0]["top"]) == 3

@@ -531,10 +531,7 @@ def model_from_adapter(
     tensors, meta = read_adapter(path)
     family = meta.get("backbone_family", "videomae")
     if family != "videomae":
-        raise CheckpointError(
-            f"{path}: adapter belongs to a '{family}' model; build that model, "
-            "aptune.inject it and call aptune.load_adapter"
-        )
+        return _transformers_model_from_adapter(path, tensors, meta, pretrained, allow_backbone_mismatch, overrides)
     arch = ViTConfig.from_dict(meta["arch"])
     _check_head_tensors(tensors, arch, path)  # before building a model of the header's size
     method = method_from_dict(meta["method"])
@@ -550,6 +547,31 @@ def model_from_adapter(
         class_names=meta.get("class_names") or None,
         method_options=options,
         **arch_values,
+    )
+    load_adapter_tensors(model, tensors, meta, path, allow_backbone_mismatch=allow_backbone_mismatch)
+    return model
+
+
+def _transformers_model_from_adapter(path, tensors, meta, pretrained, allow_backbone_mismatch, overrides):
+    """An adapter of aptune's classifier on a transformers encoder: that encoder's folder rebuilds it."""
+    family, arch = meta["backbone_family"], meta["arch"]
+    if not str(arch.get("architecture", "")).startswith("aptune."):
+        raise CheckpointError(
+            f"{path}: adapter belongs to a '{family}' model of your own ({arch.get('architecture')}); build that "
+            "model, aptune.inject it and call aptune.load_adapter"
+        )
+    if pretrained is None:
+        raise CheckpointError(f"{path}: adapter of a transformers '{family}' encoder: pass pretrained=<its folder>")
+    method = method_to_dict(method_from_dict(meta["method"]))
+    name = method.pop("name")
+    model = create_model(
+        None,
+        num_classes=arch.get("num_classes"),
+        method=name,
+        pretrained=pretrained,
+        class_names=meta.get("class_names") or None,
+        method_options=method,
+        **overrides,
     )
     load_adapter_tensors(model, tensors, meta, path, allow_backbone_mismatch=allow_backbone_mismatch)
     return model

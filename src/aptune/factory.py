@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aptune.errors import ConfigError
+from aptune.interop.classifier import create_transformers_classifier, transformers_model_type
 from aptune.methods import apply_method, build_method
 from aptune.models.checkpoints import LoadedCheckpoint, load_checkpoint, load_into_model
 from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, arch_config
@@ -45,6 +46,18 @@ def create_model(
     unknown = set(arch_overrides) - ARCH_KEYS
     if unknown:
         raise ConfigError(f"unknown architecture option '{sorted(unknown)[0]}' (valid: {', '.join(sorted(ARCH_KEYS))})")
+    options = {
+        "num_prompts": num_prompts,
+        "prompt_start": prompt_start,
+        "prompt_end": prompt_end,
+        "prompt_dropout": prompt_dropout,
+        "reparam": reparam,
+        "prompt_init": prompt_init,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(method_options or {})
+    if pretrained is not None and transformers_model_type(pretrained) is not None:
+        return _transformers_classifier(arch, pretrained, num_classes, method, class_names, options, arch_overrides)
     if arch is not None and arch not in PRESETS:
         raise ConfigError(f"unknown arch '{arch}' (valid: {', '.join(PRESETS)})")
     checkpoint = load_checkpoint(pretrained) if pretrained is not None else None
@@ -58,17 +71,6 @@ def create_model(
     config = _resolve_arch(arch, checkpoint, arch_overrides, num_classes, class_names)
     model = VisionTransformer(config)
     model.class_names = list(class_names) if class_names else _checkpoint_class_names(checkpoint, config)
-
-    options = {
-        "num_prompts": num_prompts,
-        "prompt_start": prompt_start,
-        "prompt_end": prompt_end,
-        "prompt_dropout": prompt_dropout,
-        "reparam": reparam,
-        "prompt_init": prompt_init,
-    }
-    options = {k: v for k, v in options.items() if v is not None}
-    options.update(method_options or {})
     if checkpoint is not None and checkpoint.prompts and method == "apt":
         _fill_prompt_options_from_checkpoint(options, checkpoint)
     apply_method(model, build_method(method, **options))
@@ -77,6 +79,22 @@ def create_model(
         load_into_model(model, checkpoint)
         log.info("loaded %s weights from %s", checkpoint.kind, checkpoint.source)
     return model
+
+
+def _transformers_classifier(arch, folder, num_classes, method, class_names, options, arch_overrides):
+    """A Hugging Face folder of another video model (V-JEPA 2, ViViT, ...): the encoder is transformers'."""
+    fixed = set(arch_overrides) - {"head_dropout", "drop_path_rate"}
+    if arch is not None or fixed:
+        given = f"arch '{arch}'" if arch is not None else f"'{sorted(fixed)[0]}'"
+        raise ConfigError(f"{folder}: a transformers backbone brings its own architecture; {given} cannot change it")
+    return create_transformers_classifier(
+        folder,
+        num_classes=num_classes,
+        method=method,
+        class_names=class_names,
+        method_options=options,
+        head_dropout=arch_overrides.get("head_dropout", 0.0),
+    )
 
 
 def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, num_classes, class_names) -> ViTConfig:

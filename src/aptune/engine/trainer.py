@@ -50,6 +50,7 @@ from aptune.engine.runtime import autocast, seed_everything, wrap_for_training
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.fileio import save_safetensors_atomically
+from aptune.interop.classifier import TransformersVideoClassifier
 from aptune.models.checkpoints import brings_own_architecture
 from aptune.models.vit import count_parameters
 
@@ -313,7 +314,24 @@ def build_model(config: Config, class_names: list[str]):
         **overrides,
     )
     model.grad_checkpointing = config.model.grad_checkpointing
+    if isinstance(model, TransformersVideoClassifier):
+        check_clips_fit(model, config)
+        if config.model.grad_checkpointing:
+            model.backbone.gradient_checkpointing_enable()
     return model
+
+
+def check_clips_fit(model: TransformersVideoClassifier, config: Config) -> None:
+    """A transformers encoder is built for one clip shape (position tables, V-JEPA 2's rotary grid)."""
+    frames, size = model.config.num_frames, model.config.img_size
+    data = config.data
+    if (data.num_frames, data.input_size) != (frames, size):
+        raise ConfigError(
+            f"{config.model.pretrained}: this {type(model.backbone).__name__} takes clips of {frames} frames at "
+            f"{size}x{size} (its config.json), not data.num_frames={data.num_frames} and data.input_size="
+            f"{data.input_size}: set data.num_frames={frames} data.input_size={size}"
+            + (f" data.short_side_size={size}" if data.short_side_size < size else "")
+        )
 
 
 def save_random_backbone(model, output_dir: Path) -> None:

@@ -21,6 +21,7 @@ same weights, and back.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from aptune._version import __version__
-from aptune.adapters import FORMAT_VERSION
 from aptune.errors import CheckpointError, ConfigError
 from aptune.methods import build_method, method_to_dict, methods_that
 from aptune.methods.prompt_init import KeyValueSampler
@@ -131,7 +131,8 @@ class Injection:
         self.set_class_names(self.model, list(names))
 
     def adapter_metadata(self, preprocess: dict[str, Any] | None = None) -> dict[str, str]:
-        import json
+        # local: adapters builds models through the factory, which builds transformers backbones from here
+        from aptune.adapters import FORMAT_VERSION
 
         return {
             "format": "aptune-adapter",

@@ -41,6 +41,7 @@ class VideoFamily:
     # the image processor's defaults, as mean/std on [0, 1] pixels (aptune's convention)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    rescale_offset: bool = False  # the processor maps x to x * rescale_factor - 1 (ViViT), not x * rescale_factor
 
 
 FAMILIES: dict[str, VideoFamily] = {
@@ -49,7 +50,7 @@ FAMILIES: dict[str, VideoFamily] = {
         VideoFamily("videomae", "", "pixel_values", "num_frames", "image_size"),
         VideoFamily("vjepa2", "encoder", "pixel_values_videos", "frames_per_clip", "crop_size"),
         # ViViT's processor maps x/255 to 2x-1, then normalises with mean 0.5, std 0.5: 4x-3
-        VideoFamily("vivit", "", "pixel_values", "num_frames", "image_size", 1, (0.75,) * 3, (0.25,) * 3),
+        VideoFamily("vivit", "", "pixel_values", "num_frames", "image_size", 1, (0.75,) * 3, (0.25,) * 3, True),
         # VideoPrism's processor only rescales to [0, 1]
         VideoFamily(
             "videoprism_vision_model", "", "pixel_values_videos", "num_frames", "image_size", 0, (0.0,) * 3, (1.0,) * 3
