@@ -157,6 +157,8 @@ def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in arch.items():
         if key in ARCH_LIMITS:
             _check_int(value, where, key, 1, ARCH_LIMITS[key])
+        elif key == "mlp_hidden_dim" and value is not None:
+            _check_int(value, where, key, 1, 64 * ARCH_LIMITS["embed_dim"])
         elif key in ("mlp_ratio", "layer_norm_eps"):
             _check_number(value, where, key, positive=True, upper=64.0 if key == "mlp_ratio" else 1.0)
         elif key == "fc_norm_eps" and value is not None:
@@ -550,6 +552,8 @@ def arch_from_hf_config(config: dict[str, Any], path: Path) -> tuple[dict[str, A
         "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
         "qkv_bias": bias,
     }
+    if int(hidden * arch["mlp_ratio"]) != intermediate:  # e.g. 44 * (98 / 44) is 97.99...
+        arch["mlp_hidden_dim"] = intermediate
     if hidden % arch["num_heads"]:
         raise CheckpointError(
             f"{path}: hidden_size={hidden} is not divisible by num_attention_heads={arch['num_heads']}"
