@@ -7,8 +7,11 @@ patches and an MLP width (98 for width 44) that ``int(44 * (98 / 44))`` gets wro
 float ratio cannot hold ViT-g's 6144 / 1408 = 48/11 either.
 """
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -35,6 +38,92 @@ def tiny_v2_model(method="linear", num_classes=CLASSES, **overrides):
 def v2_clip(batch=2, seed=1):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, V2_TINY["num_frames"], 28, 28, generator=generator)
+
+
+def v2_finetuned_state(seed=0, dim=44, depth=2, width=WIDTH, patch=14, classes=CLASSES) -> dict:
+    """Names of a VideoMAE V2 fine-tuned / distilled classifier (mean pooling): the fused ``qkv``
+    weight without bias plus ``q_bias``/``v_bias``, GELU MLP ``fc1``/``fc2``, ``fc_norm``, ``head``;
+    no class token and no position table (V2's is the fixed sin-cos one, not saved)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, offset=0.0):
+        return torch.randn(*shape, generator=generator) * 0.2 + offset
+
+    state = {"patch_embed.proj.weight": rand(dim, 3, 2, patch, patch), "patch_embed.proj.bias": rand(dim)}
+    for i in range(depth):
+        block = {
+            "norm1.weight": rand(dim, offset=1.0),
+            "norm1.bias": rand(dim),
+            "attn.qkv.weight": rand(3 * dim, dim),
+            "attn.q_bias": rand(dim),
+            "attn.v_bias": rand(dim),
+            "attn.proj.weight": rand(dim, dim),
+            "attn.proj.bias": rand(dim),
+            "norm2.weight": rand(dim, offset=1.0),
+            "norm2.bias": rand(dim),
+            "mlp.fc1.weight": rand(width, dim),
+            "mlp.fc1.bias": rand(width),
+            "mlp.fc2.weight": rand(dim, width),
+            "mlp.fc2.bias": rand(dim),
+        }
+        state.update({f"blocks.{i}.{name}": value for name, value in block.items()})
+    state.update({"fc_norm.weight": rand(dim, offset=1.0), "fc_norm.bias": rand(dim)})
+    state.update({"head.weight": rand(classes, dim), "head.bias": rand(classes)})
+    return state
+
+
+def v2_pretrain_state(seed=0) -> dict:
+    """A V2 pre-training file: the encoder under ``encoder.`` with its last ``norm`` (and an
+    identity head, so no tensor), then the decoder side, which a classifier does not use."""
+    backbone = {k: v for k, v in v2_finetuned_state(seed).items() if not k.startswith(("fc_norm.", "head."))}
+    state = {f"encoder.{k}": v for k, v in backbone.items()}
+    state.update(
+        {
+            "encoder.norm.weight": torch.ones(44),
+            "encoder.norm.bias": torch.zeros(44),
+            "encoder_to_decoder.weight": torch.zeros(16, 44),
+            "mask_token": torch.zeros(1, 1, 16),
+            "decoder.blocks.0.attn.qkv.weight": torch.zeros(48, 16),
+            "decoder.norm.weight": torch.ones(16),
+            "decoder.head.weight": torch.zeros(3 * 2 * 14 * 14, 16),
+        }
+    )
+    return state
+
+
+def v2_reference_logits(state: dict, x: torch.Tensor, heads: int = 4, eps: float = 1e-6) -> torch.Tensor:
+    """The V2 classifier written out from its description: tubelet Conv3d, the sin-cos table
+    p / 10000^(2 (j // 2) / D) (sin on even j, cos on odd), pre-norm blocks (LayerNorm eps 1e-6,
+    softmax attention with no key bias, GELU MLP), mean over tokens, ``fc_norm``, ``head``."""
+    weight = state["patch_embed.proj.weight"]
+    tokens = F.conv3d(x, weight, state["patch_embed.proj.bias"], stride=weight.shape[2:]).flatten(2).transpose(1, 2)
+    batch, count, dim = tokens.shape
+    positions = torch.arange(count, dtype=torch.float64)[:, None]
+    angles = positions / 10000 ** (2 * (torch.arange(dim) // 2).double() / dim)
+    table = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angles), torch.cos(angles)).float()
+    tokens = tokens + table
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for i in range(depth):
+        block = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        p = block.__getitem__
+        h = F.layer_norm(tokens, (dim,), p("norm1.weight"), p("norm1.bias"), eps)
+        bias = torch.cat([p("attn.q_bias"), torch.zeros(dim), p("attn.v_bias")])
+        q, k, v = (h @ p("attn.qkv.weight").T + bias).reshape(batch, count, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(dim // heads), dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(batch, count, dim)
+        tokens = tokens + attended @ p("attn.proj.weight").T + p("attn.proj.bias")
+        h = F.layer_norm(tokens, (dim,), p("norm2.weight"), p("norm2.bias"), eps)
+        hidden = F.gelu(h @ p("mlp.fc1.weight").T + p("mlp.fc1.bias"))
+        tokens = tokens + hidden @ p("mlp.fc2.weight").T + p("mlp.fc2.bias")
+    pooled = F.layer_norm(tokens.mean(1), (dim,), state["fc_norm.weight"], state["fc_norm.bias"], eps)
+    return pooled @ state["head.weight"].T + state["head.bias"]
+
+
+def in_own_layout(state: dict) -> torch.nn.Module:
+    """The same weights put into aptune's model directly, by its own state-dict names."""
+    model = tiny_v2_model().eval()
+    assert not model.load_state_dict(state, strict=False).unexpected_keys
+    return model
 
 
 # ---------------------------------------------------------------- presets
@@ -113,6 +202,86 @@ def test_a_hugging_face_config_keeps_an_inexact_width():
     assert arch["mlp_hidden_dim"] == WIDTH and ViTConfig.from_dict(arch).mlp_width == WIDTH
     arch, _ = arch_from_hf_config(config(32, 128), "config.json")
     assert "mlp_hidden_dim" not in arch  # the ratio gives it exactly: nothing more to record
+
+
+# ------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize(
+    "wrapper, prefix", [("module", ""), ("model", ""), ("model", "backbone."), ("module", "_orig_mod.")]
+)
+def test_a_finetuned_v2_file_gives_the_logits_of_its_own_layout(wrapper, prefix, tmp_path):
+    state = v2_finetuned_state()
+    path = tmp_path / "vit_s_k710_dl_from_giant.pth"
+    torch.save({wrapper: {prefix + k: v for k, v in state.items()}, "epoch": 9}, path)
+    model = tiny_v2_model(pretrained=path).eval()
+    assert tuple(model.blocks[1].mlp.fc1.weight.shape) == (WIDTH, 44)
+    assert tuple(model.patch_embed.proj.weight.shape) == (44, 3, 2, 14, 14)
+    x = v2_clip()
+    with torch.no_grad():
+        logits = model(x)
+        assert torch.equal(logits, in_own_layout(state)(x))
+    torch.testing.assert_close(logits, v2_reference_logits(state, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_pretrained_v2_file_loads_its_encoder(tmp_path):
+    path = tmp_path / "vit_g_hybrid_pt_1200e.pth"
+    torch.save({"model": v2_pretrain_state()}, path)
+    model = tiny_v2_model("apt", num_classes=3, num_prompts=2, pretrained=path).eval()
+    assert model.head.out_features == 3
+    reference = in_own_layout(v2_finetuned_state())
+    x = v2_clip()
+    with torch.no_grad(), model.extensions_disabled():
+        assert torch.equal(model.forward_pooled(x), reference.forward_pooled(x))
+
+
+def test_a_head_of_another_size_is_dropped(tmp_path):
+    state = v2_finetuned_state(classes=710)  # V2's Kinetics-710 classifiers
+    path = tmp_path / "vit_g_k710_ft.pth"
+    torch.save({"module": state}, path)
+    model = tiny_v2_model(num_classes=CLASSES, pretrained=path).eval()
+    assert model.head.out_features == CLASSES
+    reference = in_own_layout({k: v for k, v in state.items() if not k.startswith("head.")})
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(v2_clip()), reference.forward_features(v2_clip()))
+
+
+def test_a_patch_size_that_does_not_fit_is_named(tmp_path):
+    path = tmp_path / "giant.pth"
+    torch.save({"module": v2_finetuned_state()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        tiny_v2_model(pretrained=path, patch_size=16, img_size=32)
+    message = str(caught.value)
+    assert "\n" not in message and "giant.pth: 'patch_embed.proj.weight' embeds 14x14-pixel patches" in message
+    assert "patch_size=16" in message and "vit_giant_patch14_224" in message
+
+
+def test_an_mlp_width_that_does_not_fit_is_named(tmp_path):
+    path = tmp_path / "giant.pth"
+    torch.save({"module": v2_finetuned_state()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        tiny_v2_model(pretrained=path, mlp_hidden_dim=None)  # the float ratio: 97 wide
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "giant.pth: 'blocks.0.mlp.fc1.weight' has an MLP hidden width of 98 but the model's is 97" in message
+    assert "set mlp_hidden_dim=98" in message
+
+
+def test_a_class_token_or_a_first_token_classifier_is_refused(tmp_path):
+    state = v2_finetuned_state()
+    path = tmp_path / "cls.pth"
+    torch.save({"module": {**state, "cls_token": torch.zeros(1, 1, 44)}}, path)
+    with pytest.raises(CheckpointError, match="cls.pth: 'cls_token' is a class token"):
+        tiny_v2_model(pretrained=path)
+    # --use_cls: a last norm on every token and no fc_norm; the head reads the first token
+    first_token = {k: v for k, v in state.items() if not k.startswith("fc_norm.")}
+    first_token.update({"norm.weight": torch.ones(44), "norm.bias": torch.zeros(44)})
+    path = tmp_path / "use_cls.pth"
+    torch.save({"module": first_token}, path)
+    with pytest.raises(CheckpointError, match="use_cls.pth: has 'norm.weight' but no 'fc_norm.weight'"):
+        tiny_v2_model(pretrained=path)
+    backbone_only = tiny_v2_model(num_classes=CLASSES + 1, pretrained=path).eval()  # its head dropped
+    reference = in_own_layout({k: v for k, v in state.items() if k.startswith(("patch_embed.", "blocks."))})
+    with torch.no_grad():
+        assert torch.equal(backbone_only.forward_pooled(v2_clip()), reference.forward_pooled(v2_clip()))
 
 
 # ------------------------------------------------------------ multiply-adds
