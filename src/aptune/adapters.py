@@ -84,6 +84,7 @@ COMPARED_ARCH = {
         "depth",
         "num_heads",
         "mlp_ratio",
+        "mlp_hidden_dim",
         "patch_size",
         "tubelet_size",
         "in_chans",
@@ -456,9 +457,14 @@ def check_method_matches(found: dict[str, Any], own, depth: int, source: str | P
 
 def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, source: str | Path) -> None:
     for key in COMPARED_ARCH.get(family, TRANSFORMERS_ARCH):
-        if key not in found or key not in own:
+        if key == "mlp_hidden_dim":  # absent (every file before the field) or None: from the ratio
+            theirs, mine = _mlp_width(found), _mlp_width(own)
+            if theirs is None or mine is None:
+                continue
+        elif key not in found or key not in own:
             continue
-        theirs, mine = found[key], own[key]
+        else:
+            theirs, mine = found[key], own[key]
         if key == "fc_norm_eps":  # None: the blocks' eps (VideoMAE)
             theirs = found.get("layer_norm_eps") if theirs is None else theirs
             mine = own.get("layer_norm_eps") if mine is None else mine
@@ -466,6 +472,15 @@ def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, 
             raise CheckpointError(
                 f"{source}: adapter was trained with {key}={_short(theirs)}, the model has {key}={_short(mine)}"
             )
+
+
+def _mlp_width(arch: dict[str, Any]) -> int | None:
+    """The MLP width an arch header describes (see ViTConfig.mlp_width); None if it cannot tell."""
+    if arch.get("mlp_hidden_dim") is not None:
+        return arch["mlp_hidden_dim"]
+    if "embed_dim" in arch and "mlp_ratio" in arch:
+        return int(arch["embed_dim"] * arch["mlp_ratio"])
+    return None
 
 
 def check_class_names_match(found: list[str] | None, own: list[str] | None, source: str | Path) -> None:

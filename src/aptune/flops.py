@@ -8,18 +8,21 @@ the mean pooling are not counted -- nor does ``FlopCounterMode`` count them.
 ``FlopCounterMode`` reports FLOPs at 2 per multiply-add; :func:`count_macs`
 divides by two.
 
-Closed form per view, with N patch tokens, width D, depth L, P prompts::
+Closed form per view, with N patch tokens, width D, MLP width H, depth L, P prompts::
 
-    backbone     L * (12 N D^2 + 2 N^2 D) + N D (C t p^2) + D * classes
+    backbone     L * (4 N D^2 + 2 N D H + 2 N^2 D) + N D (C t p^2) + D * classes
     APT          + (layers with prompts) * 2 N P D
-    VPT          + (layers the prompt tokens pass through) * (12 P D^2 + 2 D (2 N P + P^2))
+    VPT          + (layers the prompt tokens pass through) * (4 P D^2 + 2 P D H + 2 D (2 N P + P^2))
     LoRA         + (adapted layers) * N (D r + r 3D)      (unmerged; merged: + 0)
     AdaptFormer  + (adapted layers) * 2 N D d
 
-VPT's prompt tokens go through qkv, proj and the MLP (12 P D^2) and attention
+H is 4 D in ViT-S/B/L/H (so a block is 12 N D^2 + 2 N^2 D); VideoMAE V2's ViT-g/14 has
+D = 1408 and H = 6144 (``ViTConfig.mlp_width``: the exact width, never the float ratio).
+VPT's prompt tokens go through qkv, proj and the MLP (4 P D^2 + 2 P D H) and attention
 grows from N^2 to (N + P)^2 pairs; APT's prompts only add P keys and values that
 the N queries attend to.  VideoMAE ViT-B at 16x224 is 180.3 GMACs; APT with
-P = 400 is 191.9 and VPT-deep 240.4.
+P = 400 is 191.9 and VPT-deep 240.4.  ViT-g/14 at 16x224 (N = 2048) is 2,542.8
+GMACs without the head.
 
 LoRA of rank r on the fused qkv projection runs x -> x A^T (D r) -> (.) B^T (r 3D)
 beside the frozen weight while training (and in the unmerged model); once
@@ -182,7 +185,7 @@ def closed_form_macs(
         )
     depth, dim = config.depth, config.embed_dim
     tokens = config.num_patches
-    hidden = int(dim * config.mlp_ratio)
+    hidden = config.mlp_width
     classes = config.num_classes if num_classes is None else num_classes
 
     def block_macs(queries: int, keys: int) -> int:

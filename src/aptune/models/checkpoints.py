@@ -6,9 +6,19 @@ Accepted without any conversion step:
    ``module``; ``encoder.`` prefix; decoder, ``mask_token``, ``encoder_to_decoder``
    and ``encoder.norm`` ignored);
 2. VideoMAE fine-tuned checkpoints (same names as our backbone);
-3. checkpoints of the official APT code (``prompt_embeddings_k/v`` of shape
+3. VideoMAE V2 checkpoints (Wang et al., CVPR 2023): the pre-trained ViT-g/14 as in 1,
+   the fine-tuned ViT-g/14 and the distilled ViT-S/B as in 2.  The official V2 code keeps
+   VideoMAE's names (fused ``qkv`` with ``q_bias``/``v_bias``, ``fc_norm`` after mean
+   pooling, no class token, a fixed sin-cos table that is not saved, a learned
+   ``pos_embed`` only with its ``use_learnable_pos_emb`` option, which loads as any table
+   does); its fine-tuning loader also strips ``backbone.`` and ``_orig_mod.`` prefixes, and
+   so does this one.  ViT-g's 14-pixel patches and 6144-wide MLP are checked against the
+   model (a one-line error names the file and key), and a classifier trained without
+   mean pooling (V2's ``--use_cls``: ``norm`` and no ``fc_norm``) is refused rather than
+   computed differently;
+4. checkpoints of the official APT code (``prompt_embeddings_k/v`` of shape
    (layers, P, head_dim), ``prompt_scale`` (layers, 2, P), ``head_norm`` = ``fc_norm``);
-4. Hugging Face ``transformers`` VideoMAE directories (``config.json`` plus
+5. Hugging Face ``transformers`` VideoMAE directories (``config.json`` plus
    ``model.safetensors``, sharded safetensors or ``pytorch_model.bin``), read
    directly: ``transformers`` is not needed.
 
@@ -157,6 +167,8 @@ def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in arch.items():
         if key in ARCH_LIMITS:
             _check_int(value, where, key, 1, ARCH_LIMITS[key])
+        elif key == "mlp_hidden_dim" and value is not None:
+            _check_int(value, where, key, 1, 64 * ARCH_LIMITS["embed_dim"])
         elif key in ("mlp_ratio", "layer_norm_eps"):
             _check_number(value, where, key, positive=True, upper=64.0 if key == "mlp_ratio" else 1.0)
         elif key == "fc_norm_eps" and value is not None:
@@ -324,7 +336,7 @@ def convert_state_dict(raw: dict[str, Tensor], source: str):
 
     Returns (state_dict, kind, ignored_keys, prompts_info).
     """
-    state = _strip_common_prefix(raw, ("module.", "_orig_mod."))
+    state = _strip_backbone_prefix(_strip_common_prefix(raw, ("module.", "_orig_mod.")))
     if any(".attention.attention." in k or k.startswith(("videomae.", "embeddings.")) for k in state):
         state, ignored = convert_huggingface(state, source)
         return state, "huggingface", ignored, None
@@ -346,6 +358,14 @@ def _strip_common_prefix(state: dict[str, Tensor], prefixes: tuple[str, ...]) ->
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _strip_backbone_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``backbone.blocks.0...`` -> ``blocks.0...``, as VideoMAE V2's fine-tuning loader reads such
+    files: key by key, others kept (and reported if unknown); not when the file has plain names."""
+    if any(k.startswith(BACKBONE_PREFIXES) for k in state) or not any(k.startswith("backbone.") for k in state):
+        return state
+    return {k.removeprefix("backbone."): v for k, v in state.items()}
 
 
 def _convert_videomae_pretrain(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -550,6 +570,8 @@ def arch_from_hf_config(config: dict[str, Any], path: Path) -> tuple[dict[str, A
         "fc_norm_eps": 1e-5,  # transformers builds fc_norm with LayerNorm's default eps
         "qkv_bias": bias,
     }
+    if int(hidden * arch["mlp_ratio"]) != intermediate:  # e.g. 44 * (98 / 44) is 97.99...
+        arch["mlp_hidden_dim"] = intermediate
     if hidden % arch["num_heads"]:
         raise CheckpointError(
             f"{path}: hidden_size={hidden} is not divisible by num_attention_heads={arch['num_heads']}"
@@ -672,6 +694,7 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
         )
         state.pop("head.weight")
         state.pop("head.bias", None)
+    check_videomae_layout(model.config, state, source)
     pos_embed = state.pop("pos_embed", None)
     if pos_embed is not None:
         _load_position_table(model, pos_embed, source)
@@ -703,6 +726,49 @@ def load_into_model(model, checkpoint: LoadedCheckpoint) -> dict[str, list[str]]
             ", ".join(result.unexpected_keys[:5]),
         )
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+
+
+_MLP_INPUT = re.compile(r"^blocks\.\d+\.mlp\.fc1\.weight$")
+
+
+def check_videomae_layout(config: ViTConfig, state: dict[str, Tensor], source: str) -> None:
+    """One-line errors that say why a VideoMAE (V1/V2) file does not fit ``config``, where a bare
+    shape mismatch would not: its patch size, its MLP width, a class token, a classifier that
+    reads a token instead of the mean (``state`` after a mismatched head was dropped)."""
+    if "cls_token" in state:
+        raise CheckpointError(
+            f"{source}: 'cls_token' is a class token, which VideoMAE backbones (V1 and V2) do not have"
+        )
+    _check_patch_embedding(state.get("patch_embed.proj.weight"), config, source)
+    for key, weight in state.items():
+        # another embed_dim is the generic shape check's to report; here: the same width, another MLP
+        fits = weight.ndim != 2 or weight.shape[1] != config.embed_dim or weight.shape[0] == config.mlp_width
+        if _MLP_INPUT.match(key) and not fits:
+            raise CheckpointError(
+                f"{source}: '{key}' has an MLP hidden width of {weight.shape[0]} but the model's is "
+                f"{config.mlp_width} (embed_dim={config.embed_dim}, mlp_ratio={config.mlp_ratio:g}): "
+                f"set mlp_hidden_dim={weight.shape[0]} or use the arch of these weights"
+            )
+    if "norm.weight" in state and "fc_norm.weight" not in state and "head.weight" in state:
+        raise CheckpointError(
+            f"{source}: has 'norm.weight' but no 'fc_norm.weight': a classifier trained without mean "
+            "pooling (VideoMAE's --use_cls reads the first token after a last norm), which aptune's "
+            "mean-pooled model would not reproduce; give another num_classes to load only its backbone"
+        )
+
+
+def _check_patch_embedding(weight: Tensor | None, config: ViTConfig, source: str) -> None:
+    """The Conv3d kernel is (tubelet, patch, patch): VideoMAE V2's ViT-g uses 14-pixel patches."""
+    if weight is None or weight.ndim != 5:
+        return  # missing or malformed: the generic checks name it
+    frames, height, width = weight.shape[2:]
+    if (frames, height, width) == (config.tubelet_size, config.patch_size, config.patch_size):
+        return
+    raise CheckpointError(
+        f"{source}: 'patch_embed.proj.weight' embeds {height}x{width}-pixel patches over {frames} frames, but the "
+        f"model has patch_size={config.patch_size}, tubelet_size={config.tubelet_size}: use the arch of these "
+        "weights (14-pixel patches: vit_giant_patch14_224) or set patch_size/tubelet_size"
+    )
 
 
 _KEY_BIAS = re.compile(r"^blocks\.(\d+)\.attn\.k_bias$")

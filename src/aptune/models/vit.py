@@ -50,6 +50,9 @@ class ViTConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # the MLP's hidden width when it is not int(embed_dim * mlp_ratio) exactly: ViT-g/14's 6144
+    # is 1408 * 48/11, a ratio no float holds; None: int(embed_dim * mlp_ratio), as VideoMAE sizes it
+    mlp_hidden_dim: int | None = None
     patch_size: int = 16
     tubelet_size: int = 2
     num_frames: int = 16
@@ -81,8 +84,16 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    @property
+    def mlp_width(self) -> int:
+        """Hidden units of every block's MLP."""
+        return self.mlp_hidden_dim if self.mlp_hidden_dim is not None else int(self.embed_dim * self.mlp_ratio)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["mlp_hidden_dim"] is None:  # left out, so headers of such models read as before the field
+            del values["mlp_hidden_dim"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> ViTConfig:
@@ -99,17 +110,29 @@ PRESETS: dict[str, dict] = {
     "vit_base_patch16_224": dict(embed_dim=768, depth=12, num_heads=12),
     "vit_large_patch16_224": dict(embed_dim=1024, depth=24, num_heads=16),
     "vit_huge_patch16_224": dict(embed_dim=1280, depth=32, num_heads=16),
+    # VideoMAE V2's ViT-g/14 (Wang et al., CVPR 2023; the ViT-g shape of Zhai et al. 2022): its
+    # official model is built with patch 14, width 1408, depth 40, 16 heads, mlp_ratio 48/11,
+    # qkv bias (q_bias/v_bias), LayerNorm eps 1e-6, no layer scale (init_values 0), the fixed
+    # sin-cos table and mean pooling + fc_norm: the defaults here but for the shape
+    "vit_giant_patch14_224": dict(
+        embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, mlp_hidden_dim=6144, patch_size=14
+    ),
 }
+# what an explicit MLP width in a preset is tied to: overriding either drops it
+_MLP_WIDTH_TIED_TO = ("embed_dim", "mlp_ratio")
 
 
 def arch_config(arch: str | None = None, **overrides) -> ViTConfig:
     """A preset by name (or the defaults) with keyword overrides applied."""
     values: dict = {}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if arch is not None:
         if arch not in PRESETS:
             raise KeyError(f"unknown arch '{arch}' (valid: {', '.join(PRESETS)})")
         values.update(PRESETS[arch], name=arch)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        if any(k in overrides and overrides[k] != values.get(k) for k in _MLP_WIDTH_TIED_TO):
+            values.pop("mlp_hidden_dim", None)  # another width or ratio: the preset's 6144 no longer applies
+    values.update(overrides)
     return ViTConfig.from_dict(values)
 
 
@@ -183,7 +206,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, config.num_heads, qkv_bias=config.qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        self.mlp = Mlp(dim, config.mlp_width)
         if config.layer_scale_init > 0:
             self.gamma_1 = nn.Parameter(torch.full((dim,), config.layer_scale_init))
             self.gamma_2 = nn.Parameter(torch.full((dim,), config.layer_scale_init))
