@@ -435,3 +435,52 @@ def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tm
     )
     answer = json.loads(capsys.readouterr().out)
     assert len(answer[0]["top"]) == 3
+
+
+# ----------------------------------------------------------- aptune bench on transformers shapes
+def test_vjepa2_vitl_multiply_adds_are_the_closed_forms():
+    """V-JEPA 2 ViT-L/16, 64 frames at 256: counted on the meta device (nothing allocated)."""
+    from aptune.flops import closed_form_macs, count_macs
+    from aptune.interop.classifier import random_transformers_classifier
+
+    with torch.device("meta"):
+        model = random_transformers_classifier("vjepa2_vitl_fpc64_256", 400)
+    config = model.config
+    assert (config.depth, config.embed_dim, config.num_patches, config.mlp_width) == (24, 1024, 8192, 4096)
+    view = (1, 3, 64, 256, 256)
+    assert count_macs(model, view) == closed_form_macs(config, "linear")
+    for prompts in (2, 400):
+        with torch.device("meta"):
+            model.set_extensions({})
+            aptune.methods.apply_method(model, aptune.methods.build_method("apt", num_prompts=prompts))
+        counted = count_macs(model, view)
+        assert counted == closed_form_macs(config, "apt", prompts)
+        # APT's extra cost is 2 N P D per layer; VPT-deep's (closed form only: prompt tokens
+        # would be rotated as positions of V-JEPA 2's grid) is far larger
+        assert counted - closed_form_macs(config, "linear") == 24 * 2 * 8192 * prompts * 1024
+        assert closed_form_macs(config, "vpt-deep", prompts) > counted
+
+
+def test_aptune_bench_measures_a_transformers_shape(monkeypatch):
+    from aptune.bench import BenchSettings, run_bench
+    from aptune.flops import closed_form_macs
+    from aptune.interop import classifier
+
+    shape = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2.0, patch_size=16)
+    shape.update(tubelet_size=2, crop_size=64, frames_per_clip=4, pred_num_hidden_layers=1, pred_hidden_size=24)
+    monkeypatch.setitem(classifier.BENCH_PRESETS, "tiny_vjepa2", ("vjepa2", {**shape, "pred_num_attention_heads": 2}))
+    result = run_bench(
+        BenchSettings(arch="tiny_vjepa2", prompts=(2, 8), repeats=2, warmup=0, num_classes=5), progress=False
+    )
+    assert (result["meta"]["frames"], result["meta"]["img_size"]) == (4, 64)  # the preset's clip
+    rows = {(row["method"], row["prompts"] or 0): row for row in result["rows"]}
+    assert set(rows) == {("apt", 2), ("apt", 8), ("linear", 0), ("full", 0)}
+    summary = classifier.random_transformers_classifier("tiny_vjepa2", 5).config
+    for (method, prompts), row in rows.items():
+        assert row["gmacs"] == round(closed_form_macs(summary, method, prompts) / 1e9, 6)
+        assert row["latency_ms_median"] > 0
+    assert (
+        rows[("apt", 8)]["trainable_params"]
+        > rows[("apt", 2)]["trainable_params"]
+        > rows[("linear", 0)]["trainable_params"]
+    )

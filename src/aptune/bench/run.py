@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from aptune.engine.runtime import pick_device
 from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.flops import ADAPTER_METHODS, PROMPTED_METHODS, UNPROMPTED_METHODS, count_macs
+from aptune.interop.classifier import BENCH_PRESETS, METHODS_ON_TRANSFORMERS, random_transformers_classifier
 from aptune.methods import apply_method, build_method, method_options
 from aptune.models.vit import VisionTransformer, count_parameters
 
@@ -103,10 +104,13 @@ def _activator(case: MethodCase, model: VisionTransformer, train: bool) -> Calla
 
 
 # --------------------------------------------------------------------- main
+DEFAULT_METHODS = ("apt", "vpt-shallow", "vpt-deep", "linear", "full")
+
+
 @dataclass
 class BenchSettings:
-    arch: str = "vit_base_patch16_224"
-    methods: tuple[str, ...] = ("apt", "vpt-shallow", "vpt-deep", "linear", "full")
+    arch: str = "vit_base_patch16_224"  # an aptune preset, or a transformers one (BENCH_PRESETS)
+    methods: tuple[str, ...] = DEFAULT_METHODS  # on a transformers preset the default is apt, linear, full
     prompts: tuple[int, ...] = (1, 2, 100, 400)  # for apt and vpt only
     lora_rank: int = 8
     adapter_dim: int = 64
@@ -165,14 +169,8 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
 
-    model = create_model(
-        settings.arch,
-        num_classes=settings.num_classes,
-        method="full",
-        num_frames=settings.frames,
-        img_size=settings.img_size,
-        **settings.arch_overrides,
-    ).to(device)
+    model, settings = _bench_backbone(settings)
+    model = model.to(device)
     if not 0 <= settings.prompt_start < len(model.blocks):
         raise ConfigError(
             f"prompt_start={settings.prompt_start} must be a block index of this backbone (0..{len(model.blocks) - 1})"
@@ -195,6 +193,30 @@ def run_bench(settings: BenchSettings, *, progress: bool = True) -> dict:
     if settings.train:
         _measure_training(rows, cases, model, clip, labels, settings, device, progress)
     return {"meta": bench_metadata(settings, device), "rows": [ordered_row(r) for r in rows.values()]}
+
+
+def _bench_backbone(settings: BenchSettings) -> tuple[nn.Module, BenchSettings]:
+    """The shared backbone (method ``full``: every case switches its own on), and the settings it fixes.
+
+    A transformers preset brings its own clip shape (V-JEPA 2's rotary grid, position tables):
+    the clip becomes the preset's, and its methods default to those it takes.
+    """
+    if settings.arch not in BENCH_PRESETS:
+        model = create_model(
+            settings.arch,
+            num_classes=settings.num_classes,
+            method="full",
+            num_frames=settings.frames,
+            img_size=settings.img_size,
+            **settings.arch_overrides,
+        )
+        return model, settings
+    model = random_transformers_classifier(settings.arch, settings.num_classes)
+    methods = settings.methods
+    if methods == DEFAULT_METHODS:
+        methods = tuple(m for m in DEFAULT_METHODS if m in METHODS_ON_TRANSFORMERS)
+    shape = {"frames": model.config.num_frames, "img_size": model.config.img_size, "methods": methods}
+    return model, replace(settings, **shape)
 
 
 def _measure_inference(

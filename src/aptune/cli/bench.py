@@ -9,6 +9,8 @@ from aptune.engine.distributed import DistInfo
 from aptune.engine.runtime import pick_device
 from aptune.errors import ConfigError
 from aptune.fileio import write_json_atomically
+from aptune.interop.classifier import BENCH_PRESETS
+from aptune.models.vit import PRESETS
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -46,7 +48,12 @@ def add_parser(subparsers) -> None:
         description="Benchmark tuning methods on one backbone. Latencies are interleaved "
         "across methods (round-robin per repeat); see docs/bench.md for every JSON key.",
     )
-    parser.add_argument("--arch", default="vit_base_patch16_224", help="backbone preset")
+    parser.add_argument(
+        "--arch",
+        default="vit_base_patch16_224",
+        help=f"backbone preset: aptune's ({', '.join(PRESETS)}) or a transformers shape with random weights "
+        f"({', '.join(BENCH_PRESETS)}: clip shape its own, methods apt, linear, full)",
+    )
     parser.add_argument(
         "--methods",
         type=_name_list,

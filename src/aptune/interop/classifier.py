@@ -32,10 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from aptune.errors import CheckpointError, ConfigError
-from aptune.interop.inject import Injection, build_prompt_modules
-from aptune.interop.interface import interface_attentions, register_interface, route_through_prompts
-from aptune.interop.transformers_video import FAMILIES, VideoFamily, _spatial_patch
-from aptune.methods import build_method, method_trains
+from aptune.interop.inject import Injection
+from aptune.interop.interface import interface_attentions, register_interface, route_through_prompts, site_of
+from aptune.interop.transformers_video import FAMILIES, VideoFamily, encoder_of, spatial_patch
+from aptune.methods import apply_method, build_method
+from aptune.methods.apt import AttentionPrompts
 from aptune.models.checkpoints import read_json_object
 from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 
@@ -60,9 +61,9 @@ class TransformersVideoClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.family = family
-        config = backbone.config
-        width = config.hidden_size
-        self.config = _shape_summary(backbone, family, num_classes)
+        width = backbone.config.hidden_size
+        attentions = interface_attentions(encoder_of(backbone, family), type(backbone).__name__)
+        self.config = _shape_summary(backbone, family, num_classes, len(attentions))
         self.fc_norm = nn.LayerNorm(width, eps=1e-6)
         self.head_dropout = nn.Dropout(head_dropout)
         self.reset_head(num_classes)
@@ -76,6 +77,50 @@ class TransformersVideoClassifier(nn.Module):
         )
         self.class_names: list[str] | None = None
         self.grad_checkpointing = False
+        self._extension_names: list[str] = []
+        # every attention layer goes through the interface from the start; prompts come and go
+        register_interface()
+        self._attentions = attentions
+        for index, attention in enumerate(attentions):
+            route_through_prompts(attention, None, index)
+
+    # ---------------------------------------------- the extension protocol, for what it can honour
+    @property
+    def blocks(self) -> range:
+        """What a method reads of the layers: how many there are (the encoder's attention layers)."""
+        return range(self.config.depth)
+
+    def add_extension(self, name: str, extension: nn.Module) -> None:
+        """Register a method's module; only APT's prompts have a place in a transformers encoder."""
+        if not isinstance(extension, AttentionPrompts):
+            raise ConfigError(
+                f"a transformers {type(self.backbone).__name__} backbone takes prompts appended to keys and values "
+                f"(apt) only, not a {type(extension).__name__}: available methods are "
+                f"{', '.join(METHODS_ON_TRANSFORMERS)}"
+            )
+        if name in self._extension_names or hasattr(self, name):
+            raise ValueError(f"the model already has an attribute or extension called '{name}'")
+        self.add_module(name, extension)
+        self._extension_names.append(name)
+        for attention in self._attentions:
+            site_of(attention).prompts = extension
+
+    def named_extensions(self):
+        for name in list(self._extension_names):
+            yield name, getattr(self, name)
+
+    def extension(self, name: str) -> nn.Module | None:
+        return getattr(self, name) if name in self._extension_names else None
+
+    def set_extensions(self, extensions: dict[str, nn.Module]) -> None:
+        """Replace every extension (a benchmark switching methods on one backbone)."""
+        for name in list(self._extension_names):
+            self._extension_names.remove(name)
+            delattr(self, name)
+        for attention in self._attentions:
+            site_of(attention).prompts = None
+        for name, extension in extensions.items():
+            self.add_extension(name, extension)
 
     def reset_head(self, num_classes: int) -> None:
         """A fresh classifier, initialised as aptune's own backbone does (small, so early logits are)."""
@@ -92,10 +137,7 @@ class TransformersVideoClassifier(nn.Module):
         return self.head.out_features
 
     def encoder(self) -> nn.Module:
-        module = self.backbone
-        for part in filter(None, self.family.encoder.split(".")):
-            module = getattr(module, part)
-        return module
+        return encoder_of(self.backbone, self.family)
 
     def forward_tokens(self, clips: Tensor) -> Tensor:
         """(B, C, T, H, W) aptune clips -> the encoder's last hidden states (B, N, D)."""
@@ -116,15 +158,17 @@ class TransformersVideoClassifier(nn.Module):
         return self.forward_head(self.forward_features(clips))
 
 
-def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int) -> ViTConfig:
+def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int, depth: int) -> ViTConfig:
     config = backbone.config
     size = getattr(config, family.size_key)
     tubelet = getattr(config, "tubelet_size", 1)
+    hidden = getattr(config, "intermediate_size", None) or int(config.hidden_size * config.mlp_ratio)
     return ViTConfig(
         embed_dim=config.hidden_size,
-        depth=len(interface_attentions(_encoder(backbone, family), type(backbone).__name__)),
+        depth=depth,
+        mlp_hidden_dim=hidden,
         num_heads=config.num_attention_heads,
-        patch_size=_spatial_patch(config),
+        patch_size=spatial_patch(config),
         tubelet_size=int(tubelet[0] if isinstance(tubelet, (list, tuple)) else tubelet),
         num_frames=int(getattr(config, family.frames_key)),
         img_size=int(size[0] if isinstance(size, (list, tuple)) else size),
@@ -133,49 +177,21 @@ def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int) -
     )
 
 
-def _encoder(backbone: nn.Module, family: VideoFamily) -> nn.Module:
-    module = backbone
-    for part in filter(None, family.encoder.split(".")):
-        module = getattr(module, part)
-    return module
-
-
 # ------------------------------------------------------------------ methods
 def apply_method_to_classifier(model: TransformersVideoClassifier, tuning) -> None:
-    """Attach ``tuning`` (apt, linear or full) and freeze everything it does not train."""
+    """Attach ``tuning`` (apt, linear or full) as on aptune's own backbone, freeze the rest."""
     if tuning.name not in METHODS_ON_TRANSFORMERS:
         raise ConfigError(
             f"method '{tuning.name}' is not available on a transformers {type(model.backbone).__name__} "
             f"backbone (available: {', '.join(METHODS_ON_TRANSFORMERS)})"
         )
-    if tuning.name == "apt":
-        _add_attention_prompts(model, tuning)
-    for name, param in model.named_parameters():
-        param.requires_grad_(method_trains(tuning, name))
-    model.tuning_method = tuning
+    apply_method(model, tuning)
     prefixes = tuning.trainable_prefixes()
     injection = Injection.from_family_module(
         model.family.model_type, tuning, {prefix: prefix for prefix in prefixes}, sys.modules[__name__]
     )
     injection.model_ref.append(model)
     model.aptune_injection = injection
-
-
-def _add_attention_prompts(model: TransformersVideoClassifier, tuning) -> None:
-    config = model.config
-    kv_prompts, _ = build_prompt_modules(
-        tuning,
-        depth=config.depth,
-        embed_dim=config.embed_dim,
-        num_heads=config.num_heads,
-        patch_size=config.patch_size,
-        device=model.fc_norm.weight.device,
-    )
-    register_interface()
-    if kv_prompts is not None:
-        model.kv_prompts = kv_prompts
-    for index, attention in enumerate(interface_attentions(model.encoder(), type(model.backbone).__name__)):
-        route_through_prompts(attention, kv_prompts, index)
 
 
 # The Injection's view of the classifier (adapters read and write through it).
@@ -213,6 +229,39 @@ def set_class_names(model: TransformersVideoClassifier, names: list[str]) -> Non
 
 
 # ------------------------------------------------------------------ building
+# Published shapes with random weights, for ``aptune bench`` (nothing is loaded or downloaded):
+# model type -> config keys.  V-JEPA 2 ViT-L/16 at 64 frames of 256x256 is transformers'
+# VJEPA2Config default; its predictor (unused by a classifier) is shrunk to one layer.
+BENCH_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vjepa2_vitl_fpc64_256": (
+        "vjepa2",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            mlp_ratio=4.0,
+            patch_size=16,
+            tubelet_size=2,
+            crop_size=256,
+            frames_per_clip=64,
+            pred_num_hidden_layers=1,
+        ),
+    ),
+}
+
+
+def random_transformers_classifier(preset: str, num_classes: int) -> TransformersVideoClassifier:
+    """A classifier on an encoder of a published shape with random weights (``method: full``)."""
+    transformers = require_transformers()
+    model_type, values = BENCH_PRESETS[preset]
+    config = transformers.AutoConfig.for_model(model_type, **values)
+    backbone = transformers.AutoModel.from_config(config).eval()
+    model = TransformersVideoClassifier(backbone, FAMILIES[model_type], num_classes)
+    apply_method_to_classifier(model, build_method("full"))
+    model.config.name = preset
+    return model
+
+
 def transformers_model_type(path: str | Path) -> str | None:
     """The ``model_type`` of a Hugging Face folder that aptune runs through transformers, else None."""
     folder = Path(path)

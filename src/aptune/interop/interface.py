@@ -118,6 +118,10 @@ def route_through_prompts(module: nn.Module, prompts: nn.Module | None, layer: i
     module.config = own
 
 
+def site_of(module: nn.Module) -> PromptSite:
+    return module.__dict__[SITE_ATTRIBUTE]
+
+
 def _current_function(module: nn.Module, config) -> Callable:
     from transformers import AttentionInterface  # local: transformers is optional
 

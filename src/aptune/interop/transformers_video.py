@@ -101,7 +101,7 @@ def inject_transformers(model: nn.Module, tuning) -> Injection:
         depth=len(attentions),
         embed_dim=heads * head_dim,
         num_heads=heads,
-        patch_size=_spatial_patch(config),
+        patch_size=spatial_patch(config),
         device=next(model.parameters()).device,
     )
     if tuning.name == "apt":
@@ -135,7 +135,7 @@ def name_map(model: nn.Module) -> dict[str, str]:
     return names
 
 
-def _spatial_patch(config) -> int:
+def spatial_patch(config) -> int:
     patch = getattr(config, "patch_size", None)
     if patch is None:
         patch = config.tubelet_size[1]  # ViViT, VideoPrism: [time, height, width]
