@@ -15,6 +15,12 @@ Closed form per view, with N patch tokens, width D, depth L, P prompts::
     VPT          + (layers the prompt tokens pass through) * (12 P D^2 + 2 D (2 N P + P^2))
     LoRA         + (adapted layers) * N (D r + r 3D)      (unmerged; merged: + 0)
     AdaptFormer  + (adapted layers) * 2 N D d
+    attentive head  + 2 N D^2 + 2 Q D^2 + 2 Q N D + 2 Q D H   (Q queries, MLP width H = 4 D)
+
+The attentive head (``head="attentive"``, :mod:`aptune.models.heads`) projects every
+patch token to a key and a value (2 N D^2), its Q queries through q and the output
+projection (2 Q D^2), attends (2 Q N D) and runs its MLP on the Q outputs (2 Q D H),
+whatever the method.
 
 VPT's prompt tokens go through qkv, proj and the MLP (12 P D^2) and attention
 grows from N^2 to (N + P)^2 pairs; APT's prompts only add P keys and values that
@@ -47,6 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aptune.errors import ConfigError
 from aptune.methods import method_names, methods_that
 from aptune.methods.apt import resolve_layer_range
+from aptune.models.heads import PROBE_MLP_RATIO
 from aptune.models.vit import ViTConfig
 
 aten = torch.ops.aten
@@ -190,7 +197,7 @@ def closed_form_macs(
         return queries * (4 * dim * dim + 2 * dim * hidden) + 2 * queries * keys * dim
 
     patch_embed = tokens * dim * config.in_chans * config.tubelet_size * config.patch_size**2
-    head = dim * classes
+    head = head_macs(config, classes)
     prompts = num_prompts if method in PROMPTED_METHODS else 0
     end = depth - 1 if prompt_end is None else prompt_end
     total = patch_embed + head
@@ -208,6 +215,18 @@ def closed_form_macs(
         else:
             total += block_macs(tokens, tokens)
     return total
+
+
+def head_macs(config: ViTConfig, num_classes: int) -> int:
+    """Multiply-adds of the head per view: the classifier (D * classes) and an attentive probe."""
+    dim = config.embed_dim
+    macs = dim * num_classes
+    if config.head == "attentive":
+        queries, tokens, hidden = config.attentive_queries, config.num_patches, int(dim * PROBE_MLP_RATIO)
+        macs += (
+            2 * tokens * dim * dim + 2 * queries * dim * dim + 2 * queries * tokens * dim + 2 * queries * dim * hidden
+        )
+    return macs
 
 
 def _adapter_macs(

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 #: what ``model.head`` may be: mean pooling + linear (VideoMAE, the APT paper), or the probe + linear
 HEADS = ("linear", "attentive")
 MAX_QUERIES = 1024  # a typo guard for recipes and adapter headers, far beyond any probe
+PROBE_MLP_RATIO = 4.0  # V-JEPA's
 
 
 class AttentiveProbe(nn.Module):
@@ -55,7 +56,7 @@ class AttentiveProbe(nn.Module):
         dim: int,
         num_heads: int,
         num_queries: int = 1,
-        mlp_ratio: float = 4.0,
+        mlp_ratio: float = PROBE_MLP_RATIO,
         eps: float = 1e-6,
         init_std: float = 0.02,
     ) -> None:
