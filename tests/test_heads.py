@@ -239,3 +239,24 @@ def test_multitask_and_merge_refuse_an_attentive_adapter(tmp_path):
     with pytest.raises(CheckpointError, match="head='attentive' cannot be merged"):
         merge_adapter(path, checkpoint, tmp_path / "merged.safetensors")
     assert not (tmp_path / "merged.safetensors").exists()
+
+
+def test_a_file_that_brings_its_architecture_keeps_it_under_an_attentive_head(tmp_path):
+    """The head is not the backbone's shape: --set model.head=attentive on a merged checkpoint
+    still takes the checkpoint's own architecture (not the recipe's default arch)."""
+    from aptune.engine.trainer import build_model
+
+    model = tiny_model("linear")
+    randomize_(model)
+    checkpoint = tmp_path / "backbone.pth"
+    torch.save(
+        {"model": {k: v for k, v in model.state_dict().items() if k.startswith(("patch_embed.", "blocks."))}},
+        checkpoint,
+    )
+    merged = merge_adapter(
+        aptune.save_adapter(model, tmp_path / "a.safetensors"), checkpoint, tmp_path / "m.safetensors"
+    )
+    config = load_config(None, [f"model.pretrained={merged}", "model.head=attentive", "method.name=linear"])
+    built = build_model(config, [f"class{i}" for i in range(5)])
+    assert (built.config.embed_dim, built.config.head) == (32, "attentive")
+    torch.testing.assert_close(built.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)

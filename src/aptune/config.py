@@ -66,8 +66,9 @@ class ModelConfig:
         return overrides
 
 
-# model keys that shape the readout, not the backbone: a file bringing its own architecture keeps it
-HEAD_KEYS = ("drop_path_rate", "head_dropout", "head", "attentive_queries", "attentive_heads")
+# model overrides that leave the backbone as it is (regularisation, the readout): a file that brings
+# its own architecture (a Hugging Face folder, a merged file) keeps it when only these are set
+BESIDE_THE_ARCHITECTURE = ("drop_path_rate", "head_dropout", "head", "attentive_queries", "attentive_heads")
 
 
 DEFAULT_METHOD = "apt"
