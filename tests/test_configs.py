@@ -25,6 +25,7 @@ def test_aptune_departures_are_off_in_configs(path):
     assert getattr(config.method, "prompt_init", "uniform") == "uniform"  # only prompt methods have it
     assert not config.train.standardize_features and not config.train.cache_features
     assert config.data.video_cache_mb == 0
+    assert config.model.head == "linear"  # the paper's mean pooling, not the attentive probe
     assert config.optim.lr is None  # base_lr, scaled by the total batch like the official lr
     assert config.data.num_sample == 2 and config.train.label_smoothing == 0.1
 

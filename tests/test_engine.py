@@ -490,3 +490,33 @@ def test_bitfit_trains_and_evaluates_end_to_end(tmp_path, dataset, backbone, cap
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     trained = json.loads((tmp_path / "bitfit" / "metrics.json").read_text())
     assert evaluated["top1"] == pytest.approx(trained["top1"])  # the adapter reloads onto the backbone
+
+
+@pytest.mark.parametrize("method", ["linear", "apt"])
+def test_attentive_head_trains_saves_and_evaluates_end_to_end(tmp_path, dataset, backbone, capsys, method):
+    """``--set model.head=attentive`` on an ordinary recipe: the probe trains with the method's tensors,
+    the adapter holds it, and ``aptune eval`` rebuilds the same model from the adapter."""
+    config = write_config(tmp_path, dataset, backbone, method={"name": method}, train={"epochs": 1})
+    run = tmp_path / method
+    overrides = ["--set", "model.head=attentive", "--set", "model.attentive_queries=2"]
+    if method == "linear":  # the readout's start on standardised probe outputs, as the demo's recipes do
+        overrides += ["--set", "train.standardize_features=true"]
+    assert run_cli("train", "--config", config, *overrides, "--output-dir", run) == 0
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert (recorded["head"], recorded["attentive_queries"]) == ("attentive", 2)
+    tensors = load_file(run / "adapter.safetensors")
+    assert tensors["head.probe.queries"].shape == (2, 32) and "head.weight" in tensors
+    own = ("kv_prompts.", "fc_norm.", "head.") if method == "apt" else ("fc_norm.", "head.")
+    assert all(name.startswith(own) for name in tensors)
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert run_cli("eval", "--run", run, "--json", tmp_path / "eval.json") == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_cached_features_refuse_an_attentive_head(tmp_path, dataset, backbone, capsys):
+    config = write_config(tmp_path, dataset, backbone, method={"name": "linear"}, train={"cache_features": True})
+    assert run_cli("train", "--config", config, "--set", "model.head=attentive", "--output-dir", tmp_path / "r") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "train.cache_features keeps one pooled vector per clip" in err
+    assert not (tmp_path / "r").exists()

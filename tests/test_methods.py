@@ -1,4 +1,5 @@
-"""Every registered method on a tiny model: forward, backward, exact trainable set, adapter round trip."""
+"""Every registered method on a tiny model, with either head (the mean-pooled linear head and the
+attentive probe): forward, backward, exact trainable set, adapter round trip."""
 
 import pytest
 import torch
@@ -19,6 +20,19 @@ EXPECTED_PREFIXES = {
     "adaptformer": ("mlp_adapters.", "fc_norm.", "head."),
     "bitfit": ("fc_norm.", "head."),  # and every bias: see expected_trainable
 }
+HEADS = ("linear", "attentive")
+# what the attentive head adds to a model, whatever the method: its probe, trained with the head
+PROBE_TENSORS = {
+    f"head.probe.{name}"
+    for name in (
+        "queries",
+        *(
+            f"{layer}.{kind}"
+            for layer in ("token_norm", "q", "kv", "proj", "mlp_norm", "fc1", "fc2")
+            for kind in ("weight", "bias")
+        ),
+    )
+}
 
 
 def expected_trainable(method: str, name: str) -> bool:
@@ -27,8 +41,10 @@ def expected_trainable(method: str, name: str) -> bool:
     return name.startswith(EXPECTED_PREFIXES[method])
 
 
-def make(method):
+def make(method, head="linear"):
     options = {"num_prompts": 3} if method in PROMPT_METHODS else {}
+    if head == "attentive":
+        options.update(head=head, attentive_queries=2)
     model = tiny_model(method, **options)
     randomize_(model)
     if model.extension("kv_prompts") is not None:
@@ -42,34 +58,43 @@ build_method("apt")  # fills the registry
 ALL_METHODS = sorted(METHODS)
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_forward_shape(method):
-    model = make(method).eval()
+def test_forward_shape(method, head):
+    model = make(method, head).eval()
     assert model(tiny_clip()).shape == (2, 5)
+    probe = {name for name in model.state_dict() if name.startswith("head.probe.")}
+    assert probe == (PROBE_TENSORS if head == "attentive" else set())
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_gradients_reach_only_trainable_tensors(method):
-    model = make(method).train()
+def test_gradients_reach_only_trainable_tensors(method, head):
+    model = make(method, head).train()
     model(tiny_clip()).logsumexp(-1).sum().backward()
+    trained = set()
     for name, param in model.named_parameters():
         trainable = expected_trainable(method, name)
         assert param.requires_grad == trainable, name
         if trainable:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
+            trained.add(name)
         else:
             assert param.grad is None, name
+    assert trained >= (PROBE_TENSORS if head == "attentive" else {"head.weight", "head.bias"})
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_adapter_round_trip(method, tmp_path):
-    model = make(method).eval()
+def test_adapter_round_trip(method, head, tmp_path):
+    model = make(method, head).eval()
     path = aptune.save_adapter(model, tmp_path / "adapter.safetensors")
     tensors, meta = aptune.read_adapter(path)
     assert set(tensors) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert meta["method"]["name"] == method
+    assert meta["arch"].get("head", "linear") == head
 
-    fresh = make(method).eval()
+    fresh = make(method, head).eval()
     torch.manual_seed(123)
     randomize_(fresh, seed=99)  # different trainable tensors before loading
     frozen = {k: v for k, v in model.state_dict().items() if k not in tensors}

@@ -118,8 +118,10 @@ def test_the_weight_decay_follows_a_cosine_to_its_end_value_on_decayed_groups_on
         assert groups["head.bias"]["weight_decay"] == 0.0
 
 
-def test_standardized_fc_norm_gives_features_of_zero_mean_and_unit_std():
-    model = tiny_model("linear", embed_dim=32).train()
+@pytest.mark.parametrize("head", ["linear", "attentive"])
+def test_standardized_fc_norm_gives_features_of_zero_mean_and_unit_std(head):
+    # attentive: what is standardised is the probe's output at its start, as it reaches the classifier
+    model = tiny_model("linear", embed_dim=32, head=head).train()
     randomize_(model)
     batches = [tiny_clip(batch=8, seed=s) for s in range(3)]
     with torch.no_grad():

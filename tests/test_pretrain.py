@@ -76,6 +76,7 @@ def test_pretrain_refuses_classifier_options_instead_of_ignoring_them():
         ("optim", "head_lr", 0.01),
         ("train", "standardize_features", True),
         ("train", "cache_features", True),
+        ("model", "head", "attentive"),
     ):
         config = Config()
         setattr(getattr(config, section), key, value)

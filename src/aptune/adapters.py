@@ -16,7 +16,10 @@ Loading (:func:`load_adapter`, :func:`model_from_adapter`, and
 values:
 
 * another backbone family, method, or architecture (width, depth, heads, MLP ratio,
-  patch and tubelet size, channels, qkv bias, layer scale, both LayerNorm eps, classes);
+  patch and tubelet size, channels, qkv bias, layer scale, both LayerNorm eps, classes,
+  and the head: ``arch`` records ``head``, ``attentive_queries`` and ``attentive_heads``
+  for an attentive head only, so an ``arch`` without them is a linear head, as every file
+  written before that option);
 * another value of any method option that changes what the adapter computes
   (:func:`aptune.methods.options_compared_on_load`): the layer range, the number of
   prompts, ``reparam``, ``lora_rank`` / ``lora_alpha``, ``adapter_dim`` / ``adapter_scale``.
@@ -93,6 +96,9 @@ COMPARED_ARCH = {
         "layer_norm_eps",
         "fc_norm_eps",
         "num_classes",
+        "head",
+        "attentive_queries",
+        "attentive_heads",
     ),
     "timm-vit": ("architecture", "embed_dim", "depth", "num_heads", "num_prefix_tokens", "global_pool", "num_classes"),
 }
@@ -456,6 +462,8 @@ def check_method_matches(found: dict[str, Any], own, depth: int, source: str | P
 
 
 def check_arch_matches(found: dict[str, Any], own: dict[str, Any], family: str, source: str | Path) -> None:
+    if family == "videomae":  # an arch without 'head' (any file before the option, any linear head) is linear
+        found, own = {"head": "linear", **found}, {"head": "linear", **own}
     for key in COMPARED_ARCH.get(family, TRANSFORMERS_ARCH):
         if key == "mlp_hidden_dim":  # absent (every file before the field) or None: from the ratio
             theirs, mine = _mlp_width(found), _mlp_width(own)

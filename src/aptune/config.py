@@ -23,6 +23,7 @@ from aptune.errors import ConfigError
 from aptune.fileio import write_text_atomically
 from aptune.methods import METHODS, TuningMethod, build_method, method_names, method_to_dict, methods_that
 from aptune.methods.prompt_init import PROMPT_INITS
+from aptune.models.heads import HEADS, MAX_QUERIES
 from aptune.models.vit import PRESETS
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
@@ -46,6 +47,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
     grad_checkpointing: bool = False
+    head: str = "linear"  # the paper's mean pooling; "attentive" (departure): a learned attentive probe
+    attentive_queries: int = 1  # the probe's learned queries (V-JEPA: 1), averaged
+    attentive_heads: int | None = None  # the probe's attention heads; None: the backbone's num_heads
 
     def arch_overrides(self) -> dict[str, Any]:
         """Architecture overrides for ``create_model``: only the keys the user set."""
@@ -55,7 +59,16 @@ class ModelConfig:
             overrides["drop_path_rate"] = self.drop_path_rate
         if self.head_dropout:
             overrides["head_dropout"] = self.head_dropout
+        if self.head != "linear":
+            overrides.update(head=self.head, attentive_queries=self.attentive_queries)
+            if self.attentive_heads is not None:
+                overrides["attentive_heads"] = self.attentive_heads
         return overrides
+
+
+# model overrides that leave the backbone as it is (regularisation, the readout): a file that brings
+# its own architecture (a Hugging Face folder, a merged file) keeps it when only these are set
+BESIDE_THE_ARCHITECTURE = ("drop_path_rate", "head_dropout", "head", "attentive_queries", "attentive_heads")
 
 
 DEFAULT_METHOD = "apt"
@@ -176,6 +189,7 @@ class Config:
 
 _CHOICES = {
     ("method", "name"): method_names,  # called: methods registered after import count too
+    ("model", "head"): HEADS,
     ("data", "format"): DATA_FORMATS,
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("train", "precision"): PRECISIONS,
@@ -337,6 +351,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("model", "img_size"): (1, 8192, True, True),
     ("model", "drop_path_rate"): (0, 1, True, False),
     ("model", "head_dropout"): (0, 1, True, False),
+    ("model", "attentive_queries"): (1, MAX_QUERIES, True, True),
+    ("model", "attentive_heads"): (1, 1024, True, True),
     ("data", "num_frames"): (1, 4096, True, True),
     ("data", "sampling_rate"): (1, 1000, True, True),
     ("data", "input_size"): (1, 8192, True, True),
@@ -496,6 +512,11 @@ def _check_train_and_model_combinations(config: Config, source: str) -> None:
         )
     if train.cache_features and (train.mixup or train.cutmix):
         raise ConfigError(f"{source}: train.cache_features cannot mix clips (set train.mixup and train.cutmix to 0)")
+    if train.cache_features and model.head == "attentive":
+        raise ConfigError(
+            f"{source}: train.cache_features keeps one pooled vector per clip, but model.head=attentive pools "
+            "the tokens itself (set train.cache_features=false: the frozen backbone still runs without gradients)"
+        )
     if config.pretrain.decoder_dim % config.pretrain.decoder_heads:
         raise ConfigError(
             f"{source}: pretrain.decoder_heads={config.pretrain.decoder_heads} does not divide "
@@ -507,6 +528,7 @@ def _check_train_and_model_combinations(config: Config, source: str) -> None:
     )
     if embed and heads and embed % heads:
         raise ConfigError(f"{source}: model.num_heads={heads} does not divide model.embed_dim={embed}")
+    _check_head_combinations(model, embed, source)
     depth = model.depth or _preset_value(model.arch, "depth")
     ratio = model.mlp_ratio or 4.0
     if embed and depth and (4 + 2 * ratio) * embed * embed * depth > MAX_BACKBONE_PARAMETERS:
@@ -514,6 +536,22 @@ def _check_train_and_model_combinations(config: Config, source: str) -> None:
             f"{source}: model.embed_dim={embed}, depth={depth}, mlp_ratio={ratio:g} make a backbone "
             f"of ~{(4 + 2 * ratio) * embed * embed * depth / 1e9:.0f} G parameters (at most "
             f"{MAX_BACKBONE_PARAMETERS / 1e9:.0f} G): check for a typo"
+        )
+
+
+def _check_head_combinations(model: ModelConfig, embed: int | None, source: str) -> None:
+    if model.head != "attentive":
+        changed = [
+            key
+            for key, default in (("attentive_queries", 1), ("attentive_heads", None))
+            if getattr(model, key) != default
+        ]
+        if changed:
+            raise ConfigError(f"{source}: model.{changed[0]} needs model.head=attentive, not {model.head}")
+        return
+    if embed and model.attentive_heads and embed % model.attentive_heads:
+        raise ConfigError(
+            f"{source}: model.attentive_heads={model.attentive_heads} does not divide model.embed_dim={embed}"
         )
 
 

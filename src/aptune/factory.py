@@ -11,6 +11,7 @@ from aptune.errors import ConfigError
 from aptune.interop.classifier import create_transformers_classifier, transformers_model_type
 from aptune.methods import apply_method, build_method
 from aptune.models.checkpoints import LoadedCheckpoint, load_checkpoint, load_into_model
+from aptune.models.heads import HEADS, MAX_QUERIES
 from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, arch_config
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,25 @@ def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, nu
         raise ConfigError(str(exc)) from None
     if config.embed_dim % config.num_heads:
         raise ConfigError(f"embed_dim={config.embed_dim} is not divisible by num_heads={config.num_heads}")
+    _check_head_options(config)
     if config.num_frames % config.tubelet_size or config.img_size % config.patch_size:
         raise ConfigError(
             f"num_frames={config.num_frames} must be a multiple of tubelet_size={config.tubelet_size} "
             f"and img_size={config.img_size} of patch_size={config.patch_size}"
         )
     return config
+
+
+def _check_head_options(config: ViTConfig) -> None:
+    if config.head not in HEADS:
+        raise ConfigError(f"head={config.head!r} is not one of: {', '.join(HEADS)}")
+    if config.head != "attentive":
+        return
+    queries, heads = config.attentive_queries, config.attentive_heads
+    if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= MAX_QUERIES:
+        raise ConfigError(f"attentive_queries must be an integer in [1, {MAX_QUERIES}], got {queries!r}")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or config.embed_dim % heads:
+        raise ConfigError(f"attentive_heads={heads!r} must be a positive integer dividing embed_dim={config.embed_dim}")
 
 
 def _checkpoint_class_names(checkpoint: LoadedCheckpoint | None, config: ViTConfig) -> list[str] | None:

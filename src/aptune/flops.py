@@ -15,6 +15,12 @@ Closed form per view, with N patch tokens, width D, MLP width H, depth L, P prom
     VPT          + (layers the prompt tokens pass through) * (4 P D^2 + 2 P D H + 2 D (2 N P + P^2))
     LoRA         + (adapted layers) * N (D r + r 3D)      (unmerged; merged: + 0)
     AdaptFormer  + (adapted layers) * 2 N D d
+    attentive head  + 2 N D^2 + 2 Q D^2 + 2 Q N D + 2 Q D H   (Q queries, MLP width H = 4 D)
+
+The attentive head (``head="attentive"``, :mod:`aptune.models.heads`) projects every
+patch token to a key and a value (2 N D^2), its Q queries through q and the output
+projection (2 Q D^2), attends (2 Q N D) and runs its MLP on the Q outputs (2 Q D H),
+whatever the method.
 
 H is 4 D in ViT-S/B/L/H (so a block is 12 N D^2 + 2 N^2 D); VideoMAE V2's ViT-g/14 has
 D = 1408 and H = 6144 (``ViTConfig.mlp_width``: the exact width, never the float ratio).
@@ -50,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aptune.errors import ConfigError
 from aptune.methods import method_names, methods_that
 from aptune.methods.apt import resolve_layer_range
+from aptune.models.heads import PROBE_MLP_RATIO
 from aptune.models.vit import ViTConfig
 
 aten = torch.ops.aten
@@ -193,7 +200,7 @@ def closed_form_macs(
         return queries * (4 * dim * dim + 2 * dim * hidden) + 2 * queries * keys * dim
 
     patch_embed = tokens * dim * config.in_chans * config.tubelet_size * config.patch_size**2
-    head = dim * classes
+    head = head_macs(config, classes)
     prompts = num_prompts if method in PROMPTED_METHODS else 0
     end = depth - 1 if prompt_end is None else prompt_end
     total = patch_embed + head
@@ -211,6 +218,18 @@ def closed_form_macs(
         else:
             total += block_macs(tokens, tokens)
     return total
+
+
+def head_macs(config: ViTConfig, num_classes: int) -> int:
+    """Multiply-adds of the head per view: the classifier (D * classes) and an attentive probe."""
+    dim = config.embed_dim
+    macs = dim * num_classes
+    if config.head == "attentive":
+        queries, tokens, hidden = config.attentive_queries, config.num_patches, int(dim * PROBE_MLP_RATIO)
+        macs += (
+            2 * tokens * dim * dim + 2 * queries * dim * dim + 2 * queries * tokens * dim + 2 * queries * dim * hidden
+        )
+    return macs
 
 
 def _adapter_macs(

@@ -16,7 +16,9 @@ the mask is never N x N (on CPU the fused flash kernel takes it as is).  A
 batch whose tasks all have the same number of prompts in a layer needs no
 mask.  Either way each layer runs the backbone's own block, which takes the mask.
 
-Supported adapters: ``apt`` and ``linear``; others raise a ConfigError.  Each adapter is
+Supported adapters: ``apt`` and ``linear`` with the linear head; others, and adapters with an
+attentive head (``model.head: attentive``: each task would pool the shared tokens its own way),
+raise a ConfigError.  Each adapter is
 checked against the shared backbone as :func:`aptune.load_adapter` checks it: the
 architecture (including the blocks' LayerNorm eps), the prompt tensors against the
 stored method options (layer range, number of prompts, ``reparam``), the head's shape
@@ -40,7 +42,7 @@ from aptune.errors import CheckpointError, ConfigError
 from aptune.factory import create_model
 from aptune.methods import method_from_dict, methods_that
 from aptune.methods.apt import resolve_layer_range
-from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig
+from aptune.models.vit import ATTENTIVE_HEAD_KEYS, PRESETS, VisionTransformer, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,9 @@ AdapterSource = str | Path | tuple[dict, dict]
 SUPPORTED_METHODS = methods_that("shareable")
 # architecture fields that must agree between the backbone and every adapter: those an adapter
 # shares with its model, less the ones each task keeps in its own head
-SHARED_ARCH = tuple(key for key in COMPARED_ARCH["videomae"] if key not in ("fc_norm_eps", "num_classes"))
+SHARED_ARCH = tuple(
+    key for key in COMPARED_ARCH["videomae"] if key not in ("fc_norm_eps", "num_classes", *ATTENTIVE_HEAD_KEYS)
+)
 HEAD_TENSORS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
 PROMPT_TENSORS = ("kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales")
 
@@ -125,6 +129,11 @@ class MultiAdapterModel(nn.Module):
         if meta.get("backbone_family", "videomae") != "videomae":
             raise CheckpointError(f"{label}: adapter is for a {meta['backbone_family']!r} model")
         arch = meta.get("arch") or {}
+        if arch.get("head", "linear") != "linear":
+            raise ConfigError(
+                f"{label}: an adapter with head={arch['head']!r} cannot share a backbone pass (every task here "
+                "pools the mean of the shared tokens); load it alone with aptune.model_from_adapter"
+            )
         for key in SHARED_ARCH:
             if key in arch and not _same(arch[key], getattr(config, key)):
                 raise CheckpointError(

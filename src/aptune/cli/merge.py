@@ -14,6 +14,8 @@ Which adapters can be merged:
   and gives the adapter model's logits (up to float rounding);
 * ``linear``, ``bitfit`` and ``full``: nothing to fold; the checkpoint is the backbone
   with the trained tensors (head, ``fc_norm``, the biases or everything) in place.
+* an adapter with an attentive head (``model.head: attentive``) cannot be merged, whatever its
+  method: the output is a plain VideoMAE checkpoint, whose head pools by the mean;
 * ``apt``, ``vpt-*`` and ``adaptformer`` cannot be merged: prompts add keys,
   values or tokens that no weight of the backbone can express, and AdaptFormer's
   bottleneck sits behind a ReLU.  They raise :class:`~aptune.errors.CheckpointError`
@@ -62,6 +64,12 @@ def merge_adapter(
         raise CheckpointError(
             f"{adapter}: a '{method}' adapter cannot be merged into the backbone "
             f"weights ({_why_not(method)}); load it with aptune.model_from_adapter"
+        )
+    head = (meta.get("arch") or {}).get("head", "linear")
+    if head != "linear":
+        raise CheckpointError(
+            f"{adapter}: an adapter with head={head!r} cannot be merged (a merged file is a plain VideoMAE "
+            "checkpoint, whose head pools by the mean); load it with aptune.model_from_adapter"
         )
     if pretrained is None and method != "full":
         raise ConfigError(

@@ -86,6 +86,7 @@ def refuse_classifier_options(config: Config, source: str = "config") -> None:
         "optim.head_base_lr": config.optim.head_base_lr is not None,
         "train.standardize_features": config.train.standardize_features,
         "train.cache_features": config.train.cache_features,
+        "model.head": config.model.head != "linear",
     }
     for key, is_set in ignored.items():
         if is_set:

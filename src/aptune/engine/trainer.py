@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from aptune.adapters import save_adapter
-from aptune.config import Config
+from aptune.config import BESIDE_THE_ARCHITECTURE, Config
 from aptune.engine import distributed as dist_utils
 from aptune.engine.checkpoint import (
     TrainState,
@@ -301,7 +301,7 @@ def build_model(config: Config, class_names: list[str]):
     if (
         config.model.pretrained
         and brings_own_architecture(config.model.pretrained)
-        and not (overrides.keys() - {"drop_path_rate", "head_dropout"})
+        and not (overrides.keys() - set(BESIDE_THE_ARCHITECTURE))
     ):
         arch = None  # a Hugging Face folder or a merged file brings its own architecture
     model = create_model(

@@ -47,7 +47,8 @@ import torch
 from torch import Tensor
 
 from aptune.errors import CheckpointError
-from aptune.models.vit import ViTConfig, resize_position_table
+from aptune.models.heads import HEADS, MAX_QUERIES
+from aptune.models.vit import ATTENTIVE_HEAD_KEYS, ViTConfig, resize_position_table
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,14 @@ def _merged_file_header(path: Path) -> tuple[dict[str, Any] | None, list[str] | 
     arch = _header_json(header, "arch", path, dict, required=True)
     class_names = _header_json(header, "class_names", path, list, required=False)
     # the shape only: the head's size comes from the weights, the name is a label, and
-    # regularisation (drop path, dropout, head init) belongs to whoever trains the model next
+    # regularisation (drop path, dropout, head init) and the readout belong to whoever trains next
     shape = {f.name for f in dataclasses.fields(ViTConfig)} - {
         "num_classes",
         "name",
         "drop_path_rate",
         "head_dropout",
         "head_init_scale",
+        *ATTENTIVE_HEAD_KEYS,
     }
     arch = check_arch_values({k: v for k, v in arch.items() if k in shape}, f"{path}: aptune-merged header 'arch'")
     if class_names is not None:
@@ -156,6 +158,7 @@ ARCH_LIMITS = {
     "img_size": 8192,
     "in_chans": 64,
     "num_classes": 1_000_000,
+    "attentive_queries": MAX_QUERIES,
 }
 
 
@@ -185,9 +188,17 @@ def check_arch_values(arch: dict[str, Any], where: str) -> dict[str, Any]:
             _check_triple(value, where, key, positive=key == "std")
         elif key == "name" and not isinstance(value, str):
             raise CheckpointError(f"{where} key 'name' is {value!r}, expected a string")
+        elif key == "head" and value not in HEADS:
+            raise CheckpointError(f"{where} key 'head' is {value!r}, expected one of: {', '.join(HEADS)}")
+        elif key == "attentive_heads" and value is not None:
+            _check_int(value, where, key, 1, ARCH_LIMITS["num_heads"])
     if "embed_dim" in arch and "num_heads" in arch and arch["embed_dim"] % arch["num_heads"]:
         raise CheckpointError(
             f"{where}: embed_dim={arch['embed_dim']} is not divisible by num_heads={arch['num_heads']}"
+        )
+    if "embed_dim" in arch and arch.get("attentive_heads") and arch["embed_dim"] % arch["attentive_heads"]:
+        raise CheckpointError(
+            f"{where}: embed_dim={arch['embed_dim']} is not divisible by attentive_heads={arch['attentive_heads']}"
         )
     for size, part in (("num_frames", "tubelet_size"), ("img_size", "patch_size")):
         if size in arch and part in arch and arch[size] % arch[part]:

@@ -4,6 +4,8 @@ Architecture (Tong et al., NeurIPS 2022): Conv3d tubelet patch embedding, a fixe
 1-D sin-cos position table over the flattened (t, h, w) token grid, pre-norm
 blocks with GELU MLPs, mean pooling over tokens, ``fc_norm`` and a linear ``head``.
 State-dict names match the original VideoMAE code so its checkpoints load as-is.
+``head="attentive"`` (an aptune option, :mod:`aptune.models.heads`) pools with a learned
+attentive probe instead of the mean; the classifier stays ``head.weight`` / ``head.bias``.
 
 Tuning methods never patch forward functions and this file names none of them.  A
 method adds :class:`BlockExtension` modules with :meth:`VisionTransformer.add_extension`;
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from aptune.models.attention import Attention, ExtraKV, QKVDelta
+from aptune.models.heads import HEADS, AttentiveHead
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +72,14 @@ class ViTConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     name: str = field(default="custom", compare=False)
+    # the readout: "linear" (mean pooling, VideoMAE and the APT paper) or "attentive" (aptune option)
+    head: str = "linear"
+    attentive_queries: int = 1
+    attentive_heads: int | None = None  # None: the backbone's num_heads
+
+    def __post_init__(self) -> None:
+        if self.head == "attentive" and self.attentive_heads is None:
+            self.attentive_heads = self.num_heads  # recorded as a number, so adapters compare it
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -93,6 +104,9 @@ class ViTConfig:
         values = dataclasses.asdict(self)
         if values["mlp_hidden_dim"] is None:  # left out, so headers of such models read as before the field
             del values["mlp_hidden_dim"]
+        if self.head == "linear":  # a linear head's files stay exactly as before the option existed
+            for key in ATTENTIVE_HEAD_KEYS:
+                values.pop(key)
         return values
 
     @classmethod
@@ -104,6 +118,9 @@ class ViTConfig:
                 clean[key] = tuple(clean[key])
         return cls(**clean)
 
+
+# the ViTConfig fields of the readout, absent from a linear-head model's recorded arch
+ATTENTIVE_HEAD_KEYS = ("head", "attentive_queries", "attentive_heads")
 
 PRESETS: dict[str, dict] = {
     "vit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6),
@@ -295,7 +312,7 @@ class VisionTransformer(nn.Module):
     def reset_head(self, num_classes: int) -> None:
         """A fresh classifier; VideoMAE scales its init down so early logits stay small."""
         self.config.num_classes = num_classes
-        head = nn.Linear(self.config.embed_dim, num_classes).to(self.fc_norm.weight.device)
+        head = classifier_head(self.config, num_classes).to(self.fc_norm.weight.device)
         nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
         with torch.no_grad():
@@ -375,7 +392,7 @@ class VisionTransformer(nn.Module):
         return self.fc_norm(self.forward_pooled(x))
 
     def forward_pooled(self, x: Tensor) -> Tensor:
-        """Mean of the patch tokens after the last block, before ``fc_norm`` (B, D)."""
+        """The patch tokens after the last block pooled (:meth:`pool`), before ``fc_norm`` (B, D)."""
         first_grad = 0
         if torch.is_grad_enabled() and not x.requires_grad:
             first_grad = self.first_block_needing_grad()
@@ -394,7 +411,12 @@ class VisionTransformer(nn.Module):
             for extension in extensions:
                 extension.release()
         # prompt tokens (VPT) are not part of the video: pool over patch tokens only
-        return x[:, :num_patches].mean(dim=1)
+        return self.pool(x[:, :num_patches])
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """(B, N, D) tokens to (B, D): their mean, or the attentive head's probe."""
+        probe = getattr(self.head, "probe", None)
+        return tokens.mean(dim=1) if probe is None else probe(tokens)
 
     def _run_block(self, index: int, block: Block, x: Tensor, num_patches: int) -> Tensor:
         inputs: dict[str, Any] = {}
@@ -422,6 +444,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def classifier_head(config: ViTConfig, num_classes: int) -> nn.Linear:
+    """The classifier ``config.head`` names: a plain linear layer, or one fed by an attentive probe."""
+    if config.head not in HEADS:
+        raise ValueError(f"unknown head '{config.head}' (valid: {', '.join(HEADS)})")
+    if config.head == "attentive":
+        heads = config.attentive_heads or config.num_heads
+        return AttentiveHead(config.embed_dim, num_classes, heads, config.attentive_queries)
+    return nn.Linear(config.embed_dim, num_classes)
 
 
 def drop_path_rates(config: ViTConfig) -> list[float]:
