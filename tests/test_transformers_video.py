@@ -484,3 +484,22 @@ def test_aptune_bench_measures_a_transformers_shape(monkeypatch):
         > rows[("apt", 2)]["trainable_params"]
         > rows[("linear", 0)]["trainable_params"]
     )
+
+
+def test_the_attentive_head_reads_a_transformers_encoder_too(vjepa2_folder, tmp_path):
+    model = aptune.create_model(
+        None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3, head="attentive"
+    ).eval()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} >= {"head.probe.queries", "head.weight"}
+    with torch.no_grad():
+        tokens = model.forward_tokens(_aptune_clips())
+        torch.testing.assert_close(model(_aptune_clips()), model.head(model.fc_norm(model.head.probe(tokens))))
+    path = aptune.save_adapter(model, tmp_path / "attentive.safetensors")
+    again = aptune.model_from_adapter(path, pretrained=vjepa2_folder).eval()
+    with torch.no_grad():
+        assert torch.equal(again(_aptune_clips()), model(_aptune_clips()))
+    linear = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3)
+    with pytest.raises(CheckpointError, match="head='attentive', the model has head='linear'"):
+        aptune.load_adapter(linear, path)
+    with pytest.raises(ConfigError, match="attentive_heads=5 must be a positive integer dividing embed_dim=48"):
+        aptune.create_model(None, pretrained=vjepa2_folder, num_classes=3, head="attentive", attentive_heads=5)

@@ -69,7 +69,7 @@ from aptune.methods import (
 )
 from aptune.methods.apt import resolve_layer_range
 from aptune.models.checkpoints import BACKBONE_PREFIXES, add_key_biases, check_arch_values, check_class_names
-from aptune.models.vit import PRESETS, ViTConfig
+from aptune.models.vit import ATTENTIVE_HEAD_KEYS, PRESETS, ViTConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,17 @@ FINGERPRINT_KEY = "backbone_fingerprint"
 FINGERPRINT_SCHEME = "sha256-f32"
 NATIVE_FAMILIES = ("videomae", "timm-vit")
 # what an adapter of a transformers video model (V-JEPA 2, ViViT, ...) must share with its model
-TRANSFORMERS_ARCH = ("model_type", "hidden_size", "num_attention_heads", "depth", "trained_modules", "num_classes")
+TRANSFORMERS_ARCH = (
+    "model_type",
+    "hidden_size",
+    "num_attention_heads",
+    "depth",
+    "trained_modules",
+    "num_classes",
+    "head",
+    "attentive_queries",
+    "attentive_heads",
+)
 JSON_KEYS = ("method", "arch", "class_names", "preprocess")
 # architecture fields an adapter must share with the model it loads into (per backbone family)
 COMPARED_ARCH = {
@@ -587,6 +597,7 @@ def _transformers_model_from_adapter(path, tensors, meta, pretrained, allow_back
         raise CheckpointError(f"{path}: adapter of a transformers '{family}' encoder: pass pretrained=<its folder>")
     method = method_to_dict(method_from_dict(meta["method"]))
     name = method.pop("name")
+    readout = {key: arch[key] for key in ATTENTIVE_HEAD_KEYS if arch.get(key) is not None}
     model = create_model(
         None,
         num_classes=arch.get("num_classes"),
@@ -594,7 +605,7 @@ def _transformers_model_from_adapter(path, tensors, meta, pretrained, allow_back
         pretrained=pretrained,
         class_names=meta.get("class_names") or None,
         method_options=method,
-        **overrides,
+        **{**readout, **overrides},
     )
     load_adapter_tensors(model, tensors, meta, path, allow_backbone_mismatch=allow_backbone_mismatch)
     return model

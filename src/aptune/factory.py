@@ -11,7 +11,7 @@ from aptune.errors import ConfigError
 from aptune.interop.classifier import create_transformers_classifier, transformers_model_type
 from aptune.methods import apply_method, build_method
 from aptune.models.checkpoints import LoadedCheckpoint, load_checkpoint, load_into_model
-from aptune.models.heads import HEADS, MAX_QUERIES
+from aptune.models.heads import check_readout
 from aptune.models.vit import PRESETS, VisionTransformer, ViTConfig, arch_config
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def create_model(
 
 def _transformers_classifier(arch, folder, num_classes, method, class_names, options, arch_overrides):
     """A Hugging Face folder of another video model (V-JEPA 2, ViViT, ...): the encoder is transformers'."""
-    fixed = set(arch_overrides) - {"head_dropout", "drop_path_rate"}
+    readout = {k: v for k, v in arch_overrides.items() if k in READOUT_KEYS}
+    fixed = set(arch_overrides) - set(readout) - {"drop_path_rate"}
     if arch is not None or fixed:
         given = f"arch '{arch}'" if arch is not None else f"'{sorted(fixed)[0]}'"
         raise ConfigError(f"{folder}: a transformers backbone brings its own architecture; {given} cannot change it")
@@ -94,8 +95,12 @@ def _transformers_classifier(arch, folder, num_classes, method, class_names, opt
         method=method,
         class_names=class_names,
         method_options=options,
-        head_dropout=arch_overrides.get("head_dropout", 0.0),
+        readout=readout,
     )
+
+
+# what may change on a transformers backbone: aptune's classifier on top of it
+READOUT_KEYS = ("head", "attentive_queries", "attentive_heads", "head_dropout")
 
 
 def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, num_classes, class_names) -> ViTConfig:
@@ -126,25 +131,13 @@ def _resolve_arch(arch, checkpoint: LoadedCheckpoint | None, overrides: dict, nu
         raise ConfigError(str(exc)) from None
     if config.embed_dim % config.num_heads:
         raise ConfigError(f"embed_dim={config.embed_dim} is not divisible by num_heads={config.num_heads}")
-    _check_head_options(config)
+    check_readout(config)
     if config.num_frames % config.tubelet_size or config.img_size % config.patch_size:
         raise ConfigError(
             f"num_frames={config.num_frames} must be a multiple of tubelet_size={config.tubelet_size} "
             f"and img_size={config.img_size} of patch_size={config.patch_size}"
         )
     return config
-
-
-def _check_head_options(config: ViTConfig) -> None:
-    if config.head not in HEADS:
-        raise ConfigError(f"head={config.head!r} is not one of: {', '.join(HEADS)}")
-    if config.head != "attentive":
-        return
-    queries, heads = config.attentive_queries, config.attentive_heads
-    if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= MAX_QUERIES:
-        raise ConfigError(f"attentive_queries must be an integer in [1, {MAX_QUERIES}], got {queries!r}")
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or config.embed_dim % heads:
-        raise ConfigError(f"attentive_heads={heads!r} must be a positive integer dividing embed_dim={config.embed_dim}")
 
 
 def _checkpoint_class_names(checkpoint: LoadedCheckpoint | None, config: ViTConfig) -> list[str] | None:

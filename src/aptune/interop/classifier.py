@@ -38,7 +38,8 @@ from aptune.interop.transformers_video import FAMILIES, VideoFamily, encoder_of,
 from aptune.methods import apply_method, build_method
 from aptune.methods.apt import AttentionPrompts
 from aptune.models.checkpoints import read_json_object
-from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
+from aptune.models.heads import check_readout
+from aptune.models.vit import ATTENTIVE_HEAD_KEYS, IMAGENET_MEAN, IMAGENET_STD, ViTConfig, classifier_head
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,21 @@ class TransformersVideoClassifier(nn.Module):
         backbone: nn.Module,
         family: VideoFamily,
         num_classes: int,
-        head_dropout: float = 0.0,
+        readout: dict[str, Any] | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
     ) -> None:
+        """``readout``: aptune's classifier options (``head``, ``attentive_queries``,
+        ``attentive_heads``, ``head_dropout``), as for its own backbone."""
         super().__init__()
         self.backbone = backbone
         self.family = family
         width = backbone.config.hidden_size
         attentions = interface_attentions(encoder_of(backbone, family), type(backbone).__name__)
-        self.config = _shape_summary(backbone, family, num_classes, len(attentions))
+        self.config = _shape_summary(backbone, family, num_classes, len(attentions), readout or {})
+        check_readout(self.config)
         self.fc_norm = nn.LayerNorm(width, eps=1e-6)
-        self.head_dropout = nn.Dropout(head_dropout)
+        self.head_dropout = nn.Dropout(self.config.head_dropout)
         self.reset_head(num_classes)
         # ImageNet-normalised clips -> the encoder's own normalisation: x * scale + shift per channel
         own_mean = torch.tensor(mean or family.mean)
@@ -124,7 +128,7 @@ class TransformersVideoClassifier(nn.Module):
 
     def reset_head(self, num_classes: int) -> None:
         """A fresh classifier, initialised as aptune's own backbone does (small, so early logits are)."""
-        head = nn.Linear(self.config.embed_dim, num_classes)
+        head = classifier_head(self.config, num_classes)
         nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
         with torch.no_grad():
@@ -145,8 +149,11 @@ class TransformersVideoClassifier(nn.Module):
         return self.encoder()(**{self.family.pixel_argument: pixels}).last_hidden_state
 
     def forward_pooled(self, clips: Tensor) -> Tensor:
-        """Mean of the patch tokens (a [CLS] token, where the encoder has one, is left out)."""
-        return self.forward_tokens(clips)[:, self.family.class_tokens :].mean(dim=1)
+        """The patch tokens (a [CLS] token, where the encoder has one, left out) pooled: their mean,
+        or the attentive head's probe."""
+        tokens = self.forward_tokens(clips)[:, self.family.class_tokens :]
+        probe = getattr(self.head, "probe", None)
+        return tokens.mean(dim=1) if probe is None else probe(tokens)
 
     def forward_features(self, clips: Tensor) -> Tensor:
         return self.fc_norm(self.forward_pooled(clips))
@@ -158,7 +165,7 @@ class TransformersVideoClassifier(nn.Module):
         return self.forward_head(self.forward_features(clips))
 
 
-def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int, depth: int) -> ViTConfig:
+def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int, depth: int, readout: dict) -> ViTConfig:
     config = backbone.config
     size = getattr(config, family.size_key)
     tubelet = getattr(config, "tubelet_size", 1)
@@ -174,6 +181,7 @@ def _shape_summary(backbone: nn.Module, family: VideoFamily, num_classes: int, d
         img_size=int(size[0] if isinstance(size, (list, tuple)) else size),
         num_classes=num_classes,
         name=f"transformers:{family.model_type}",
+        **readout,
     )
 
 
@@ -205,6 +213,7 @@ def describe_arch(model: TransformersVideoClassifier) -> dict[str, Any]:
         "depth": model.config.depth,
         "trained_modules": ["fc_norm", "head"],
         "num_classes": model.num_classes,
+        **{key: getattr(model.config, key) for key in ATTENTIVE_HEAD_KEYS},
     }
 
 
@@ -280,7 +289,7 @@ def create_transformers_classifier(
     method: str,
     class_names: list[str] | None = None,
     method_options: dict[str, Any] | None = None,
-    head_dropout: float = 0.0,
+    readout: dict[str, Any] | None = None,
 ) -> TransformersVideoClassifier:
     """The folder's encoder (no download: local files only) as a classifier tuned by ``method``."""
     folder = Path(folder)
@@ -291,7 +300,7 @@ def create_transformers_classifier(
     if num_classes is None:
         raise ConfigError(f"{folder}: give num_classes (or class_names): the head is new for a transformers backbone")
     mean, std = processor_statistics(folder, family)
-    model = TransformersVideoClassifier(backbone, family, num_classes, head_dropout, mean, std)
+    model = TransformersVideoClassifier(backbone, family, num_classes, readout, mean, std)
     model.class_names = list(class_names) if class_names else None
     apply_method_to_classifier(model, build_method(method, **(method_options or {})))
     log.info("loaded transformers %s from %s", type(backbone).__name__, folder)

@@ -38,9 +38,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aptune.errors import ConfigError
+
 #: what ``model.head`` may be: mean pooling + linear (VideoMAE, the APT paper), or the probe + linear
 HEADS = ("linear", "attentive")
 MAX_QUERIES = 1024  # a typo guard for recipes and adapter headers, far beyond any probe
+
+
+def check_readout(config) -> None:
+    """One-line errors for a config's head options (``head``, ``attentive_queries``, ``attentive_heads``)."""
+    if config.head not in HEADS:
+        raise ConfigError(f"head={config.head!r} is not one of: {', '.join(HEADS)}")
+    if config.head != "attentive":
+        return
+    queries, heads = config.attentive_queries, config.attentive_heads
+    if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= MAX_QUERIES:
+        raise ConfigError(f"attentive_queries must be an integer in [1, {MAX_QUERIES}], got {queries!r}")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or config.embed_dim % heads:
+        raise ConfigError(f"attentive_heads={heads!r} must be a positive integer dividing embed_dim={config.embed_dim}")
+
+
 PROBE_MLP_RATIO = 4.0  # V-JEPA's
 
 
