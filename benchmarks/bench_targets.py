@@ -1,27 +1,27 @@
-"""Performance targets of aptune on the CPU, fp32, ViT-S 16x224, batch 1.
+"""Performance targets of aptune on this machine's CPU: ViT-S 16x224, batch 1, fp32 (issue 20).
 
-Targets (issue 6):
-  1. APT with P=2 adds at most 2% latency over the frozen backbone without prompts.
-  2. Inference reaches at least 75% of the machine's fp32 matmul throughput
-     (a large ``torch.mm`` timed in the same run, interleaved with the model).
-  3. An APT training step (forward, backward to the prompts and head, AdamW step)
-     takes at most 2.3x the inference latency, and its peak memory is at most
-     1.6x the inference peak memory.
+In one run it reports, each against its goal:
 
-Everything is timed round-robin in one process (``aptune.bench.time_interleaved``)
-so a noisy spell hits every task alike.  Memory follows ``aptune.bench``: bytes
-resident (weights, optimizer state, clip) plus the profiler's peak of PyTorch
-allocations during the step.  A gradient-checkpointed training step is measured
-as well, as the memory/time trade-off the model already offers, and so is APT with
-prompts in the last half of the blocks only (``prompt_start = depth // 2``), whose
-backward stops halfway.
+* ``inference_fraction_of_mm`` (>= 0.85): inference GFLOP/s of the frozen backbone over the
+  GFLOP/s of a large ``torch.mm`` timed in the same rounds;
+* ``apt_step_over_inference`` (<= 2.45): an APT training step (P=2, prompts in every block:
+  forward, cross-entropy, backward to the prompts and head, AdamW) over APT's inference;
+* ``train_peak_rss_over_inference`` (<= 1.8): peak resident memory of a fresh process that
+  trains those steps over that of a fresh process that only infers;
+* ``small_n_overhead_over_mac_overhead`` (<= 1.5): at 128 tokens (the demo backbone's shape)
+  and 32 prompts, APT's latency overhead over the frozen model divided by its multiply-add
+  overhead; ``large_n_overhead`` is the same at 1,568 tokens and 2 prompts (goal: noise).
 
-The training-time target is also set against arithmetic: ``train_macs_ratio`` is
-the multiply-adds of forward + backward over those of the forward (counted on the
-real kernels by ``FlopCounterMode``).  A step cannot take a smaller multiple of the
-inference time unless its backward runs faster per multiply-add than the forward.
+and, as the options to trade time for memory, the step time and peak RSS of each setting:
+``plain``, ``recompute_mlp`` (each MLP's 4D-wide hidden recomputed from its D-wide input)
+and ``grad_checkpointing`` (whole blocks recomputed); with ``--compile`` also the step
+under ``torch.compile`` (inductor).
 
-    python benchmarks/bench_targets.py [--repeats 7] [--out benchmarks/results/targets.json]
+Timing is round-robin in one process (``aptune.bench.time_interleaved``; switching
+settings is untimed), ratios are medians of per-round ratios (``*_best_runs``: ratios of
+the fastest runs).  Peak RSS is ``ru_maxrss`` of child processes started for it.
+
+    python benchmarks/bench_targets.py [--quick] [--compile] --json benchmarks/results/targets.json
 """
 
 from __future__ import annotations
@@ -29,19 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
+import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from aptune.bench import (
-    MIB,
     build_cases,
     inference_step,
     machine_description,
-    peak_allocated_bytes,
-    resident_bytes,
     spread,
     time_interleaved,
     training_step,
@@ -51,215 +52,219 @@ from aptune.flops import count_macs
 
 ARCH = "vit_small_patch16_224"
 SHAPE = (1, 3, 16, 224, 224)
-
-
-def matmul_task(size: int):
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    return lambda: torch.mm(a, b, out=out)
+# the demo backbone's shape: 8 x 4 x 4 = 128 tokens
+SMALL = dict(embed_dim=192, depth=6, num_heads=3, num_frames=16, img_size=64)
+SMALL_SHAPE = (1, 3, 16, 64, 64)
+GOALS = {
+    "inference_fraction_of_mm": (">=", 0.85),
+    "apt_step_over_inference": ("<=", 2.45),
+    "train_peak_rss_over_inference": ("<=", 1.8),
+    "small_n_overhead_over_mac_overhead": ("<=", 1.5),
+}
+SETTINGS = ("plain", "recompute_mlp", "grad_checkpointing")
 
 
 def main() -> None:
+    args = parse_args()
+    if args.child:
+        return child(args.child, args.threads, args.steps)
+    torch.set_num_threads(args.threads)
+    repeats = (7, 3, 15) if args.quick else (15, 5, 40)
+    started, load_before = time.time(), _load_average()
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()}
+    result["vit_s"] = time_vit_s(args, *repeats[:2])
+    result["small_n"] = time_small_n(repeats[2])
+    result["peak_rss_mb"] = {
+        name: peak_rss(name, args.threads) for name in ("inference", *(f"train_{s}" for s in SETTINGS))
+    }
+    result.update(headline(result))
+    result["setup"] = {
+        "arch": ARCH,
+        "input": list(SHAPE),
+        "small_n": {**SMALL, "input": list(SMALL_SHAPE), "prompts": 32},
+        "threads": args.threads,
+        "repeats": dict(zip(("inference", "training", "small_n"), repeats)),
+        "quick": args.quick,
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "seconds": round(time.time() - started, 1),
+    }
+    write(result, args.json)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--inference-repeats", type=int, default=15)
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of the training phase")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "targets.json"))
+    parser.add_argument("--quick", action="store_true", help="fewer rounds: under 10 minutes on 2 cores")
+    parser.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mm-size", type=int, default=2048)
-    parser.add_argument("--no-checkpointing", action="store_true", help="skip the gradient-checkpointed training step")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "targets.json"))
-    args = parser.parse_args()
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # peak RSS: one fresh process per workload
+    parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    return parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    load_before = _load_average()
+
+# ------------------------------------------------------------------ ViT-S timing
+def time_vit_s(args, inference_repeats: int, training_repeats: int) -> dict:
     torch.manual_seed(0)
     model = create_model(ARCH, num_classes=400, method="full")
     backbone, apt = build_cases(model, ["linear", "apt"], [2])
-    half = len(model.blocks) // 2
-    (apt_half,) = build_cases(model, ["apt"], [2], prompt_start=half)
-    clip = torch.randn(SHAPE)
-    labels = torch.tensor([7])
+    clip, labels = torch.randn(SHAPE), torch.tensor([7])
     apt.activate(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    mm = matmul_task(args.mm_size)
+    infer = inference_step(model, clip)
+    tasks = {"matmul": mm, "backbone": infer, "apt2": infer}
+    setups = {"backbone": lambda: backbone.activate(model).eval(), "apt2": lambda: apt.activate(model).eval()}
+    times = time_interleaved(tasks, setups=setups, repeats=inference_repeats, warmup=1, description="inference")
 
-    def infer(case):
-        step = inference_step(model, clip)
-        return lambda: (case.activate(model).eval(), step())
-
-    half_optimizer = torch.optim.AdamW([p for p in apt_half.activate(model).parameters() if p.requires_grad], lr=1e-6)
-    apt.activate(model)
-
-    def train(checkpointing: bool, case=apt, case_optimizer=optimizer):
-        step = training_step(model, clip, labels, case_optimizer)
-
-        def run():
-            case.activate(model).train()
-            model.grad_checkpointing = checkpointing
-            try:
-                return step()
-            finally:
-                model.grad_checkpointing = False
-
-        return run
-
-    # phase 1: inference and the matmul, many rounds; phase 2: training against inference
-    inference_tasks = {"matmul": matmul_task(args.mm_size), "backbone": infer(backbone), "apt2": infer(apt)}
-    times = time_interleaved(
-        inference_tasks, repeats=args.inference_repeats, warmup=args.warmup, description="inference"
+    step = training_step(model, clip, labels, optimizer)
+    train_tasks, train_setups = {"apt2_inference": infer}, {"apt2_inference": setups["apt2"]}
+    for setting in SETTINGS:
+        train_tasks[f"train_{setting}"] = step
+        train_setups[f"train_{setting}"] = switch(model, apt, setting)
+    if args.compile:
+        compiled = torch.compile(model)
+        train_tasks["train_compiled"] = training_step(compiled, clip, labels, optimizer)
+        train_setups["train_compiled"] = switch(model, apt, "plain")
+        compile_started = time.time()
+        train_setups["train_compiled"]()
+        train_tasks["train_compiled"]()  # compiled once here, outside the timing
+        compile_seconds = round(time.time() - compile_started, 1)
+    times.update(
+        time_interleaved(train_tasks, setups=train_setups, repeats=training_repeats, warmup=1, description="training")
     )
-    train_tasks = {
-        "apt2_inference": infer(apt),
-        "apt2_train": train(False),
-        "apt2_half_inference": infer(apt_half),
-        "apt2_half_train": train(False, apt_half, half_optimizer),
-    }
-    if not args.no_checkpointing:
-        train_tasks["apt2_train_checkpointed"] = train(True)
-    times.update(time_interleaved(train_tasks, repeats=args.repeats, warmup=args.warmup, description="training"))
-    tasks = {**inference_tasks, **train_tasks}
-    stats = {name: spread(values) for name, values in times.items()}
-
     backbone.activate(model)
     backbone_macs = count_macs(model, SHAPE)
     apt.activate(model)
     apt_macs = count_macs(model, SHAPE)
-    # forward + backward on the real kernels, in training mode (the step's own graph)
-    apt_train_macs = count_macs(apt.activate(model).train(), clip, backward=True, meta=False)
-    half_train_macs = count_macs(apt_half.activate(model).train(), clip, backward=True, meta=False)
+    train_macs = count_macs(apt.activate(model).train(), clip, backward=True, meta=False)
     model.eval()
-    mm_gflops = 2 * args.mm_size**3 / (stats["matmul"]["median"] / 1000) / 1e9
-    mm_gflops_best = 2 * args.mm_size**3 / (stats["matmul"]["min"] / 1000) / 1e9
-    infer_gflops = 2 * backbone_macs / (stats["backbone"]["median"] / 1000) / 1e9
-    infer_gflops_best = 2 * backbone_macs / (stats["backbone"]["min"] / 1000) / 1e9
+    report = {
+        "gmacs": {"backbone": backbone_macs / 1e9, "apt2": apt_macs / 1e9, "apt2_train": train_macs / 1e9},
+        "latency_ms": {name: {k: round(v, 2) for k, v in spread(values).items()} for name, values in times.items()},
+        "matmul_gflops_median": round(2 * args.mm_size**3 / statistics.median(times["matmul"]) / 1e6, 1),
+        "inference_fraction_of_mm": paired_ratio(times, "matmul", "backbone", backbone_macs / args.mm_size**3),
+        "large_n_latency_overhead": paired_ratio(times, "apt2", "backbone") - 1,
+        "large_n_mac_overhead": apt_macs / backbone_macs - 1,
+        "train_macs_over_inference": round(train_macs / apt_macs, 3),
+    }
+    for setting in (*SETTINGS, *(["compiled"] if args.compile else [])):
+        report[f"step_over_inference_{setting}"] = paired_ratio(times, f"train_{setting}", "apt2_inference")
+    if args.compile:
+        report["compile_seconds"] = compile_seconds
+    return report
 
-    memory = {}
-    held_infer = resident_bytes(apt.activate(model), clip)
-    memory["apt2_inference"] = (held_infer, peak_allocated_bytes(tasks["apt2"]))
-    held_train = resident_bytes(apt.activate(model), optimizer, clip, labels)
-    memory["apt2_train"] = (held_train, peak_allocated_bytes(tasks["apt2_train"]))
-    memory["apt2_half_inference"] = (
-        resident_bytes(apt_half.activate(model), clip),
-        peak_allocated_bytes(tasks["apt2_half_inference"]),
+
+def switch(model, case, setting: str):
+    """Untimed: the APT case on the shared backbone, in training mode, with one memory setting."""
+
+    def run():
+        case.activate(model).train()
+        model.recompute_mlp = setting == "recompute_mlp"
+        model.grad_checkpointing = setting == "grad_checkpointing"
+
+    return run
+
+
+def matmul_task(size: int):
+    a, b, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def paired_ratio(times: dict, a: str, b: str, scale: float = 1.0) -> float:
+    """Median over rounds of scale * time(a) / time(b), the two timed in the same round."""
+    return round(statistics.median(scale * x / y for x, y in zip(times[a], times[b])), 4)
+
+
+# ------------------------------------------------------------------ small N
+def time_small_n(repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = create_model(None, num_classes=6, method="full", **SMALL)
+    backbone, apt = build_cases(model, ["linear", "apt"], [32])
+    clip = torch.randn(SMALL_SHAPE)
+    infer = inference_step(model, clip)
+    setups = {"backbone": lambda: backbone.activate(model).eval(), "apt32": lambda: apt.activate(model).eval()}
+    times = time_interleaved(
+        {"backbone": infer, "apt32": infer}, setups=setups, repeats=repeats, warmup=2, description="small N"
     )
-    memory["apt2_half_train"] = (
-        resident_bytes(apt_half.activate(model), half_optimizer, clip, labels),
-        peak_allocated_bytes(tasks["apt2_half_train"]),
-    )
-    if "apt2_train_checkpointed" in tasks:
-        memory["apt2_train_checkpointed"] = (held_train, peak_allocated_bytes(tasks["apt2_train_checkpointed"]))
-    memory_mb = {
-        name: {
-            "resident_mb": round(held / MIB, 1),
-            "peak_extra_mb": None if extra is None else round(extra / MIB, 1),
-            "peak_mb": None if extra is None else round((held + extra) / MIB, 1),
-        }
-        for name, (held, extra) in memory.items()
+    backbone.activate(model)
+    base = count_macs(model, SMALL_SHAPE)
+    apt.activate(model)
+    mac_overhead = count_macs(model, SMALL_SHAPE) / base - 1
+    latency_overhead = paired_ratio(times, "apt32", "backbone") - 1
+    return {
+        "tokens": model.config.num_patches,
+        "latency_ms": {name: {k: round(v, 3) for k, v in spread(values).items()} for name, values in times.items()},
+        "latency_overhead": round(latency_overhead, 4),
+        "mac_overhead": round(mac_overhead, 4),
+        "overhead_over_mac_overhead": round(latency_overhead / mac_overhead, 3),
     }
 
-    def ratio(a, b):
-        return None if a is None or b is None else round(a / b, 3)
 
-    def paired(a: str, b: str) -> float:
-        """Median over rounds of time(a) / time(b), both timed back to back in that round."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+# ------------------------------------------------------------------ peak RSS
+def peak_rss(workload: str, threads: int) -> float:
+    """ru_maxrss of a fresh process that builds ViT-S with APT P=2 and runs ``workload``."""
+    command = [sys.executable, __file__, "--child", workload, "--threads", str(threads)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return round(int(output.strip().splitlines()[-1]) / 1024, 1)
 
-    def best(a: str, b: str) -> float:
-        """Ratio of the fastest runs: contention only ever adds time."""
-        return stats[a]["min"] / stats[b]["min"]
 
-    def target(value, best_value, bound, at_most=True, offset=0.0):
-        def shown(v):
-            return None if v is None else round(v - offset, 4)
+def child(workload: str, threads: int, steps: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(ARCH, num_classes=400, method="apt", num_prompts=2)
+    clip, labels = torch.randn(SHAPE), torch.tensor([7])
+    if workload == "inference":
+        step = inference_step(model.eval(), clip)
+    else:
+        setting = workload.removeprefix("train_")
+        model.train()
+        model.recompute_mlp = setting == "recompute_mlp"
+        model.grad_checkpointing = setting == "grad_checkpointing"
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+        step = training_step(model, clip, labels, optimizer)
+    for _ in range(steps):
+        step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
-        def ok(v):
-            return v is not None and (v - offset <= bound if at_most else v - offset >= bound)
 
-        return {
-            "value": shown(value),
-            "value_best_runs": shown(best_value),
-            "target": f"{'<=' if at_most else '>='} {bound}",
-            "met": ok(value),
-            "met_best_runs": ok(best_value) if best_value else None,
-        }
-
-    flops_ratio = statistics.median(
-        (2 * backbone_macs / b) / (2 * args.mm_size**3 / m) for b, m in zip(times["backbone"], times["matmul"])
-    )
-    targets = {
-        "apt2_latency_overhead": target(paired("apt2", "backbone"), best("apt2", "backbone"), 0.02, offset=1.0),
-        "inference_vs_matmul_throughput": target(flops_ratio, infer_gflops_best / mm_gflops_best, 0.75, at_most=False),
-        "train_step_vs_inference_latency": target(
-            paired("apt2_train", "apt2_inference"), best("apt2_train", "apt2_inference"), 2.3
-        ),
-        "train_vs_inference_peak_memory": target(
-            ratio(memory_mb["apt2_train"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]), None, 1.6
-        ),
+# ------------------------------------------------------------------ report
+def headline(result: dict) -> dict:
+    vit_s, small, rss = result["vit_s"], result["small_n"], result["peak_rss_mb"]
+    values = {
+        "inference_fraction_of_mm": vit_s["inference_fraction_of_mm"],
+        "apt_step_over_inference": vit_s["step_over_inference_plain"],
+        "train_peak_rss_over_inference": round(rss["train_plain"] / rss["inference"], 3),
+        "small_n_overhead_over_mac_overhead": small["overhead_over_mac_overhead"],
     }
-    targets["half_prompted_train_step_vs_inference_latency (diagnostic)"] = target(
-        paired("apt2_half_train", "apt2_half_inference"), best("apt2_half_train", "apt2_half_inference"), 2.3
-    )
-    targets["half_prompted_train_vs_inference_peak_memory (diagnostic)"] = target(
-        ratio(memory_mb["apt2_half_train"]["peak_mb"], memory_mb["apt2_half_inference"]["peak_mb"]), None, 1.6
-    )
-    if "apt2_train_checkpointed" in tasks:
-        targets["checkpointed_train_step_vs_inference_latency (diagnostic)"] = target(
-            paired("apt2_train_checkpointed", "apt2_inference"), best("apt2_train_checkpointed", "apt2_inference"), 2.3
-        )
-        targets["checkpointed_train_vs_inference_peak_memory (diagnostic)"] = target(
-            ratio(memory_mb["apt2_train_checkpointed"]["peak_mb"], memory_mb["apt2_inference"]["peak_mb"]), None, 1.6
-        )
-
-    result = {
-        "date": _date_utc(),
-        "machine": machine_description(),
-        "setup": {
-            "arch": ARCH,
-            "input": list(SHAPE),
-            "dtype": "float32",
-            "threads": args.threads,
-            "inference_repeats": args.inference_repeats,
-            "training_repeats": args.repeats,
-            "warmup": args.warmup,
-            "ratios": "value: median over rounds of the ratio within a round (tasks timed "
-            "back to back); value_best_runs: ratio of the fastest runs",
-            "load_average_before": load_before,
-            "matmul_size": args.mm_size,
-            "optimizer": "AdamW",
-            "interleaved": list(tasks),
-            "half_prompt_start": half,
-        },
-        "gmacs": {
-            "backbone": round(backbone_macs / 1e9, 3),
-            "apt2": round(apt_macs / 1e9, 3),
-            "apt2_train": round(apt_train_macs / 1e9, 3),
-            "apt2_half_train": round(half_train_macs / 1e9, 3),
-        },
-        # the least multiple of the inference time a step can take at equal speed per MAC
-        "train_macs_ratio": {
-            "apt2": round(apt_train_macs / apt_macs, 3),
-            "apt2_half": round(half_train_macs / apt_macs, 3),
-        },
-        "latency_ms": {name: {k: round(v, 2) for k, v in s.items()} for name, s in stats.items()},
-        "throughput_gflops": {
-            "matmul_median": round(mm_gflops, 1),
-            "matmul_best": round(mm_gflops_best, 1),
-            "inference_median": round(infer_gflops, 1),
-            "inference_best": round(infer_gflops_best, 1),
-            "best_ratio": round(infer_gflops_best / mm_gflops_best, 3),
-        },
-        "memory": memory_mb,
-        "targets": targets,
+    out = dict(values)
+    out["large_n_overhead"] = {
+        "latency": round(vit_s["large_n_latency_overhead"], 4),
+        "macs": round(vit_s["large_n_mac_overhead"], 5),
     }
-    out = Path(args.out)
+    out["rss_over_inference_by_setting"] = {s: round(rss[f"train_{s}"] / rss["inference"], 3) for s in SETTINGS}
+    out["step_over_inference_by_setting"] = {
+        s: vit_s[f"step_over_inference_{s}"] for s in SETTINGS if f"step_over_inference_{s}" in vit_s
+    }
+    out["goals"] = {
+        key: {"goal": f"{op} {bound}", "met": (values[key] >= bound) if op == ">=" else (values[key] <= bound)}
+        for key, (op, bound) in GOALS.items()
+    }
+    return out
+
+
+def write(result: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    result["setup"]["load_average_after"] = _load_average()
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, item in targets.items():
-        print(
-            f"{'met   ' if item['met'] else 'MISSED'} {name}: {item['value']} "
-            f"(best runs {item['value_best_runs']}; target {item['target']})"
-        )
+    for key, goal in result["goals"].items():
+        print(f"{'met   ' if goal['met'] else 'MISSED'} {key}: {result[key]} (goal {goal['goal']})")
+    print(
+        f"large N: latency +{result['large_n_overhead']['latency']:.2%}, MACs +{result['large_n_overhead']['macs']:.3%}"
+    )
+    print(f"step / inference by setting: {result['step_over_inference_by_setting']}")
+    print(f"peak RSS / inference by setting: {result['rss_over_inference_by_setting']}")
     print(f"wrote {out}")
 
 
@@ -268,15 +273,6 @@ def _load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-def _date_utc() -> str:
-    try:
-        return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        from datetime import datetime, timezone
-
-        return datetime.now(timezone.utc).isoformat()
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ SAFE_TO_CHANGE = frozenset(
         "train.device",
         "train.compile",
         "model.grad_checkpointing",
+        "model.recompute_mlp",
         "data.num_workers",
         "data.decode_threads",
         "data.max_bad_fraction",

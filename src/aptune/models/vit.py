@@ -195,9 +195,20 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        # recompute the 4D-wide hidden activation in the backward instead of keeping it (model.recompute_mlp)
+        self.recompute_hidden = False
+
+    def hidden(self, x: Tensor) -> Tensor:
+        return self.act(self.fc1(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        if self.recompute_hidden and torch.is_grad_enabled():
+            # autograd keeps x (D wide) and redoes fc1 and GELU in the backward, where it would
+            # otherwise keep GELU's 4D-wide input: with fc2 frozen, nothing else needs the hidden
+            hidden = checkpoint(self.hidden, x, use_reentrant=False)
+        else:
+            hidden = self.hidden(x)
+        return self.drop(self.fc2(hidden))
 
 
 class DropPath(nn.Module):
@@ -294,7 +305,7 @@ class VisionTransformer(nn.Module):
         self.head_dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(dim, config.num_classes)
         self._extension_names: list[str] = []  # BlockExtension submodules, in the order they were added
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False  # whole blocks recomputed in the backward
         self._init_weights()
 
     # ----------------------------------------------------------------- set-up
@@ -322,6 +333,16 @@ class VisionTransformer(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.head.out_features
+
+    @property
+    def recompute_mlp(self) -> bool:
+        """Whether every block's MLP recomputes its hidden activation in the backward (less memory)."""
+        return all(block.mlp.recompute_hidden for block in self.blocks)
+
+    @recompute_mlp.setter
+    def recompute_mlp(self, value: bool) -> None:
+        for block in self.blocks:
+            block.mlp.recompute_hidden = bool(value)
 
     # ---------------------------------------------------------------- forward
     def position_embedding(self, grid: tuple[int, int, int]) -> Tensor:
