@@ -26,6 +26,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
 
+
 SMALL = {"num_classes": 3, "per_class": 6, "frames": 12, "size": (32, 32), "seed": 0}
 
 
