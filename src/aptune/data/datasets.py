@@ -28,16 +28,19 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aptune.config import AUGMENT_PLACES
 from aptune.data.annotations import Annotations, Sample, load_annotations
+from aptune.data.batch_augment import collate_raw_train
 from aptune.data.decode import DecodeError, default_decode_threads
 from aptune.data.sampling import clip_indices, resolve_sampling
-from aptune.data.transforms import TestTransform, TrainTransform
+from aptune.data.transforms import ClipAugmentation, TestTransform, TrainTransform
 from aptune.data.video_cache import DecodedVideoCache, open_cached_video, shared_video_cache
 from aptune.errors import DataError
 
 __all__ = [
     "Failure",
     "TrainItem",
+    "RawTrainItem",
     "TrainBatch",
     "EvalItem",
     "EvalBatch",
@@ -65,6 +68,15 @@ class TrainItem(NamedTuple):
     clips: torch.Tensor  # (num_sample, C, T, H, W) float32, augmented independently
     label: int
     failures: tuple[Failure, ...]  # videos tried and skipped before this one succeeded
+
+
+class RawTrainItem(NamedTuple):
+    """A training item for ``augment_on="device"``: the decoded frames and each clip's choices."""
+
+    frames: torch.Tensor  # (T, H, W, 3) uint8, as decoded
+    choices: tuple[ClipAugmentation, ...]  # num_sample draws, carried out on the device
+    label: int
+    failures: tuple[Failure, ...]
 
 
 class TrainBatch(NamedTuple):
@@ -151,7 +163,12 @@ class _VideoDataset(Dataset):
 
 class VideoTrainDataset(_VideoDataset):
     """One item per video: ``num_sample`` independently augmented copies of one random
-    clip (repeated augmentation: one decode, several crops/flips/RandAugments)."""
+    clip (repeated augmentation: one decode, several crops/flips/RandAugments).
+
+    ``augment_on="device"``: an item is a :class:`RawTrainItem` (the decoded frames and the
+    ``num_sample`` draws of random choices), augmented later on the training device;
+    :attr:`collate_fn` is the matching collate function either way.
+    """
 
     def __init__(
         self,
@@ -166,11 +183,17 @@ class VideoTrainDataset(_VideoDataset):
         max_attempts: int = 20,
         class_names: Sequence[str] | None = None,
         video_cache: DecodedVideoCache | None = None,
+        augment_on: str = "cpu",
     ):
         super().__init__(
             "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
         )
         self.transform = transform or TrainTransform()
+        if augment_on not in AUGMENT_PLACES:
+            raise ValueError(f"augment_on={augment_on!r} is not one of: {', '.join(AUGMENT_PLACES)}")
+        if augment_on == "device" and getattr(self.transform, "random_erase", 0) > 0:
+            raise ValueError("random erasing is done on the cpu only: augment_on must be 'cpu' with it")
+        self.augment_on = augment_on
         self.num_sample = num_sample
         self.max_attempts = max_attempts
         self.max_short_side = _decode_short_side(getattr(self.transform, "input_size", None))
@@ -200,11 +223,19 @@ class VideoTrainDataset(_VideoDataset):
                 index = self._replacement(tried)
                 tried.add(index)
                 continue
+            if self.augment_on == "device":
+                height, width = frames.shape[1:3]
+                choices = tuple(self.transform.draw(height, width) for _ in range(self.num_sample))
+                return RawTrainItem(frames, choices, label, tuple(failures))
             clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
             return TrainItem(clips, label, tuple(failures))
         raise DataError(
             f"{len(failures)} videos in a row could not be decoded, e.g. {failures[0].path}: {failures[0].reason}"
         )
+
+    @property
+    def collate_fn(self):
+        return collate_raw_train if self.augment_on == "device" else collate_train
 
     def _replacement(self, tried: set[int]) -> int:
         if len(tried) >= len(self.samples):
@@ -398,7 +429,13 @@ def build_dataset(
             scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))),
             random_erase=getattr(data, "random_erase", 0.0),
         )
-        return VideoTrainDataset(annotations.samples, transform=transform, num_sample=data.num_sample, **common)
+        return VideoTrainDataset(
+            annotations.samples,
+            transform=transform,
+            num_sample=data.num_sample,
+            augment_on=getattr(data, "augment_on", "cpu"),
+            **common,
+        )
     if multi_view is None:
         multi_view = split_name == "test"
     segments, crops = (data.test_num_segment, data.test_num_crop) if multi_view else (1, 1)
@@ -428,7 +465,7 @@ def build_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_train if train else collate_eval,
+        collate_fn=dataset.collate_fn if train else collate_eval,
         drop_last=train if drop_last is None else drop_last,
         persistent_workers=num_workers > 0,
         generator=generator,
