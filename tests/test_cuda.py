@@ -12,12 +12,13 @@ under bf16/fp16 autocast within 5e-2 of it (8 and 11 mantissa bits through a few
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CUDA_TIER_DEVICE
-from helpers import TINY, randomize_, tiny_model
+from helpers import TINY, randomize_, smooth_frames, tiny_model
 
 from aptune.engine.optim import build_optimizer
 from aptune.engine.runtime import autocast, grad_scaler
@@ -257,3 +258,57 @@ def test_bench_on_cuda_times_with_events_and_reads_peak_memory(device, tmp_path)
         if device.type == "cuda":  # the CPU profiler may give no records: None is allowed there
             assert row["peak_memory_mb"] > row["model_memory_mb"]
             assert row["train_peak_memory_mb"] > row["model_memory_mb"]
+
+
+# ------------------------------------------------------------ the input pipeline
+LEVEL = 1 / (255 * 0.229)  # one of 256 levels after normalisation (the smallest std: red)
+
+
+@pytest.mark.parametrize("spec", [None, "rand-m4-n2-mstd0.2-inc1", "rand-m9-n3-mstd0.5"])
+def test_batch_augment_on_cuda_matches_cpu(spec, device):
+    """CUDA resizes in float and rounds (CPU: uint8 arithmetic), so levels may differ by one;
+    threshold ops (solarize, posterize, equalize) can turn such a level into a larger change
+    of a few pixels, hence the mean for RandAugment and the maximum without it."""
+    from aptune.data.batch_augment import BatchAugment, collate_raw_train
+    from aptune.data.datasets import RawTrainItem
+    from aptune.data.transforms import TrainTransform
+
+    torch.manual_seed(0)
+    transform = TrainTransform(32, spec, horizontal_flip=True)
+    videos = [smooth_frames(4, 48, 64, seed) for seed in range(4)]
+    items = [RawTrainItem(v, tuple(transform.draw(48, 64) for _ in range(3)), 0, ()) for v in videos]
+    raw = collate_raw_train(items)
+    on_cpu = BatchAugment(32)(raw, "cpu")
+    on_device = BatchAugment(32)(raw, device)
+    assert on_device.device.type == device.type and on_device.shape == on_cpu.shape
+    difference = (on_device.cpu() - on_cpu).abs()
+    if spec is None:
+        assert difference.max() <= 1.01 * LEVEL
+    else:
+        assert difference.mean() <= 0.5 * LEVEL
+
+
+def test_a_tiny_run_on_the_device_end_to_end(device, tmp_path, synthetic):
+    """bf16 autocast, loader workers, pinned memory and augmentation on the device, one epoch."""
+    import yaml
+    from helpers import tiny_run_config
+
+    from aptune.cli import main
+
+    config = tiny_run_config(
+        data={
+            "root": str(synthetic("list").root),
+            "num_workers": 1,
+            "num_sample": 2,
+            "augment_on": "device",
+            "rand_augment": "rand-m4-n2-mstd0.2-inc1",
+        },
+        train={"epochs": 1, "precision": "bf16", "device": device.type},
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path), "--output-dir", str(tmp_path / "run")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_videos"] > 0
