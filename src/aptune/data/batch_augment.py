@@ -235,7 +235,13 @@ BATCHED_OPS: tuple[Callable, ...] = tuple(_BATCHED[_OPS[name][0]] for name in OP
 # ------------------------------------------------------------------- the pipeline
 class BatchAugment:
     """Carries out a :class:`RawTrainBatch`'s choices on ``device``: float32 ``(N, C, T, S, S)``
-    normalised clips, as :class:`~aptune.data.transforms.TrainTransform` makes them one by one."""
+    normalised clips, as :class:`~aptune.data.transforms.TrainTransform` makes them one by one.
+
+    Clips stay uint8 through the crop and the flip; only those that drew RandAugment ops
+    become float, and a clip without ops is normalised straight from uint8.  On a GPU the
+    clips that drew the same op are transformed together; on the CPU (where launches cost
+    nothing and gathering clips costs a pass over memory) one clip at a time.
+    """
 
     def __init__(self, input_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
         self.input_size = input_size
@@ -244,43 +250,79 @@ class BatchAugment:
     def __call__(self, batch: RawTrainBatch, device: torch.device | str = "cpu") -> torch.Tensor:
         device = torch.device(device)
         frames = batch.frames.to(device, non_blocking=True)
-        video = self.resized_crops(frames, batch.source.tolist(), batch.boxes.tolist())
+        crops = self.resized_crops(frames, batch.source.tolist(), batch.boxes.tolist())
         flipped = batch.flips.nonzero().flatten().to(device)
         if len(flipped):
-            video.index_copy_(0, flipped, video.index_select(0, flipped).flip(-1))
-        for slot in range(batch.ops.shape[1]):
-            video = self.apply_ops(video, batch.ops[:, slot], batch.arguments[:, slot])
-        return self.normalize(video)
+            crops.index_copy_(0, flipped, crops.index_select(0, flipped).flip(-1))
+        count, length, channels, size, _ = crops.shape
+        out = torch.empty((count, channels, length, size, size), device=device)
+        with_ops = (batch.ops != _NO_OP).any(dim=1)
+        self.normalize_into(out, crops, (~with_ops).nonzero().flatten())
+        changed = with_ops.nonzero().flatten()
+        groups = changed.split(1) if device.type == "cpu" else [changed]
+        for rows in groups:
+            if len(rows) == 0:
+                continue
+            on_device = rows.to(device)
+            video = crops.index_select(0, on_device).float()
+            for slot in range(batch.ops.shape[1]):
+                video = self.apply_ops(video, batch.ops[rows, slot], batch.arguments[rows, slot])
+            out.index_copy_(0, on_device, self.normalize(video))
+        return out
 
     def resized_crops(self, frames: torch.Tensor, source: list[int], boxes: list[list[int]]) -> torch.Tensor:
-        """Float ``(N, T, C, S, S)``: each clip's box of its video's frames, resized (antialiased
-        bilinear) to S x S and rounded to whole levels, as the per-clip path's uint8 resize gives."""
+        """uint8 ``(N, T, C, S, S)``: each clip's box of its video's frames, resized (antialiased
+        bilinear) to S x S: on the CPU by the per-clip path's own uint8 resize, on a GPU in
+        float and rounded to whole levels."""
         size = self.input_size
-        out = torch.empty((len(boxes), frames.shape[1], 3, size, size), device=frames.device)
+        out = torch.empty((len(boxes), frames.shape[1], 3, size, size), device=frames.device, dtype=torch.uint8)
         for row, (video, (top, left, height, width)) in enumerate(zip(source, boxes)):
             crop = frames[video, :, top : top + height, left : left + width].permute(0, 3, 1, 2)
-            if frames.device.type == "cpu":  # PyTorch's fast uint8 path, exactly the per-clip path's
+            if (height, width) == (size, size):
+                out[row] = crop
+            elif frames.device.type == "cpu":  # PyTorch's fast path for channels-last uint8
                 crop = crop.contiguous(memory_format=torch.channels_last)
                 out[row] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)
-            else:  # CUDA resizes floats only: round back to whole levels as uint8 would
+            else:  # CUDA resizes floats only
                 resized = F.interpolate(crop.float(), size=(size, size), mode="bilinear", antialias=True)
                 out[row] = resized.round_().clamp_(0, 255)
         return out
 
     @staticmethod
     def apply_ops(video: torch.Tensor, ops: torch.Tensor, arguments: torch.Tensor) -> torch.Tensor:
-        """One RandAugment slot: every op drawn in it, applied to the clips that drew it."""
+        """One RandAugment slot of the clips in ``video``: each op drawn in it, applied to the
+        clips that drew it (all of them: in place of ``video``, no gather)."""
         for index in ops.unique().tolist():
             if index == _NO_OP:
                 continue
             rows = (ops == index).nonzero().flatten()
+            if len(rows) == len(video):
+                video = BATCHED_OPS[index](video, arguments)
+                continue
             on_device = rows.to(video.device)
             changed = BATCHED_OPS[index](video.index_select(0, on_device), arguments[rows])
             video.index_copy_(0, on_device, changed)
         return video
 
+    def _constants(self, device: torch.device, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        # the per-clip path's arithmetic exactly: (x - 255 mean) * (1 / (255 std)) in float32
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(shape) * 255
+        scale = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(shape) * 255)
+        return mean.to(device), scale.to(device)
+
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
-        """``(N, T, C, S, S)`` in [0, 255] -> normalised ``(N, C, T, S, S)``."""
-        mean = torch.tensor(self.mean, device=video.device).view(1, 1, -1, 1, 1) * 255
-        scale = 1.0 / (torch.tensor(self.std, device=video.device).view(1, 1, -1, 1, 1) * 255)
-        return video.sub_(mean).mul_(scale).transpose(1, 2).contiguous()
+        """Float ``(b, T, C, S, S)`` in [0, 255] -> normalised ``(b, C, T, S, S)`` (a view)."""
+        mean, scale = self._constants(video.device, (1, 1, -1, 1, 1))
+        return video.sub_(mean).mul_(scale).transpose(1, 2)
+
+    def normalize_into(self, out: torch.Tensor, crops: torch.Tensor, rows: torch.Tensor) -> None:
+        """``out[rows]`` = the uint8 ``crops[rows]`` normalised, without a float copy of the crops."""
+        if len(rows) == 0:
+            return
+        mean, scale = self._constants(out.device, (1, -1, 1, 1, 1))
+        if len(rows) == len(out):
+            torch.sub(crops.transpose(1, 2), mean, out=out).mul_(scale)
+            return
+        on_device = rows.to(out.device)
+        source = crops.index_select(0, on_device).transpose(1, 2)
+        out.index_copy_(0, on_device, torch.sub(source, mean).mul_(scale))
