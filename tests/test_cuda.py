@@ -212,7 +212,10 @@ def test_evaluation_on_cuda_matches_cpu(device, tmp_path, exact_fp32):
     assert on_device["video_ids"] == on_cpu["video_ids"] == list(range(6))
     assert torch.allclose(on_device["probs"], on_cpu["probs"], atol=FP32_TOLERANCE)
     assert torch.allclose(on_device_bf16["probs"], on_cpu["probs"], atol=AUTOCAST_TOLERANCE)
-    assert on_device["top1"] == on_cpu["top1"]
+    # the same predictions wherever the top two classes are told apart beyond the tolerance
+    top2 = on_cpu["probs"].topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 10 * FP32_TOLERANCE
+    assert torch.equal(on_device["probs"].argmax(1)[clear], on_cpu["probs"].argmax(1)[clear])
 
 
 # ---------------------------------------------------------------------- bench
