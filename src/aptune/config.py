@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 # where training clips are augmented: cpu (loader workers, one clip at a time) or the training device
 AUGMENT_PLACES = ("cpu", "device")
+DECODERS = ("pyav", "torchcodec")  # torchcodec: an optional extra (pip install aptune[torchcodec])
 
 
 @dataclass
@@ -102,6 +103,7 @@ class DataConfig:
     decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
     video_cache_mb: int = 0  # aptune option: keep decoded videos in memory (small sets, num_workers 0); 0: off
     augment_on: str = "cpu"  # aptune option: cpu (workers, per clip) | device (the training device, per batch)
+    decoder: str = "pyav"  # aptune option: pyav | torchcodec (an optional extra)
 
 
 @dataclass
@@ -182,6 +184,7 @@ _CHOICES = {
     ("data", "format"): DATA_FORMATS,
     ("data", "sampling"): ("auto", "dense", "segment"),
     ("data", "augment_on"): AUGMENT_PLACES,
+    ("data", "decoder"): DECODERS,
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
 }

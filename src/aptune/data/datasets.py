@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from aptune.config import AUGMENT_PLACES
 from aptune.data.annotations import Annotations, Sample, load_annotations
 from aptune.data.batch_augment import collate_raw_train
-from aptune.data.decode import DecodeError, default_decode_threads
+from aptune.data.decode import DecodeError, check_decoder, default_decode_threads
 from aptune.data.sampling import clip_indices, resolve_sampling
 from aptune.data.transforms import ClipAugmentation, TestTransform, TrainTransform
 from aptune.data.video_cache import DecodedVideoCache, open_cached_video, shared_video_cache
@@ -111,13 +111,14 @@ def _load_clip(
     num_segments: int = 1,
     max_short_side: int | None = None,
     video_cache: DecodedVideoCache | None = None,
+    decoder: str = "pyav",
 ) -> list[torch.Tensor]:
     """Decode one clip (train) or all ``num_segments`` test clips in a single pass.
 
     Frames are scaled down while decoding so their short side is at most
     ``max_short_side``, so the memory a clip takes is bounded whatever the resolution.
     """
-    with open_cached_video(path, threads, max_short_side, video_cache) as video:
+    with open_cached_video(path, threads, max_short_side, video_cache, decoder) as video:
         total = video.num_frames
         if train:
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
@@ -151,6 +152,7 @@ class _VideoDataset(Dataset):
         decode_threads: int,
         class_names: Sequence[str] | None,
         video_cache: DecodedVideoCache | None = None,
+        decoder: str = "pyav",
     ) -> None:
         if not samples:
             raise DataError(f"the {split} split has no videos")
@@ -159,6 +161,7 @@ class _VideoDataset(Dataset):
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.decode_threads = decode_threads
         self.video_cache = video_cache
+        self.decoder = decoder
 
 
 class VideoTrainDataset(_VideoDataset):
@@ -184,9 +187,10 @@ class VideoTrainDataset(_VideoDataset):
         class_names: Sequence[str] | None = None,
         video_cache: DecodedVideoCache | None = None,
         augment_on: str = "cpu",
+        decoder: str = "pyav",
     ):
         super().__init__(
-            "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+            "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache, decoder
         )
         self.transform = transform or TrainTransform()
         if augment_on not in AUGMENT_PLACES:
@@ -216,6 +220,7 @@ class VideoTrainDataset(_VideoDataset):
                     train=True,
                     max_short_side=self.max_short_side,
                     video_cache=self.video_cache,
+                    decoder=self.decoder,
                 )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
@@ -267,9 +272,18 @@ class VideoEvalDataset(_VideoDataset):
         decode_threads: int = 1,
         class_names: Sequence[str] | None = None,
         video_cache: DecodedVideoCache | None = None,
+        decoder: str = "pyav",
     ):
         super().__init__(
-            "evaluation", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+            "evaluation",
+            samples,
+            num_frames,
+            sampling_rate,
+            sampling,
+            decode_threads,
+            class_names,
+            video_cache,
+            decoder,
         )
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
@@ -312,6 +326,7 @@ class VideoEvalDataset(_VideoDataset):
                 num_segments=self.num_segments,
                 max_short_side=self.max_short_side,
                 video_cache=self.video_cache,
+                decoder=self.decoder,
             )
             resized = self.transform.resize(torch.cat(clips))
             decoded: list[torch.Tensor] | Failure = list(resized.split(self.num_frames))
@@ -412,7 +427,10 @@ def build_dataset(
     if annotations is None:
         annotations = load_annotations(data.format, data.root, split_name, data.split, data.annotations)
     threads = getattr(data, "decode_threads", 0) or default_decode_threads(data.num_workers)
+    decoder = getattr(data, "decoder", "pyav")
+    check_decoder(decoder)  # a missing optional backend fails here, in one line, not in a worker
     common = dict(
+        decoder=decoder,
         num_frames=data.num_frames,
         sampling_rate=data.sampling_rate,
         sampling=sampling,
