@@ -9,6 +9,11 @@ one process (= one DataLoader worker) for:
 * ``train``         decode + random resized crop + flip + RandAugment to 224, ``num_sample`` 1 and 2
 * ``test``          5 segments x 3 crops (one decode per video), reported per video and per view
 * ``decord``        decord's ``get_batch`` on the same indices, if decord imports
+* ``torchcodec``    aptune's torchcodec reader (``data.decoder: torchcodec``) on the same indices, if
+                    torchcodec loads (``pip install aptune[torchcodec]``; each release needs its torch)
+
+decord and torchcodec need not be in the environment that runs aptune: a virtual
+environment made with ``--system-site-packages`` (so it sees this torch) can hold them.
 
 Usage:  python benchmarks/bench_decode.py [--videos 8] [--repeats 3] [--out benchmarks/results/decode.json]
 """
@@ -29,10 +34,11 @@ import numpy as np
 import torch
 
 from aptune.data.datasets import VideoEvalDataset, VideoTrainDataset
-from aptune.data.decode import open_video
+from aptune.data.decode import check_decoder, open_video
 from aptune.data.sampling import dense_train_indices
 from aptune.data.synth import render_motion_video, write_video
 from aptune.data.transforms import TestTransform, TrainTransform
+from aptune.errors import ConfigError
 
 NUM_FRAMES, SAMPLING_RATE = 16, 4
 
@@ -76,13 +82,21 @@ def training_windows(paths, frames: int, per_video: int = 4, seed: int = 0) -> l
     return [(p, dense_train_indices(frames, NUM_FRAMES, SAMPLING_RATE)) for p in paths for _ in range(per_video)]
 
 
-def bench_decode(windows, threads):
+def bench_decode(windows, threads, decoder: str = "pyav"):
     def run():
         for path, indices in windows:
-            with open_video(path, threads) as video:
+            with open_video(path, threads, decoder=decoder) as video:
                 video.get_frames(indices)
 
     return run
+
+
+def torchcodec_status() -> str:
+    try:
+        check_decoder("torchcodec")
+    except ConfigError as exc:
+        return f"not available ({exc})"
+    return "available"
 
 
 def bench_naive(windows):
@@ -192,6 +206,7 @@ def main() -> None:
     except ImportError as exc:
         decord_status = f"not available ({exc})"
 
+    codec_status = torchcodec_status()
     results = []
     for label, gop in (("short GOP (12)", 12), ("long GOP (one keyframe)", 10_000)):
         paths = make_videos(folder, args.videos, gop, args.frames, (height, width))
@@ -202,6 +217,8 @@ def main() -> None:
             methods[f"decode_threads{threads}"] = bench_decode(windows, threads)
             if decord_status == "available":
                 methods[f"decord_get_batch_threads{threads}"] = bench_decord(windows, threads)
+            if codec_status == "available":
+                methods[f"torchcodec_threads{threads}"] = bench_decode(windows, threads, "torchcodec")
         methods["decode_naive_from_start"] = bench_naive(windows)
         row.update(interleaved(methods, len(windows), args.repeats))
         if decord_status == "available":
@@ -232,6 +249,7 @@ def main() -> None:
             "test": "5 segments x 3 crops, short side 224",
         },
         "decord": decord_status,
+        "torchcodec": codec_status,
         "results": results,
     }
     out = Path(args.out)

@@ -170,3 +170,11 @@ def tiny_hf_model(num_labels: int = 5, seed: int = 0):
             offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
     return model
+
+
+def smooth_frames(frames: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) with image-like local correlation (plain noise would hide blur and warps)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(frames * 3, 1, height, width, generator=generator) * 255
+    smooth = torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 3 - 255
+    return smooth.clamp(0, 255).round().to(torch.uint8).view(frames, 3, height, width).permute(0, 2, 3, 1).contiguous()

@@ -123,6 +123,7 @@ def test_run_bench_rows():
     meta = result["meta"]
     assert meta["machine"]["torch"] == torch.__version__
     assert {"date", "device", "batch", "memory_method", "gmacs_convention"} <= set(meta)
+    assert meta["timing_method"] == "time.perf_counter"  # CUDA events on a GPU: tests/test_cuda.py
     table = format_table(rows)
     assert "vpt-shallow" in table and "linear       -" in table
 

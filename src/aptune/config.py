@@ -29,6 +29,9 @@ from aptune.models.vit import PRESETS
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "ssv2", "kinetics")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
+# where training clips are augmented: cpu (loader workers, one clip at a time) or the training device
+AUGMENT_PLACES = ("cpu", "device")
+DECODERS = ("pyav", "torchcodec")  # torchcodec: an optional extra (pip install aptune[torchcodec])
 
 
 @dataclass
@@ -113,6 +116,8 @@ class DataConfig:
     sampling: str = "auto"  # auto: segment (TSN) for ssv2, dense windows otherwise | dense | segment
     decode_threads: int = 0  # decoder threads per worker; 0: cpu cores // max(1, num_workers)
     video_cache_mb: int = 0  # aptune option: keep decoded videos in memory (small sets, num_workers 0); 0: off
+    augment_on: str = "cpu"  # aptune option: cpu (workers, per clip) | device (the training device, per batch)
+    decoder: str = "pyav"  # aptune option: pyav | torchcodec (an optional extra)
 
 
 @dataclass
@@ -193,6 +198,8 @@ _CHOICES = {
     ("model", "head"): HEADS,
     ("data", "format"): DATA_FORMATS,
     ("data", "sampling"): ("auto", "dense", "segment"),
+    ("data", "augment_on"): AUGMENT_PLACES,
+    ("data", "decoder"): DECODERS,
     ("train", "precision"): PRECISIONS,
     ("optim", "name"): OPTIMIZERS,
 }
@@ -454,6 +461,11 @@ def _check_combinations(config: Config, source: str) -> None:
 
 
 def _check_data_combinations(data: DataConfig, model: ModelConfig, source: str) -> None:
+    if data.augment_on == "device" and data.random_erase > 0:
+        raise ConfigError(
+            f"{source}: data.random_erase={data.random_erase:g} is done on the cpu only: "
+            "set data.augment_on=cpu or data.random_erase=0"
+        )
     if data.test_num_crop not in (1, 3):
         raise ConfigError(f"{source}: data.test_num_crop must be 1 or 3, got {data.test_num_crop}")
     if data.split not in (1, 2, 3):

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from aptune.bench.measure import (
     MIB,
+    StepTimer,
     inference_step,
     peak_allocated_bytes,
     resident_bytes,
     spread,
     synchronize,
     time_interleaved,
+    timing_method,
     training_step,
 )
 from aptune.bench.report import ROW_KEYS, bench_metadata, format_table, machine_description
@@ -51,6 +53,7 @@ __all__ = [
     "BENCH_METHODS",
     "MIB",
     "ROW_KEYS",
+    "StepTimer",
     "BenchSettings",
     "MethodCase",
     "bench_device",
@@ -66,5 +69,6 @@ __all__ = [
     "spread",
     "synchronize",
     "time_interleaved",
+    "timing_method",
     "training_step",
 ]

@@ -1,6 +1,13 @@
-"""Measuring one step: interleaved wall-clock timing, peak allocated memory, resident bytes,
-and the inference and training steps that are timed (see :mod:`aptune.bench` for what the
-memory numbers include)."""
+"""Measuring one step: interleaved timing, peak allocated memory, resident bytes, and the
+inference and training steps that are timed (see :mod:`aptune.bench` for what the memory
+numbers include).
+
+On CPU a step is timed by the wall clock (``time.perf_counter``).  On CUDA it is timed by
+a pair of CUDA events recorded on the current stream around it: the GPU's own clock, which
+counts the kernels the step queued and not the Python and launch overhead before the first
+of them, and needs no host synchronisation inside the timed span.  The events are read after
+a synchronise that follows each run.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +49,34 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timing_method(device: torch.device | str) -> str:
+    """How :func:`time_interleaved` times a step on ``device`` (recorded in benchmark metadata)."""
+    return "cuda events" if torch.device(device).type == "cuda" else "time.perf_counter"
+
+
+class StepTimer:
+    """Milliseconds of one call of a function: CUDA events on a CUDA device, else the wall clock."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.end_event = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        synchronize(self.device)
+        if self.cuda:
+            self.start_event.record()
+            fn()
+            self.end_event.record()
+            self.end_event.synchronize()
+            return float(self.start_event.elapsed_time(self.end_event))
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000.0
+
+
 def time_interleaved(
     tasks: dict[str, Callable[[], object]],
     *,
@@ -52,7 +87,8 @@ def time_interleaved(
     description: str = "timing",
     setups: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, list[float]]:
-    """Run every task once per repeat, round-robin, and return its wall times in milliseconds.
+    """Run every task once per repeat, round-robin, and return its times in milliseconds
+    (CUDA events on a CUDA device, the wall clock elsewhere: :class:`StepTimer`).
 
     The first ``warmup`` rounds are run but not recorded.  The order rotates by
     one task each round so no task always follows the same neighbour.  ``setups[name]``,
@@ -60,7 +96,7 @@ def time_interleaved(
     backbone to its method: at 128 tokens that costs more than the prompts it measures).
     """
     setups = setups or {}
-    device = torch.device(device)
+    timer = StepTimer(device)
     names = list(tasks)
     times: dict[str, list[float]] = {name: [] for name in names}
     rounds = warmup + repeats
@@ -70,11 +106,7 @@ def time_interleaved(
             for name in names[shift:] + names[:shift]:
                 if name in setups:
                     setups[name]()
-                synchronize(device)
-                start = time.perf_counter()
-                tasks[name]()
-                synchronize(device)
-                elapsed = (time.perf_counter() - start) * 1000.0
+                elapsed = timer(tasks[name])
                 if round_index >= warmup:
                     times[name].append(elapsed)
                 bar.update(1)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from aptune._version import __version__
+from aptune.bench.measure import timing_method
 
 if TYPE_CHECKING:  # run.py imports this module: the settings class is only a type here
     from aptune.bench.run import BenchSettings
@@ -95,6 +96,7 @@ def bench_metadata(settings: BenchSettings, device: torch.device) -> dict:
         "lora_merged": False,
         "gmacs_convention": "multiply-adds per view (batch 1): linears, patch-embedding conv, "
         "attention matmuls; norms, softmax, GELU not counted",
+        "timing_method": timing_method(device),
         "memory_method": (
             "torch.cuda.max_memory_allocated"
             if device.type == "cuda"

@@ -28,16 +28,19 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from aptune.config import AUGMENT_PLACES
 from aptune.data.annotations import Annotations, Sample, load_annotations
-from aptune.data.decode import DecodeError, default_decode_threads
+from aptune.data.batch_augment import collate_raw_train
+from aptune.data.decode import DecodeError, check_decoder, default_decode_threads
 from aptune.data.sampling import clip_indices, resolve_sampling
-from aptune.data.transforms import TestTransform, TrainTransform
+from aptune.data.transforms import ClipAugmentation, TestTransform, TrainTransform
 from aptune.data.video_cache import DecodedVideoCache, open_cached_video, shared_video_cache
 from aptune.errors import DataError
 
 __all__ = [
     "Failure",
     "TrainItem",
+    "RawTrainItem",
     "TrainBatch",
     "EvalItem",
     "EvalBatch",
@@ -65,6 +68,15 @@ class TrainItem(NamedTuple):
     clips: torch.Tensor  # (num_sample, C, T, H, W) float32, augmented independently
     label: int
     failures: tuple[Failure, ...]  # videos tried and skipped before this one succeeded
+
+
+class RawTrainItem(NamedTuple):
+    """A training item for ``augment_on="device"``: the decoded frames and each clip's choices."""
+
+    frames: torch.Tensor  # (T, H, W, 3) uint8, as decoded
+    choices: tuple[ClipAugmentation, ...]  # num_sample draws, carried out on the device
+    label: int
+    failures: tuple[Failure, ...]
 
 
 class TrainBatch(NamedTuple):
@@ -99,13 +111,14 @@ def _load_clip(
     num_segments: int = 1,
     max_short_side: int | None = None,
     video_cache: DecodedVideoCache | None = None,
+    decoder: str = "pyav",
 ) -> list[torch.Tensor]:
     """Decode one clip (train) or all ``num_segments`` test clips in a single pass.
 
     Frames are scaled down while decoding so their short side is at most
     ``max_short_side``, so the memory a clip takes is bounded whatever the resolution.
     """
-    with open_cached_video(path, threads, max_short_side, video_cache) as video:
+    with open_cached_video(path, threads, max_short_side, video_cache, decoder) as video:
         total = video.num_frames
         if train:
             indices = [clip_indices(sampling, total, num_frames, sampling_rate, True)]
@@ -139,6 +152,7 @@ class _VideoDataset(Dataset):
         decode_threads: int,
         class_names: Sequence[str] | None,
         video_cache: DecodedVideoCache | None = None,
+        decoder: str = "pyav",
     ) -> None:
         if not samples:
             raise DataError(f"the {split} split has no videos")
@@ -147,11 +161,17 @@ class _VideoDataset(Dataset):
         self.num_frames, self.sampling_rate, self.sampling = num_frames, sampling_rate, sampling
         self.decode_threads = decode_threads
         self.video_cache = video_cache
+        self.decoder = decoder
 
 
 class VideoTrainDataset(_VideoDataset):
     """One item per video: ``num_sample`` independently augmented copies of one random
-    clip (repeated augmentation: one decode, several crops/flips/RandAugments)."""
+    clip (repeated augmentation: one decode, several crops/flips/RandAugments).
+
+    ``augment_on="device"``: an item is a :class:`RawTrainItem` (the decoded frames and the
+    ``num_sample`` draws of random choices), augmented later on the training device;
+    :attr:`collate_fn` is the matching collate function either way.
+    """
 
     def __init__(
         self,
@@ -166,11 +186,18 @@ class VideoTrainDataset(_VideoDataset):
         max_attempts: int = 20,
         class_names: Sequence[str] | None = None,
         video_cache: DecodedVideoCache | None = None,
+        augment_on: str = "cpu",
+        decoder: str = "pyav",
     ):
         super().__init__(
-            "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+            "training", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache, decoder
         )
         self.transform = transform or TrainTransform()
+        if augment_on not in AUGMENT_PLACES:
+            raise ValueError(f"augment_on={augment_on!r} is not one of: {', '.join(AUGMENT_PLACES)}")
+        if augment_on == "device" and getattr(self.transform, "random_erase", 0) > 0:
+            raise ValueError("random erasing is done on the cpu only: augment_on must be 'cpu' with it")
+        self.augment_on = augment_on
         self.num_sample = num_sample
         self.max_attempts = max_attempts
         self.max_short_side = _decode_short_side(getattr(self.transform, "input_size", None))
@@ -193,6 +220,7 @@ class VideoTrainDataset(_VideoDataset):
                     train=True,
                     max_short_side=self.max_short_side,
                     video_cache=self.video_cache,
+                    decoder=self.decoder,
                 )
             except DecodeError as exc:
                 failures.append(Failure(path, str(exc), index))
@@ -200,11 +228,19 @@ class VideoTrainDataset(_VideoDataset):
                 index = self._replacement(tried)
                 tried.add(index)
                 continue
+            if self.augment_on == "device":
+                height, width = frames.shape[1:3]
+                choices = tuple(self.transform.draw(height, width) for _ in range(self.num_sample))
+                return RawTrainItem(frames, choices, label, tuple(failures))
             clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
             return TrainItem(clips, label, tuple(failures))
         raise DataError(
             f"{len(failures)} videos in a row could not be decoded, e.g. {failures[0].path}: {failures[0].reason}"
         )
+
+    @property
+    def collate_fn(self):
+        return collate_raw_train if self.augment_on == "device" else collate_train
 
     def _replacement(self, tried: set[int]) -> int:
         if len(tried) >= len(self.samples):
@@ -236,9 +272,18 @@ class VideoEvalDataset(_VideoDataset):
         decode_threads: int = 1,
         class_names: Sequence[str] | None = None,
         video_cache: DecodedVideoCache | None = None,
+        decoder: str = "pyav",
     ):
         super().__init__(
-            "evaluation", samples, num_frames, sampling_rate, sampling, decode_threads, class_names, video_cache
+            "evaluation",
+            samples,
+            num_frames,
+            sampling_rate,
+            sampling,
+            decode_threads,
+            class_names,
+            video_cache,
+            decoder,
         )
         self.transform = transform or TestTransform()
         self.num_segments = num_segments
@@ -281,6 +326,7 @@ class VideoEvalDataset(_VideoDataset):
                 num_segments=self.num_segments,
                 max_short_side=self.max_short_side,
                 video_cache=self.video_cache,
+                decoder=self.decoder,
             )
             resized = self.transform.resize(torch.cat(clips))
             decoded: list[torch.Tensor] | Failure = list(resized.split(self.num_frames))
@@ -381,7 +427,10 @@ def build_dataset(
     if annotations is None:
         annotations = load_annotations(data.format, data.root, split_name, data.split, data.annotations)
     threads = getattr(data, "decode_threads", 0) or default_decode_threads(data.num_workers)
+    decoder = getattr(data, "decoder", "pyav")
+    check_decoder(decoder)  # a missing optional backend fails here, in one line, not in a worker
     common = dict(
+        decoder=decoder,
         num_frames=data.num_frames,
         sampling_rate=data.sampling_rate,
         sampling=sampling,
@@ -398,7 +447,13 @@ def build_dataset(
             scale=tuple(getattr(data, "crop_scale", (0.08, 1.0))),
             random_erase=getattr(data, "random_erase", 0.0),
         )
-        return VideoTrainDataset(annotations.samples, transform=transform, num_sample=data.num_sample, **common)
+        return VideoTrainDataset(
+            annotations.samples,
+            transform=transform,
+            num_sample=data.num_sample,
+            augment_on=getattr(data, "augment_on", "cpu"),
+            **common,
+        )
     if multi_view is None:
         multi_view = split_name == "test"
     segments, crops = (data.test_num_segment, data.test_num_crop) if multi_view else (1, 1)
@@ -428,7 +483,7 @@ def build_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_train if train else collate_eval,
+        collate_fn=dataset.collate_fn if train else collate_eval,
         drop_last=train if drop_last is None else drop_last,
         persistent_workers=num_workers > 0,
         generator=generator,

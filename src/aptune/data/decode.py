@@ -41,6 +41,9 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+from aptune.config import DECODERS
+from aptune.errors import ConfigError
+
 __all__ = [
     "DecodeError",
     "VideoInfo",
@@ -49,6 +52,9 @@ __all__ = [
     "read_frames",
     "probe_video",
     "default_decode_threads",
+    "check_video_file",
+    "check_decoder",
+    "DECODERS",
     "MAX_ASPECT_RATIO",
 ]
 
@@ -73,6 +79,18 @@ class VideoInfo:
     duration: float | None
     rotation: int  # degrees counter-clockwise to turn decoded frames for display
     frames_exact: bool  # the count came from the container index, not an estimate
+
+
+def check_video_file(path: str) -> None:
+    """A :class:`DecodeError` for a path that is no regular, non-empty file (before any decoder opens it)."""
+    if not os.path.exists(path):
+        raise DecodeError("file not found")
+    if os.path.isdir(path):
+        raise DecodeError("a folder, not a video file")
+    if not os.path.isfile(path):  # reading a pipe or a device could block forever
+        raise DecodeError("not a regular file (a pipe or a device?)")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
 
 
 def default_decode_threads(num_workers: int, cores: int | None = None) -> int:
@@ -113,14 +131,7 @@ class VideoReader:
         self.max_aspect_ratio = max_aspect_ratio
         self.container = None
         with _reasons("cannot open"):
-            if not os.path.exists(self.path):
-                raise DecodeError("file not found")
-            if os.path.isdir(self.path):
-                raise DecodeError("a folder, not a video file")
-            if not os.path.isfile(self.path):  # reading a pipe or a device could block forever
-                raise DecodeError("not a regular file (a pipe or a device?)")
-            if os.path.getsize(self.path) == 0:
-                raise DecodeError("empty file (0 bytes)")
+            check_video_file(self.path)
             self._open()
         try:
             with _reasons("cannot read the stream header"):
@@ -361,9 +372,29 @@ def open_video(
     threads: int = 1,
     max_short_side: int | None = None,
     max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
-) -> VideoReader:
-    """Open ``path`` for one read: ``with open_video(p) as video: video.get_frames(idx)``."""
+    decoder: str = "pyav",
+):
+    """Open ``path`` for one read: ``with open_video(p) as video: video.get_frames(idx)``.
+
+    ``decoder``: ``pyav`` (this module's :class:`VideoReader`) or ``torchcodec``
+    (:class:`aptune.data.decode_torchcodec.TorchCodecReader`, an optional extra).
+    """
+    if decoder == "torchcodec":
+        from aptune.data.decode_torchcodec import TorchCodecReader
+
+        return TorchCodecReader(path, threads, max_short_side, max_aspect_ratio)
+    check_decoder(decoder)
     return VideoReader(path, threads, max_short_side, max_aspect_ratio)
+
+
+def check_decoder(decoder: str) -> None:
+    """A one-line ConfigError for an unknown backend or an optional one that cannot be used here."""
+    if decoder not in DECODERS:
+        raise ConfigError(f"data.decoder={decoder!r} is not one of: {', '.join(DECODERS)}")
+    if decoder == "torchcodec":
+        from aptune.data.decode_torchcodec import load_torchcodec
+
+        load_torchcodec()
 
 
 def read_frames(

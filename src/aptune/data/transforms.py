@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ __all__ = [
     "RandAugment",
     "parse_rand_augment",
     "random_erase",
+    "ClipAugmentation",
     "TrainTransform",
     "TestTransform",
 ]
@@ -179,13 +181,15 @@ def _auto_contrast(video, _):
 def _equalize(video, _):
     t, c, h, w = video.shape
     values = video.round().clamp_(0, 255).long().reshape(t * c, h * w)
-    hist = torch.zeros(t * c, 256, dtype=torch.long).scatter_add_(1, values, torch.ones_like(values))
-    last_nonzero = (hist > 0).long() * torch.arange(256)
+    levels = torch.arange(256, device=video.device)
+    hist = torch.zeros(t * c, 256, dtype=torch.long, device=video.device)
+    hist.scatter_add_(1, values, torch.ones_like(values))
+    last_nonzero = (hist > 0).long() * levels
     last_count = hist.gather(1, last_nonzero.argmax(dim=1, keepdim=True))
     step = (hist.sum(dim=1, keepdim=True) - last_count) // 255
     before = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each level
     lut = ((step // 2 + before) // step.clamp(min=1)).clamp(max=255)
-    lut = torch.where(step > 0, lut, torch.arange(256).expand(t * c, 256))
+    lut = torch.where(step > 0, lut, levels.expand(t * c, 256))
     return lut.float().gather(1, values).reshape(t, c, h, w)
 
 
@@ -422,10 +426,23 @@ def random_erase(video: torch.Tensor, probability: float) -> torch.Tensor:
     return video
 
 
+class ClipAugmentation(NamedTuple):
+    """The random choices of one training clip, drawn by :meth:`TrainTransform.draw`."""
+
+    box: tuple[int, int, int, int]  # (top, left, height, width) of the random resized crop
+    flip: bool
+    ops: tuple[tuple[str, float], ...]  # RandAugment's (op name, argument) pairs, in order
+
+
 class TrainTransform:
     """uint8 ``(T, H, W, C)`` -> random resized crop -> flip -> RandAugment -> normalised
     float32 ``(C, T, S, S)`` -> random erasing (off by default).  One crop box, flip and op
-    list per call (per clip)."""
+    list per call (per clip).
+
+    :meth:`draw` makes the random choices and :meth:`apply` carries them out; the batched
+    path on the training device (:mod:`aptune.data.batch_augment`) carries out the same
+    draws, made by a loader worker, for a whole batch at once.
+    """
 
     def __init__(
         self,
@@ -442,17 +459,27 @@ class TrainTransform:
         self.scale, self.ratio = scale, ratio
         self.random_erase = random_erase
 
-    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        video = channels_first(frames)
-        box = random_resized_crop_box(video.shape[-2], video.shape[-1], self.scale, self.ratio)
+    def draw(self, height: int, width: int) -> ClipAugmentation:
+        """The crop box, flip and RandAugment ops of one clip of frames ``height`` x ``width``
+        (drawn from torch's global generator, in the order the per-clip path always drew them)."""
+        box = random_resized_crop_box(height, width, self.scale, self.ratio)
+        flip = bool(self.horizontal_flip and torch.rand(()) < 0.5)
+        ops = tuple(self.rand_augment.sample()) if self.rand_augment is not None else ()
+        return ClipAugmentation(box, flip, ops)
+
+    def apply(self, frames: torch.Tensor, choices: ClipAugmentation) -> torch.Tensor:
+        """uint8 ``(T, H, W, C)`` augmented by ``choices``, normalised, then randomly erased."""
         # Crop first, augment after: the ops then run on the small crop, which is cheaper
         # than augmenting the full frame and gives the same distribution of images.
-        video = resized_crop(video, box, self.input_size).float()
-        if self.horizontal_flip and torch.rand(()) < 0.5:
+        video = resized_crop(channels_first(frames), choices.box, self.input_size).float()
+        if choices.flip:
             video = video.flip(-1)
-        if self.rand_augment is not None:
-            video = self.rand_augment(video)
+        for name, argument in choices.ops:
+            video = _OPS[name][0](video, argument)
         return random_erase(normalize(video), self.random_erase)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.apply(frames, self.draw(frames.shape[1], frames.shape[2]))
 
 
 class TestTransform:

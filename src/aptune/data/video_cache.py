@@ -44,15 +44,15 @@ class DecodedVideoCache:
         self._videos: OrderedDict[tuple, DecodedVideo] = OrderedDict()
         self._lock = threading.Lock()
 
-    def video(self, path: str, threads: int, max_short_side: int | None) -> DecodedVideo:
+    def video(self, path: str, threads: int, max_short_side: int | None, decoder: str = "pyav") -> DecodedVideo:
         """The whole video, decoded on first use; a decode error propagates and nothing is kept."""
-        key = (path, max_short_side)
+        key = (path, max_short_side, decoder)
         with self._lock:
             if key in self._videos:
                 self.hits += 1
                 self._videos.move_to_end(key)
                 return self._videos[key]
-        with open_video(path, threads, max_short_side=max_short_side) as reader:
+        with open_video(path, threads, max_short_side=max_short_side, decoder=decoder) as reader:
             total = reader.num_frames
             decoded = DecodedVideo(reader.get_frames(range(total)), total)
         with self._lock:
@@ -85,8 +85,10 @@ def shared_video_cache(max_mb: int) -> DecodedVideoCache | None:
     return _SHARED
 
 
-def open_cached_video(path: str, threads: int, max_short_side: int | None, cache: DecodedVideoCache | None):
-    """A context manager giving a reader of ``path``: from ``cache`` when there is one."""
+def open_cached_video(
+    path: str, threads: int, max_short_side: int | None, cache: DecodedVideoCache | None, decoder: str = "pyav"
+):
+    """A context manager giving a reader of ``path`` (decoded by ``decoder``): from ``cache`` when there is one."""
     if cache is None:
-        return open_video(path, threads, max_short_side=max_short_side)
-    return nullcontext(cache.video(path, threads, max_short_side))
+        return open_video(path, threads, max_short_side=max_short_side, decoder=decoder)
+    return nullcontext(cache.video(path, threads, max_short_side, decoder))

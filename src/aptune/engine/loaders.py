@@ -4,10 +4,15 @@ Training data order and augmentation are a function of (seed, epoch, rank): a
 fresh loader per epoch with a seeded sampler and worker seeds, so a resumed
 epoch replays exactly.  Evaluation shards *videos* (not views) across ranks so
 every video's views are decoded once, by one process.
+
+With ``data.augment_on: device`` the workers only decode and draw each clip's random
+choices; :class:`DeviceAugmentedBatches` carries them out on the training device as each
+batch is read, so the loop receives the same :class:`~aptune.data.TrainBatch` either way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from aptune.config import Config
 from aptune.data import (
     BadVideoLog,
+    TrainBatch,
     TrainItem,
     VideoEvalDataset,
     VideoTrainDataset,
@@ -25,6 +31,7 @@ from aptune.data import (
     build_loader,
     collate_train,
 )
+from aptune.data.batch_augment import BatchAugment
 from aptune.data.sampling import resolve_sampling
 from aptune.engine import distributed as dist_utils
 
@@ -93,7 +100,33 @@ class SeededItems(Dataset):
             return self.dataset[index]
 
 
-def epoch_loader(data: DataBundle, config: Config, info, epoch: int) -> DataLoader:
+class DeviceAugmentedBatches:
+    """The batches of a loader of :class:`~aptune.data.batch_augment.RawTrainBatch`, each
+    augmented on ``device`` when it is read: :class:`~aptune.data.TrainBatch` with the clips
+    on ``device``."""
+
+    def __init__(self, loader: DataLoader, augment: BatchAugment, device: torch.device) -> None:
+        self.loader, self.augment, self.device = loader, augment, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        for raw in self.loader:
+            yield TrainBatch(self.augment(raw, self.device), raw.labels, raw.failures)
+
+
+def augmented_on_device(loader: DataLoader, dataset: Dataset, device: torch.device | None):
+    """``loader`` itself, or for a dataset with ``augment_on="device"`` its batches augmented on
+    ``device`` (None: the CPU, for callers that move the clips themselves)."""
+    if getattr(dataset, "augment_on", "cpu") != "device":
+        return loader
+    return DeviceAugmentedBatches(loader, BatchAugment(dataset.transform.input_size), device or torch.device("cpu"))
+
+
+def epoch_loader(data: DataBundle, config: Config, info, epoch: int, device: torch.device | None = None):
+    """The training batches of ``epoch``; with ``data.augment_on: device`` their clips are
+    augmented on ``device`` (None: on the CPU of this process)."""
     items = SeededItems(data.train, config.train.seed, epoch)
     sampler = DistributedSampler(
         items, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.train.seed, drop_last=True
@@ -104,17 +137,18 @@ def epoch_loader(data: DataBundle, config: Config, info, epoch: int) -> DataLoad
     # cached features are single clips: a batch holds as many as batch_size videos would give
     per_item = 1 if isinstance(data.train, CachedFeatures) else config.data.num_sample
     batch_size = config.train.batch_size * config.data.num_sample // per_item
-    return DataLoader(
+    loader = DataLoader(
         items,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=config.data.num_workers,
-        collate_fn=collate_train,
+        collate_fn=getattr(data.train, "collate_fn", collate_train),
         drop_last=True,
         generator=generator,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+    return augmented_on_device(loader, data.train, device)
 
 
 def new_bad_video_log(data: DataBundle, config: Config) -> BadVideoLog:
@@ -185,8 +219,12 @@ def cache_train_features(model, data: DataBundle, config: Config, info, device: 
     items = SeededItems(data.train, config.train.seed, epoch=0)
     shard = Subset(items, range(info.rank, len(items), info.world_size))
     loader = DataLoader(
-        shard, batch_size=config.train.batch_size, num_workers=config.data.num_workers, collate_fn=collate_train
+        shard,
+        batch_size=config.train.batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=getattr(data.train, "collate_fn", collate_train),
     )
+    loader = augmented_on_device(loader, data.train, device)
     bad_videos = BadVideoLog(len(data.train), config.data.max_bad_fraction, "train")
     was_training = model.training
     model.eval()

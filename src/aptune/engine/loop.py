@@ -154,7 +154,7 @@ class TrainLoop:
     def run_epoch(self, epoch: int, state: TrainState, steps_per_epoch: int) -> None:
         train_cfg = self.config.train
         seed_everything(train_cfg.seed, epoch=epoch, rank=self.info.rank)
-        loader = epoch_loader(self.data, self.config, self.info, epoch)
+        loader = epoch_loader(self.data, self.config, self.info, epoch, self.device)
         self.runner.train()
         accum = train_cfg.accum_steps
         batches = min(len(loader), steps_per_epoch * accum)
