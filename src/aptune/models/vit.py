@@ -195,20 +195,12 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
-        # recompute the 4D-wide hidden activation in the backward instead of keeping it (model.recompute_mlp)
-        self.recompute_hidden = False
 
     def hidden(self, x: Tensor) -> Tensor:
         return self.act(self.fc1(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.recompute_hidden and torch.is_grad_enabled():
-            # autograd keeps x (D wide) and redoes fc1 and GELU in the backward, where it would
-            # otherwise keep GELU's 4D-wide input: with fc2 frozen, nothing else needs the hidden
-            hidden = checkpoint(self.hidden, x, use_reentrant=False)
-        else:
-            hidden = self.hidden(x)
-        return self.drop(self.fc2(hidden))
+        return self.drop(self.fc2(self.hidden(x)))
 
 
 class DropPath(nn.Module):
@@ -240,6 +232,8 @@ class Block(nn.Module):
             self.gamma_2 = nn.Parameter(torch.full((dim,), config.layer_scale_init))
         else:
             self.gamma_1 = self.gamma_2 = None
+        # model.recompute_mlp: redo norm2, fc1 and GELU in the backward instead of keeping their outputs
+        self.recompute_mlp = False
 
     def forward(
         self,
@@ -253,13 +247,25 @@ class Block(nn.Module):
         if self.gamma_1 is not None:
             attn = self.gamma_1 * attn
         x = x + self.drop_path(attn)
-        mlp = self.mlp(self.norm2(x))
+        mlp = self.mlp.drop(self.mlp.fc2(self._mlp_hidden(x)))
         if self.gamma_2 is not None:
             mlp = self.gamma_2 * mlp
         out = x + self.drop_path(mlp)
         if mlp_side is not None:
             out = out + mlp_side(x)  # a parallel adapter reads the same stream as the MLP
         return out
+
+    def _mlp_hidden(self, x: Tensor) -> Tensor:
+        """GELU(fc1(norm2(x))), the MLP's 4D-wide hidden activation."""
+        if self.recompute_mlp and torch.is_grad_enabled():
+            # autograd then keeps only x (D wide, also the residual) and redoes norm2, fc1 and GELU
+            # in the backward, instead of keeping norm2's input and GELU's 4D-wide input; with fc2
+            # frozen (every method but full and BitFit) nothing else needs the hidden activation
+            return checkpoint(self._hidden_of, x, use_reentrant=False)
+        return self._hidden_of(x)
+
+    def _hidden_of(self, x: Tensor) -> Tensor:
+        return self.mlp.hidden(self.norm2(x))
 
 
 class BlockExtension(nn.Module):
@@ -336,13 +342,13 @@ class VisionTransformer(nn.Module):
 
     @property
     def recompute_mlp(self) -> bool:
-        """Whether every block's MLP recomputes its hidden activation in the backward (less memory)."""
-        return all(block.mlp.recompute_hidden for block in self.blocks)
+        """Whether every block recomputes its MLP's hidden activation in the backward (less memory)."""
+        return all(block.recompute_mlp for block in self.blocks)
 
     @recompute_mlp.setter
     def recompute_mlp(self, value: bool) -> None:
         for block in self.blocks:
-            block.mlp.recompute_hidden = bool(value)
+            block.recompute_mlp = bool(value)
 
     # ---------------------------------------------------------------- forward
     def position_embedding(self, grid: tuple[int, int, int]) -> Tensor:
