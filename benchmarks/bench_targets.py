@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -226,7 +225,16 @@ def child(workload: str, threads: int, steps: int) -> None:
         step = training_step(model, clip, labels, optimizer)
     for _ in range(steps):
         step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    print(peak_rss_kib())
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM).  Not ru_maxrss: Linux carries that across
+    exec, so a child would report the peak of the parent it was forked from."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (peak RSS is read the Linux way)")
 
 
 # ------------------------------------------------------------------ report
