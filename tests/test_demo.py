@@ -118,22 +118,41 @@ def test_an_empty_method_list_is_a_one_line_error(tmp_path, capsys):
 def test_the_demo_leaves_busy_cores_to_other_processes(monkeypatch):
     import os
 
-    from aptune.demo.run import share_the_cores_with_other_processes
+    from aptune.demo import run as demo_run
 
     threads = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 4.0, 4.0))  # lagging: must not be what decides
     try:
-        torch.set_num_threads(4)
-        share_the_cores_with_other_processes()
-        assert torch.get_num_threads() == 2
-        monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 0.5))
-        torch.set_num_threads(4)
-        share_the_cores_with_other_processes()
-        assert torch.get_num_threads() == 1  # never zero
+        for busy, expected in ((2.2, 2), (0.3, 4), (0.6, 3), (9.0, 1), (None, 4)):
+            monkeypatch.setattr(demo_run, "cores_busy_elsewhere", lambda busy=busy: busy)
+            torch.set_num_threads(4)
+            demo_run.share_the_cores_with_other_processes()
+            assert torch.get_num_threads() == expected, busy  # never zero; unknown: unchanged
         torch.set_num_threads(3)  # the user's own choice stays
-        share_the_cores_with_other_processes()
+        monkeypatch.setattr(demo_run, "cores_busy_elsewhere", lambda: 2.0)
+        demo_run.share_the_cores_with_other_processes()
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
+
+
+def test_busy_cores_are_measured_now():
+    import os
+    import threading
+    import time
+
+    from aptune.demo.run import cores_busy_elsewhere
+
+    stop = time.time() + 1.5
+
+    def spin():
+        while time.time() < stop:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()  # one core kept busy while we measure
+    busy = cores_busy_elsewhere(seconds=0.5)
+    spinner.join()
+    assert busy is not None and 0.5 <= busy <= (os.cpu_count() or 1) + 0.1

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from importlib import resources
@@ -159,21 +160,46 @@ def run_demo(
 
 
 def share_the_cores_with_other_processes() -> None:
-    """Use the cores other processes leave free (the load average before the demo starts).
+    """Use the cores other processes leave free: the cores they keep busy now, measured.
 
     Two processes that each run as many threads as there are cores make PyTorch's threads
     wait on one another: beside a second training process on 2 cores, an APT epoch of the
-    demo took 45 s with 2 threads and 28 s with 1 (10.5 s alone).  Only the default is
-    changed: a thread count set by the user (``torch.set_num_threads``, OMP_NUM_THREADS) stays.
+    demo took 45 s with 2 threads and 28 s with 1 (10.5 s alone).  What counts is the load
+    now, measured over one second (:func:`cores_busy_elsewhere`); the 1-minute load average
+    lags by a minute, so right after another job ended it took the demo to one thread on an
+    idle machine.  Only the default is changed: a thread count set by the user
+    (``torch.set_num_threads``, OMP_NUM_THREADS) stays.
     """
     cores = os.cpu_count() or 1
-    if torch.get_num_threads() != cores or "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
+    if torch.get_num_threads() != cores or "OMP_NUM_THREADS" in os.environ:
         return
-    load = os.getloadavg()[0]
-    threads = max(1, cores - round(load))
+    busy = cores_busy_elsewhere()
+    if busy is None:
+        return
+    threads = max(1, cores - math.floor(busy + 0.5))
     if threads < cores:
-        log.info("the 1-minute load average is %.1f: training with %d of %d threads", load, threads, cores)
+        log.info("other processes keep %.1f cores busy: training with %d of %d threads", busy, threads, cores)
         torch.set_num_threads(threads)
+
+
+def cores_busy_elsewhere(seconds: float = 1.0) -> float | None:
+    """How many cores are busy over the next ``seconds`` while this process waits (/proc/stat);
+    None where the kernel does not say."""
+
+    def busy_and_total() -> tuple[int, int]:
+        counters = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        idle = counters[3] + counters[4]  # idle and iowait
+        return sum(counters) - idle, sum(counters)
+
+    try:
+        busy_before, total_before = busy_and_total()
+        time.sleep(seconds)
+        busy_after, total_after = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total_after <= total_before:
+        return None
+    return (busy_after - busy_before) / (total_after - total_before) * (os.cpu_count() or 1)
 
 
 def refuse_runs_of_another_recipe(output_dir: Path, configs: dict) -> None:
