@@ -503,3 +503,27 @@ def test_the_attentive_head_reads_a_transformers_encoder_too(vjepa2_folder, tmp_
         aptune.load_adapter(linear, path)
     with pytest.raises(ConfigError, match="attentive_heads=5 must be a positive integer dividing embed_dim=48"):
         aptune.create_model(None, pretrained=vjepa2_folder, num_classes=3, head="attentive", attentive_heads=5)
+
+
+def test_the_fingerprint_covers_the_video_encoder_only(vjepa2_folder, tmp_path):
+    """A V-JEPA 2 classification checkpoint has no predictor weights: transformers initialises them at
+    random on every load, so the adapter's fingerprint must not cover them (it covers the encoder)."""
+    model = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3)
+    path = aptune.save_adapter(model, tmp_path / "a.safetensors")
+    again = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=2, num_classes=3)
+    with torch.no_grad():
+        for param in again.backbone.predictor.parameters():
+            param.add_(1.0)
+    aptune.load_adapter(again, path)
+    with torch.no_grad():
+        next(again.backbone.encoder.parameters()).add_(1.0)
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        aptune.load_adapter(again, path)
+
+    injected = aptune.inject(_model("vjepa2"), "apt", num_prompts=2)
+    path = aptune.save_adapter(injected, tmp_path / "b.safetensors")
+    other = aptune.inject(_model("vjepa2"), "apt", num_prompts=2)
+    with torch.no_grad():
+        for param in other.vjepa2.predictor.parameters():
+            param.add_(1.0)
+    aptune.load_adapter(other, path)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from aptune.errors import CheckpointError, ConfigError
 from aptune.interop.inject import Injection
 from aptune.interop.interface import interface_attentions, register_interface, route_through_prompts, site_of
-from aptune.interop.transformers_video import FAMILIES, VideoFamily, encoder_of, spatial_patch
+from aptune.interop.transformers_video import FAMILIES, VideoFamily, encoder_of, encoder_prefix, spatial_patch
 from aptune.methods import apply_method, build_method
 from aptune.methods.apt import AttentionPrompts
 from aptune.models.checkpoints import read_json_object
@@ -198,6 +198,7 @@ def apply_method_to_classifier(model: TransformersVideoClassifier, tuning) -> No
     injection = Injection.from_family_module(
         model.family.model_type, tuning, {prefix: prefix for prefix in prefixes}, sys.modules[__name__]
     )
+    injection.fingerprint_prefix = "backbone." + encoder_prefix(model.backbone, model.family)
     injection.model_ref.append(model)
     model.aptune_injection = injection
 

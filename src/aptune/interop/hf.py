@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.videomae.modeling_videomae import VideoMAEEncoder
 
+# class names live in config.id2label as for every transformers video model
+from aptune.interop.transformers_video import class_names, set_class_names  # noqa: F401
 from aptune.models.checkpoints import arch_from_hf_config
 from aptune.models.vit import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 
@@ -86,16 +88,3 @@ def describe_preprocess(model: nn.Module) -> dict[str, Any]:
         "input_size": _side(config.image_size),
         "layout": "BTCHW",
     }
-
-
-def class_names(model: nn.Module) -> list[str] | None:
-    classifier = getattr(model, "classifier", None)
-    labels = getattr(model.config, "id2label", None)
-    if not isinstance(classifier, nn.Linear) or not labels or len(labels) != classifier.out_features:
-        return None
-    return [str(labels[k]) for k in sorted(labels, key=int)]
-
-
-def set_class_names(model: nn.Module, names: list[str]) -> None:
-    model.config.id2label = dict(enumerate(names))
-    model.config.label2id = {name: i for i, name in enumerate(names)}

@@ -60,6 +60,9 @@ class Injection:
     get_class_names: Callable[[nn.Module], list[str] | None]
     set_class_names: Callable[[nn.Module, list[str]], None]
     model_ref: list = field(default_factory=list, repr=False)  # [model]: no nn.Module cycle
+    # the fingerprint covers the frozen tensors under this prefix only (the video encoder: not
+    # V-JEPA 2's predictor, which a classification checkpoint may leave randomly initialised)
+    fingerprint_prefix: str = ""
 
     @classmethod
     def from_family_module(cls, family: str, method: Any, name_map: dict[str, str], module: Any) -> Injection:
@@ -115,7 +118,7 @@ class Injection:
         """
         frozen = self.frozen_state() if frozen is None else frozen
         if self.family != "videomae":
-            return frozen
+            return {name: value for name, value in frozen.items() if name.startswith(self.fingerprint_prefix)}
 
         converted, _ = convert_huggingface(frozen, "<injected model>")
         return {name: value for name, value in converted.items() if name.startswith(BACKBONE_PREFIXES)}

@@ -119,7 +119,17 @@ def inject_transformers(model: nn.Module, tuning) -> Injection:
         if token_prompts is not None:
             hf.insert_token_prompts(model, token_prompts)
         describer = hf  # VideoMAE describes itself as aptune's own backbone: its adapters load into either
-    return Injection.from_family_module(family.model_type, tuning, name_map(model), describer)
+    injection = Injection.from_family_module(family.model_type, tuning, name_map(model), describer)
+    injection.fingerprint_prefix = encoder_prefix(model, family)
+    return injection
+
+
+def encoder_prefix(model: nn.Module, family: VideoFamily) -> str:
+    """The state-dict prefix of the video encoder inside ``model`` (``vjepa2.encoder.`` ...)."""
+    base = model.base_model
+    parts = [] if base is model else [model.base_model_prefix]
+    parts += [part for part in family.encoder.split(".") if part]
+    return "".join(f"{part}." for part in parts)
 
 
 def name_map(model: nn.Module) -> dict[str, str]:
