@@ -390,7 +390,7 @@ def test_a_classifier_adapter_rebuilds_from_the_folder_and_only_from_it(vjepa2_f
         aptune.create_model(None, pretrained=vjepa2_folder, method="lora", num_classes=3)
 
 
-def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tmp_path, capsys):
+def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tmp_path, capsys, caplog):
     import yaml
     from helpers import tiny_run_config
 
@@ -399,10 +399,13 @@ def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tm
     dataset = synthetic("list")
     config = tiny_run_config(data={"root": str(dataset.root)}, train={"epochs": 2, "batch_size": 3})
     config["model"] = {"arch": None, "pretrained": str(vjepa2_folder)}
+    config["method"]["prompt_init"] = "tokens"  # started through the attention interface
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    assert main(["train", "--config", str(path), "--output-dir", str(run)]) == 0
+    with caplog.at_level("INFO"):
+        assert main(["train", "--config", str(path), "--output-dir", str(run)]) == 0
+    assert "apt prompts started from 3 training clips' tokens" in caplog.text
     metrics = json.loads((run / "metrics.json").read_text())
     test_videos = len((dataset.root / "test.csv").read_text().splitlines())
     assert metrics["num_videos"] == test_videos and metrics["gflops_per_view"] > 0
@@ -527,3 +530,25 @@ def test_the_fingerprint_covers_the_video_encoder_only(vjepa2_folder, tmp_path):
         for param in other.vjepa2.predictor.parameters():
             param.add_(1.0)
     aptune.load_adapter(other, path)
+
+
+def test_prompts_of_the_classifier_start_from_real_keys(vjepa2_folder):
+    """``prompt_init: tokens`` on aptune's classifier: the same sampler, fed through the interface."""
+    model = aptune.create_model(None, pretrained=vjepa2_folder, method="apt", num_prompts=3, num_classes=3)
+    clips = _aptune_clips()
+    aptune.init_prompts_from_clips(model, clips, seed=0)
+    assert model.tuning_method.prompt_init == "tokens"
+    prompts = model.kv_prompts
+    module = model.backbone.encoder.layer[1].attention
+    seen, handles = _record_layers([module])
+    model.set_extensions({})  # the plain encoder, to read layer 1's own (rotated) keys
+    with torch.no_grad():
+        model.eval()(clips)
+        hidden = seen[0][0]
+        keys = module.key(hidden).view(2, -1, HEADS, WIDTH // HEADS).transpose(1, 2)
+        keys = module.apply_rotary_embeddings(keys, module.get_position_ids(hidden))
+    for handle in handles:
+        handle.remove()
+    candidates = keys.reshape(-1, WIDTH // HEADS)
+    for prompt in prompts.keys[1]:
+        assert torch.isclose(candidates, prompt, atol=1e-5).all(dim=1).any()

@@ -51,6 +51,7 @@ from aptune.errors import ConfigError
 from aptune.factory import create_model
 from aptune.fileio import save_safetensors_atomically
 from aptune.interop.classifier import TransformersVideoClassifier
+from aptune.interop.inject import init_prompts_from_clips
 from aptune.models.checkpoints import brings_own_architecture
 from aptune.models.vit import count_parameters
 
@@ -240,7 +241,10 @@ def start_from_data(model: nn.Module, data: DataBundle, config: Config, info, de
     batches = iter(loader)
     first = _first_training_clips(batches, data, config, device)
     if wants_prompts:
-        method.init_from_clips(model, first, torch.Generator().manual_seed(config.train.seed))
+        if isinstance(model, TransformersVideoClassifier):
+            init_prompts_from_clips(model, first, seed=config.train.seed)  # through the attention interface
+        else:
+            method.init_from_clips(model, first, torch.Generator().manual_seed(config.train.seed))
         if info.is_main:
             log.info("%s prompts started from %d training clips' tokens", method.name, first.shape[0])
     if config.train.standardize_features:

@@ -288,8 +288,8 @@ def _sample_without_prompts(
     prompts.sampler = sampler
     try:
         model.eval()
-        if family == "timm-vit":
-            model(inputs)
+        if family == "timm-vit" or not _is_transformers_model(model):
+            model(inputs)  # timm, or aptune's classifier on a transformers encoder: its own clips
         else:
             from aptune.interop.transformers_video import FAMILIES
 
