@@ -183,7 +183,26 @@ def machine() -> dict:
         "torch": torch.__version__,
         "av": av.__version__,
         "ffmpeg": ".".join(str(v) for v in av.ffmpeg_version_info[:1]) if hasattr(av, "ffmpeg_version_info") else "",
+        **backend_versions(),
     }
+
+
+def backend_versions() -> dict:
+    """The other decoders' versions (each brings its own FFmpeg; torchcodec uses the system's)."""
+    versions = {}
+    for name in ("decord", "torchcodec"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - absent or unloadable: reported in "decord"/"torchcodec"
+            continue
+    if "torchcodec" in versions:
+        try:
+            from torchcodec._core import get_ffmpeg_library_versions
+
+            versions["torchcodec_ffmpeg"] = get_ffmpeg_library_versions().get("ffmpeg_version", "")
+        except Exception:  # noqa: BLE001 - a private helper: its absence only loses a label
+            pass
+    return versions
 
 
 def main() -> None:
