@@ -172,6 +172,31 @@ def tiny_hf_model(num_labels: int = 5, seed: int = 0):
     return model
 
 
+def tiny_vjepa2(seed: int = 0):
+    """A small random transformers VJEPA2Model: 4 frames at 32x32 in 8 tokens (TINY's clip), 2 layers."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.VJEPA2Config(
+        crop_size=32,
+        frames_per_clip=4,
+        patch_size=16,
+        tubelet_size=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        mlp_ratio=2.0,
+        pred_hidden_size=16,
+        pred_num_attention_heads=2,
+        pred_num_hidden_layers=1,
+        pred_num_mask_tokens=2,
+    )
+    torch.manual_seed(seed)
+    model = transformers.VJEPA2Model(config).eval()
+    randomize_(model, seed)
+    return model
+
+
 def smooth_frames(frames: int, height: int, width: int, seed: int) -> torch.Tensor:
     """uint8 (T, H, W, 3) with image-like local correlation (plain noise would hide blur and warps)."""
     generator = torch.Generator().manual_seed(seed)

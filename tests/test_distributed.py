@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import tiny_run_config
+from helpers import tiny_run_config, tiny_vjepa2
 
 pytestmark = pytest.mark.distributed
 
@@ -269,4 +269,46 @@ def test_two_ranks_accumulating_and_compiled_match_one_process(tmp_path, fault_s
     single_metrics = json.loads((single / "metrics.json").read_text())
     ddp_metrics = json.loads((tmp_path / "accum" / "metrics.json").read_text())
     assert ddp_metrics["num_videos"] == single_metrics["num_videos"]  # every video scored once
+    assert ddp_metrics["confusion"] == single_metrics["confusion"]
+
+
+CLASSIFIER_ADAPTER_KEYS = {
+    *("kv_prompts.keys", "kv_prompts.values", "kv_prompts.scales"),
+    *("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"),
+}
+
+
+def test_two_ranks_on_a_transformers_folder_match_one_process(tmp_path, fault_setup):
+    """A V-JEPA 2 folder trained through transformers (aptune's TransformersVideoClassifier):
+    2 ranks x batch 2 end with the tensors of 1 process x batch 2 x 2 accumulated micro-batches
+    (the same global batch of 4), and the ranks with each other's.  Prompts start from training
+    tokens through the attention interface (``prompt_init: tokens``), from the first
+    train.batch_size clips on both sides.  (``train.compile`` on this classifier is tested in
+    one process, tests/test_transformers_video.py: under DDP here it would add ~5 s.)"""
+    from safetensors.torch import load_file
+
+    from aptune.cli import main
+
+    folder = tmp_path / "vjepa2"
+    tiny_vjepa2().save_pretrained(folder)
+    config = tiny_run_config(
+        train={"epochs": 1, "batch_size": 2},
+        data={"root": str(fault_setup / "ds"), "num_sample": 2},
+        method={"prompt_init": "tokens"},
+    )
+    config["model"] = {"arch": None, "pretrained": str(folder)}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    single = tmp_path / "single"
+    assert main(["train", "--config", str(path), "--output-dir", str(single), "--set=train.accum_steps=2"]) == 0
+    ranks = _train_two_ranks(tmp_path, path, tmp_path / "ddp")
+    assert [r["reductions"] for r in ranks] == [STEPS_PER_EPOCH, STEPS_PER_EPOCH]  # every rank took every step
+    reference = load_file(single / "adapter.safetensors")
+    got = load_file(tmp_path / "ddp" / "adapter.safetensors")
+    assert set(got) == set(reference) == CLASSIFIER_ADAPTER_KEYS
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=1e-4, atol=1e-6)
+    single_metrics = json.loads((single / "metrics.json").read_text())
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp_metrics["num_videos"] == single_metrics["num_videos"] > 0
     assert ddp_metrics["confusion"] == single_metrics["confusion"]
