@@ -9,6 +9,7 @@ projections (and, for V-JEPA 2, its own rotary embedding of queries and keys).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from dataclasses import dataclass
 
@@ -438,6 +439,73 @@ def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tm
     )
     answer = json.loads(capsys.readouterr().out)
     assert len(answer[0]["top"]) == 3
+
+
+def _classifier_with_random_trainables(folder, seed: int = 0):
+    torch.manual_seed(seed)
+    model = aptune.create_model(None, pretrained=folder, method="apt", num_prompts=2, num_classes=3)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # prompts and head large enough to move the logits; scales on both sides of 1
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                offset = 1.0 if name in ("kv_prompts.scales", "fc_norm.weight") else 0.0
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 + offset)
+    return model.train()
+
+
+@pytest.fixture
+def counted_graphs(monkeypatch):
+    """``torch.compile`` with aot_eager, recording every graph Dynamo hands it.
+
+    aot_eager keeps what can go wrong on the way to a compiled training step (Dynamo's trace
+    of the encoder through the attention interface, AOT autograd's backward graph) and skips
+    inductor's code generation, which takes ~30 s for this model on two CPU cores
+    (tests/test_cuda.py compiles with inductor on a GPU)."""
+    graphs = []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(graph, example_inputs):
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    yield graphs
+    torch._dynamo.reset()
+
+
+def test_train_compile_gives_a_compiled_classifier_with_eager_loss_and_gradients(vjepa2_folder, counted_graphs):
+    """``train.compile: true`` on a transformers classifier: the runner the engine trains is compiled
+    in one graph (no graph break, prompts included), and one step's loss and gradients are eager's."""
+    from aptune.config import load_config
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.trainer import ClassificationLoss, training_runner
+
+    config = load_config(None, ["train.compile=true"])
+    eager = _classifier_with_random_trainables(vjepa2_folder)
+    compiled = _classifier_with_random_trainables(vjepa2_folder)
+    runner, _ = training_runner(compiled, None, config, DistInfo(), torch.device("cpu"))  # data: read only to cache
+    loss_fn = ClassificationLoss(config, num_classes=3)
+    clips, labels = _aptune_clips(), torch.tensor([2, 0])
+    losses = [loss_fn(model, clips, labels, "fp32", torch.device("cpu")) for model in (eager, runner)]
+    for loss in losses:
+        loss.backward()
+    assert counted_graphs, "train.compile=true, but nothing was compiled"
+    assert len(counted_graphs) == 1, f"the forward breaks into {len(counted_graphs)} graphs"
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    trained = [(name, param) for name, param in eager.named_parameters() if param.requires_grad]
+    assert {name for name, _ in trained} == {
+        "kv_prompts.keys",
+        "kv_prompts.values",
+        "kv_prompts.scales",
+        *_head_names(),
+    }
+    for name, param in trained:
+        other = compiled.get_parameter(name).grad
+        assert other is not None and param.grad.abs().max() > 0, name
+        torch.testing.assert_close(
+            other, param.grad, rtol=1e-4, atol=1e-7, msg=lambda text, name=name: f"{name}: {text}"
+        )
 
 
 # ----------------------------------------------------------- aptune bench on transformers shapes
