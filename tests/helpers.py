@@ -108,6 +108,17 @@ def randomize_(model, seed: int = 0) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + offset)
 
 
+def randomize_trainables_(model, seed: int = 0) -> None:
+    """Trainable tensors drawn at random, large enough to move the logits; APT's prompt scales and
+    ``fc_norm``'s weight around 1, so that the scales' max(s, 1) clamps some and passes others."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                offset = 1.0 if name in ("kv_prompts.scales", "fc_norm.weight") else 0.0
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 + offset)
+
+
 def reference_apt_logits(model, x: torch.Tensor) -> torch.Tensor:
     """APT written out with an explicit softmax, reading the raw parameters.
 

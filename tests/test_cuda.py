@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CUDA_TIER_DEVICE
-from helpers import TINY, randomize_, smooth_frames, tiny_model
+from helpers import TINY, randomize_, randomize_trainables_, smooth_frames, tiny_model, tiny_vjepa2
 
+import aptune
 from aptune.engine.optim import build_optimizer
 from aptune.engine.runtime import autocast, grad_scaler
 from aptune.methods import METHODS, build_method, methods_that
@@ -158,23 +159,26 @@ def test_compiled_training_step_matches_eager(method, device, exact_fp32):
             assert torch.allclose(other.grad, param.grad, rtol=1e-3, atol=1e-5), name
 
 
-def test_ddp_over_nccl_world_size_one_gives_the_plain_gradients(device, tmp_path, exact_fp32):
-    """DDP built as the engine builds it (no buffer sync in forward), one accumulation step
-    under ``no_sync`` and one synchronised: the summed gradients equal a plain model's."""
+def needs_nccl(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if device.type != "cuda" or not dist.is_nccl_available():
+        pytest.skip("nccl needs CUDA")
+
+
+def check_ddp_accumulation_gives_the_plain_gradients(plain, wrapped, batches, device, store) -> None:
+    """DDP over nccl, world size 1, built as the engine builds it (no buffer sync in forward):
+    ``wrapped`` takes one micro-batch of ``batches`` under ``no_sync`` and one synchronised;
+    its summed gradients must equal those of ``plain``, an equal model without DDP."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     from aptune.engine.runtime import _no_buffer_sync_in_forward, find_ddp, rebuild_ddp_buckets
 
-    if device.type != "cuda" or not dist.is_nccl_available():
-        pytest.skip("nccl needs CUDA")
-    plain = make("apt").to(device).train()
-    wrapped = make("apt").to(device).train()
-    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=0, world_size=1)
     try:
         ddp = DistributedDataParallel(wrapped, device_ids=[device.index or 0], **_no_buffer_sync_in_forward())
         assert find_ddp(ddp) is ddp
-        batches = [(clips_for(plain, seed=s).to(device), torch.tensor([s, 4 - s], device=device)) for s in (0, 1)]
         with ddp.no_sync():
             F.cross_entropy(ddp(batches[0][0]), batches[0][1]).backward()
         F.cross_entropy(ddp(batches[1][0]), batches[1][1]).backward()
@@ -183,9 +187,76 @@ def test_ddp_over_nccl_world_size_one_gives_the_plain_gradients(device, tmp_path
             F.cross_entropy(plain(clips), labels).backward()
         for (name, param), (_, other) in zip(plain.named_parameters(), wrapped.named_parameters()):
             if param.requires_grad:
+                assert other.grad is not None, name
                 assert torch.allclose(other.grad, param.grad, rtol=1e-4, atol=1e-6), name
     finally:
         dist.destroy_process_group()
+
+
+def test_ddp_over_nccl_world_size_one_gives_the_plain_gradients(device, tmp_path, exact_fp32):
+    """DDP built as the engine builds it (no buffer sync in forward), one accumulation step
+    under ``no_sync`` and one synchronised: the summed gradients equal a plain model's."""
+    needs_nccl(device)
+    plain = make("apt").to(device).train()
+    wrapped = make("apt").to(device).train()
+    batches = [(clips_for(plain, seed=s).to(device), torch.tensor([s, 4 - s], device=device)) for s in (0, 1)]
+    check_ddp_accumulation_gives_the_plain_gradients(plain, wrapped, batches, device, tmp_path / "store")
+
+
+# ------------------------------------------- aptune's classifier over a transformers encoder (V-JEPA 2)
+@pytest.fixture(scope="module")
+def vjepa2_folder(tmp_path_factory):
+    """A tiny random V-JEPA 2 folder; the tests that read it skip without transformers >= 5.18."""
+    pytest.importorskip("transformers", minversion="5.18")
+    folder = tmp_path_factory.mktemp("vjepa2")
+    tiny_vjepa2().save_pretrained(folder)
+    return folder
+
+
+def transformers_classifier(folder, device: torch.device):
+    """APT with 3 prompts on the folder's encoder (a TransformersVideoClassifier), trained tensors random."""
+    torch.manual_seed(0)
+    model = aptune.create_model(None, pretrained=folder, method="apt", num_prompts=3, num_classes=5)
+    randomize_trainables_(model)
+    return model.to(device).train()
+
+
+def test_compiled_transformers_classifier_trains_like_eager(vjepa2_folder, device, exact_fp32):
+    """``train.compile`` (inductor) on the classifier over a transformers encoder: one step's loss
+    and gradients are eager's, and after an SGD step the compiled forward sees the new tensors."""
+    from aptune.engine.distributed import DistInfo
+    from aptune.engine.runtime import wrap_for_training
+
+    eager = transformers_classifier(vjepa2_folder, device)
+    compiled_model = transformers_classifier(vjepa2_folder, device)
+    runner = wrap_for_training(compiled_model, device, DistInfo(), compile_model=True)
+    clips, labels = clips_for(eager).to(device), torch.tensor([1, 2], device=device)
+    with torch.no_grad():
+        before = eager(clips)
+    losses = [F.cross_entropy(model(clips), labels) for model in (eager, runner)]
+    for loss in losses:
+        loss.backward()
+    assert torch.allclose(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+    for (name, param), (_, other) in zip(eager.named_parameters(), compiled_model.named_parameters()):
+        if param.requires_grad:
+            assert other.grad is not None, name
+            assert torch.allclose(other.grad, param.grad, rtol=1e-3, atol=1e-5), name
+    for model in (eager, compiled_model):
+        build_optimizer(model, "sgd", 0.5, 0.0, momentum=0.0).step()
+    after, compiled_after = eager(clips).detach(), runner(clips).detach()  # with grad: no second compilation
+    scale = scale_of(after)
+    assert (after - before).abs().max() > 100 * FP32_TOLERANCE * scale  # the step moved the logits
+    assert (compiled_after - after).abs().max() <= FP32_TOLERANCE * scale
+
+
+def test_ddp_over_nccl_world_size_one_on_a_transformers_classifier(vjepa2_folder, device, tmp_path, exact_fp32):
+    """The same DDP check on the classifier over a transformers encoder, whose prompts reach the
+    encoder's attention through the attention interface rather than as a block's submodule."""
+    needs_nccl(device)
+    plain = transformers_classifier(vjepa2_folder, device)
+    wrapped = transformers_classifier(vjepa2_folder, device)
+    batches = [(clips_for(plain, seed=s).to(device), torch.tensor([s, 4 - s], device=device)) for s in (0, 1)]
+    check_ddp_accumulation_gives_the_plain_gradients(plain, wrapped, batches, device, tmp_path / "store")
 
 
 # ----------------------------------------------------------------- evaluation

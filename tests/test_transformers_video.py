@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import randomize_trainables_
 
 import aptune
 from aptune.errors import CheckpointError, ConfigError
@@ -444,12 +445,7 @@ def test_aptune_train_end_to_end_on_a_vjepa2_folder(vjepa2_folder, synthetic, tm
 def _classifier_with_random_trainables(folder, seed: int = 0):
     torch.manual_seed(seed)
     model = aptune.create_model(None, pretrained=folder, method="apt", num_prompts=2, num_classes=3)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # prompts and head large enough to move the logits; scales on both sides of 1
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                offset = 1.0 if name in ("kv_prompts.scales", "fc_norm.weight") else 0.0
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 + offset)
+    randomize_trainables_(model, seed)
     return model.train()
 
 
