@@ -57,7 +57,7 @@ def environment(dry_run: bool, installed: list[str]) -> dict:
         "cpu_count": os.cpu_count(),
         "av": version_of("av"),
         "transformers": transformers,
-        # the tier needs no transformers; tests that do are not part of this check
+        # the tier's tests of transformers models skip without it (or below the floor)
         "transformers_meets_floor": transformers is not None and numbers >= TRANSFORMERS_FLOOR,
         "installed_from_wheels": installed,
     }
