@@ -186,6 +186,7 @@ from aptune.engine import trainer
 torch.compile = functools.partial(torch.compile, backend="aot_eager")
 reductions = {"count": 0}
 original_init = DistributedDataParallel.__init__
+@functools.wraps(original_init)  # aptune reads the signature to pick DDP's buffer-sync option
 def init(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
     def counting(state, bucket):
