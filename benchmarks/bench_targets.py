@@ -13,13 +13,14 @@ In one run it reports, each against its goal:
   overhead; ``large_n_overhead`` is the same at 1,568 tokens and 2 prompts (goal: noise).
 
 and, as the options to trade time for memory, the step time and peak RSS of each setting:
-``plain``, ``recompute_mlp`` (each MLP's 4D-wide hidden recomputed from its D-wide input)
-and ``grad_checkpointing`` (whole blocks recomputed); with ``--compile`` also the step
-under ``torch.compile`` (inductor).
+``plain``, ``recompute_mlp`` (each MLP's 4D-wide hidden recomputed from its D-wide input),
+``recompute_qkv`` (norm1 and q/k/v recomputed, the attention kernel's outputs kept), both
+(``recompute_qkv_mlp``) and ``grad_checkpointing`` (whole blocks recomputed); with
+``--compile`` also the step under ``torch.compile`` (inductor).
 
 Timing is round-robin in one process (``aptune.bench.time_interleaved``; switching
 settings is untimed), ratios are medians of per-round ratios (``*_best_runs``: ratios of
-the fastest runs).  Peak RSS is ``ru_maxrss`` of child processes started for it.
+the fastest runs).  Peak RSS is VmHWM of child processes started for it.
 
     python benchmarks/bench_targets.py [--quick] [--compile] --json benchmarks/results/targets.json
 """
@@ -60,7 +61,14 @@ GOALS = {
     "train_peak_rss_over_inference": ("<=", 1.8),
     "small_n_overhead_over_mac_overhead": ("<=", 1.5),
 }
-SETTINGS = ("plain", "recompute_mlp", "grad_checkpointing")
+# memory settings of the training step: the model attributes each one switches on
+SETTINGS = {
+    "plain": (),
+    "recompute_mlp": ("recompute_mlp",),
+    "recompute_qkv": ("recompute_qkv",),
+    "recompute_qkv_mlp": ("recompute_qkv", "recompute_mlp"),
+    "grad_checkpointing": ("grad_checkpointing",),
+}
 
 
 def main() -> None:
@@ -160,10 +168,14 @@ def switch(model, case, setting: str):
 
     def run():
         case.activate(model).train()
-        model.recompute_mlp = setting == "recompute_mlp"
-        model.grad_checkpointing = setting == "grad_checkpointing"
+        apply_setting(model, setting)
 
     return run
+
+
+def apply_setting(model, setting: str) -> None:
+    for attribute in ("recompute_mlp", "recompute_qkv", "grad_checkpointing"):
+        setattr(model, attribute, attribute in SETTINGS[setting])
 
 
 def matmul_task(size: int):
@@ -203,7 +215,7 @@ def time_small_n(repeats: int) -> dict:
 
 # ------------------------------------------------------------------ peak RSS
 def peak_rss(workload: str, threads: int) -> float:
-    """ru_maxrss of a fresh process that builds ViT-S with APT P=2 and runs ``workload``."""
+    """Peak RSS (VmHWM, MB) of a fresh process that builds ViT-S with APT P=2 and runs ``workload``."""
     command = [sys.executable, __file__, "--child", workload, "--threads", str(threads)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return round(int(output.strip().splitlines()[-1]) / 1024, 1)
@@ -219,8 +231,7 @@ def child(workload: str, threads: int, steps: int) -> None:
     else:
         setting = workload.removeprefix("train_")
         model.train()
-        model.recompute_mlp = setting == "recompute_mlp"
-        model.grad_checkpointing = setting == "grad_checkpointing"
+        apply_setting(model, setting)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         step = training_step(model, clip, labels, optimizer)
     for _ in range(steps):

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import aptune
 from aptune.config import switch_method
+from aptune.models.vit import _ATTENTION_KERNELS
 
 TINY = dict(embed_dim=32, depth=3, num_heads=4, num_frames=4, img_size=32, patch_size=16)
 
@@ -214,3 +216,16 @@ def smooth_frames(frames: int, height: int, width: int, seed: int) -> torch.Tens
     noise = torch.rand(frames * 3, 1, height, width, generator=generator) * 255
     smooth = torch.nn.functional.avg_pool2d(noise, 5, 1, 2) * 3 - 255
     return smooth.clamp(0, 255).round().to(torch.uint8).view(frames, 3, height, width).permute(0, 2, 3, 1).contiguous()
+
+
+class CountAttentionKernels(TorchDispatchMode):
+    """How many times a fused attention kernel (forward) runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _ATTENTION_KERNELS:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))

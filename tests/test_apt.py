@@ -2,7 +2,9 @@
 
 import pytest
 import torch
-from helpers import randomize_, reference_apt_logits, tiny_clip, tiny_model
+from helpers import CountAttentionKernels, randomize_, reference_apt_logits, tiny_clip, tiny_model, tiny_run_config
+
+from aptune.models.vit import _ATTENTION_KERNELS
 
 
 @pytest.mark.parametrize("reparam", [True, False])
@@ -207,3 +209,77 @@ def test_recomputing_the_mlp_hidden_gives_the_same_gradients_and_keeps_less(meth
         torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-7)
     if method == "apt":  # frozen fc2 keeps nothing: only the D-wide MLP input remains per block
         assert recomputed_bytes < plain_bytes
+
+
+@pytest.mark.parametrize("method", ["apt", "lora", "vpt-deep", "full"])
+def test_recomputing_q_k_v_gives_the_same_gradients_keeps_less_and_never_reruns_the_attention(method):
+    """model.recompute_qkv: norm1 and the q/k/v projection are redone in the backward, the kernel is not."""
+    options = {"num_prompts": 3} if method in ("apt", "vpt-deep") else {}
+    model = tiny_model(method, **options)
+    randomize_(model)
+    x = tiny_clip()
+    assert _ATTENTION_KERNELS  # this torch build has fused attention kernels to keep
+
+    def gradients_saved_bytes_and_kernel_calls(recompute_mlp=False):
+        model.zero_grad()
+        model.recompute_mlp = recompute_mlp
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with CountAttentionKernels() as kernels:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = model(x).square().sum()
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return grads, sum(saved), kernels.calls
+
+    plain, plain_bytes, plain_calls = gradients_saved_bytes_and_kernel_calls()
+    model.recompute_qkv = True
+    assert model.recompute_qkv
+    recomputed, recomputed_bytes, recomputed_calls = gradients_saved_bytes_and_kernel_calls()
+    both, both_bytes, _ = gradients_saved_bytes_and_kernel_calls(recompute_mlp=True)
+    assert plain.keys() == recomputed.keys() == both.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(both[name], plain[name], rtol=1e-5, atol=1e-7)
+    assert plain_calls == len(model.blocks)  # one kernel call per block: the fused path was taken
+    assert recomputed_calls == plain_calls  # the backward took the kept outputs, not a second forward
+    assert recomputed_bytes < plain_bytes
+    assert both_bytes < recomputed_bytes
+
+
+def test_recomputing_q_k_v_under_autocast_and_with_whole_block_checkpointing():
+    model = tiny_model("apt", num_prompts=3)
+    randomize_(model)
+    x = tiny_clip()
+
+    def gradients(**settings):
+        model.zero_grad()
+        for key, value in settings.items():
+            setattr(model, key, value)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().sum()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain = gradients(recompute_qkv=False, grad_checkpointing=False)
+    for settings in ({"recompute_qkv": True}, {"recompute_qkv": True, "grad_checkpointing": True}):
+        for ours, reference in zip(gradients(**settings), plain, strict=True):
+            torch.testing.assert_close(ours, reference, rtol=1e-2, atol=1e-3)
+
+
+def test_the_trainer_sets_both_recomputations_from_the_config(tmp_path):
+    import yaml
+
+    from aptune.config import load_config
+    from aptune.engine.trainer import build_model
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_run_config()))
+    for qkv, mlp in ((True, False), (False, True), (True, True)):
+        config = load_config(str(recipe), [f"model.recompute_qkv={qkv}", f"model.recompute_mlp={mlp}"])
+        model = build_model(config, ["a", "b", "c"])
+        assert (model.recompute_qkv, model.recompute_mlp) == (qkv, mlp)

@@ -18,7 +18,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CUDA_TIER_DEVICE
-from helpers import TINY, randomize_, randomize_trainables_, smooth_frames, tiny_model, tiny_vjepa2
+from helpers import (
+    TINY,
+    CountAttentionKernels,
+    randomize_,
+    randomize_trainables_,
+    smooth_frames,
+    tiny_model,
+    tiny_vjepa2,
+)
 
 import aptune
 from aptune.engine.optim import build_optimizer
@@ -157,6 +165,30 @@ def test_compiled_training_step_matches_eager(method, device, exact_fp32):
         if param.requires_grad:
             assert other.grad is not None, name
             assert torch.allclose(other.grad, param.grad, rtol=1e-3, atol=1e-5), name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_recomputed_q_k_v_give_eager_gradients_without_rerunning_the_kernel(precision, device, exact_fp32):
+    """model.recompute_qkv on the device's fused kernels (flash, memory-efficient or cuDNN)."""
+    model = make("apt", "head_dim_64").to(device).train()
+    clips, labels = clips_for(model).to(device), torch.tensor([1, 2], device=device)
+
+    def gradients_and_kernel_calls(recompute: bool):
+        model.zero_grad()
+        model.recompute_qkv = recompute
+        with CountAttentionKernels() as kernels:
+            with autocast(precision, device):
+                logits = model(clips)
+            F.cross_entropy(logits.float(), labels).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None], kernels.calls
+
+    plain, plain_calls = gradients_and_kernel_calls(False)
+    recomputed, recomputed_calls = gradients_and_kernel_calls(True)
+    assert plain_calls == len(model.blocks)  # a fused kernel ran in every block
+    assert recomputed_calls == plain_calls
+    tolerance = FP32_TOLERANCE if precision == "fp32" else AUTOCAST_TOLERANCE
+    for ours, reference in zip(recomputed, plain, strict=True):
+        assert (ours - reference).abs().max() <= tolerance * max(1e-3, float(reference.abs().max()))
 
 
 def needs_nccl(device: torch.device) -> None:

@@ -616,3 +616,13 @@ def test_prompts_of_the_classifier_start_from_real_keys(vjepa2_folder):
     candidates = keys.reshape(-1, WIDTH // HEADS)
     for prompt in prompts.keys[1]:
         assert torch.isclose(candidates, prompt, atol=1e-5).all(dim=1).any()
+
+
+@pytest.mark.parametrize("key", ["recompute_mlp", "recompute_qkv"])
+def test_native_recomputation_keys_are_refused_on_a_transformers_folder(vjepa2_folder, key):
+    from aptune.config import load_config
+    from aptune.engine.trainer import build_model
+
+    config = load_config(None, [f"model.pretrained={vjepa2_folder}", f"model.{key}=true", "model.num_classes=3"])
+    with pytest.raises(ConfigError, match=rf"model.{key} is for aptune's own backbone; use model.grad_checkpointing"):
+        build_model(config, ["a", "b", "c"])

@@ -51,6 +51,7 @@ class ModelConfig:
     head_dropout: float = 0.0
     grad_checkpointing: bool = False
     recompute_mlp: bool = False  # aptune option: recompute each MLP's hidden activation in the backward
+    recompute_qkv: bool = False  # aptune option: recompute each block's norm1 and q/k/v in the backward
     head: str = "linear"  # the paper's mean pooling; "attentive" (departure): a learned attentive probe
     attentive_queries: int = 1  # the probe's learned queries (V-JEPA: 1), averaged
     attentive_heads: int | None = None  # the probe's attention heads; None: the backbone's num_heads

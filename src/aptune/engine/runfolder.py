@@ -78,6 +78,7 @@ SAFE_TO_CHANGE = frozenset(
         "train.compile",
         "model.grad_checkpointing",
         "model.recompute_mlp",
+        "model.recompute_qkv",
         "data.num_workers",
         "data.decode_threads",
         "data.max_bad_fraction",

@@ -319,13 +319,15 @@ def build_model(config: Config, class_names: list[str]):
     )
     model.grad_checkpointing = config.model.grad_checkpointing
     if isinstance(model, TransformersVideoClassifier):
-        if config.model.recompute_mlp:
-            raise ConfigError("model.recompute_mlp is for aptune's own backbone; use model.grad_checkpointing")
+        for key in ("recompute_mlp", "recompute_qkv"):
+            if getattr(config.model, key):
+                raise ConfigError(f"model.{key} is for aptune's own backbone; use model.grad_checkpointing")
         check_clips_fit(model, config)
         if config.model.grad_checkpointing:
             model.backbone.gradient_checkpointing_enable()
     else:
         model.recompute_mlp = config.model.recompute_mlp
+        model.recompute_qkv = config.model.recompute_qkv
     return model
 
 

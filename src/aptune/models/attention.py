@@ -108,6 +108,16 @@ class Attention(nn.Module):
         qkv_delta: QKVDelta | None = None,
         attn_mask: Tensor | None = None,
     ) -> Tensor:
+        return self.proj_drop(self.proj(self.attend(x, extra_kv, qkv_delta, attn_mask)))
+
+    def attend(
+        self,
+        x: Tensor,
+        extra_kv: ExtraKV | None = None,
+        qkv_delta: QKVDelta | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """The heads' outputs, (B, N, D), before the output projection."""
         batch, tokens, dim = x.shape
         dropout = self.attn_drop if self.training else 0.0
         if isinstance(extra_kv, Tensor) and attn_mask is None:
@@ -115,8 +125,7 @@ class Attention(nn.Module):
         else:
             q, k, v = self.project_qkv(x, qkv_delta)
             out = prompted_attention(q, k, v, extra_kv, attn_mask=attn_mask, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(out))
+        return out.transpose(1, 2).reshape(batch, tokens, dim)
 
     def _attend_with_stacked_prompts(self, x: Tensor, extra_kv: Tensor, qkv_delta, dropout: float) -> Tensor:
         """APT's hot path: the prompts (2, ..., P, head_dim) appended to k and v by one copy."""

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from aptune.models.attention import Attention, ExtraKV, QKVDelta
 from aptune.models.heads import HEADS, AttentiveHead
@@ -234,6 +234,8 @@ class Block(nn.Module):
             self.gamma_1 = self.gamma_2 = None
         # model.recompute_mlp: redo norm2, fc1 and GELU in the backward instead of keeping their outputs
         self.recompute_mlp = False
+        # model.recompute_qkv: redo norm1 and the q/k/v projection in the backward (see _attention)
+        self.recompute_qkv = False
 
     def forward(
         self,
@@ -243,7 +245,7 @@ class Block(nn.Module):
         mlp_side: Callable[[Tensor], Tensor] | None = None,
         attn_mask: Tensor | None = None,
     ) -> Tensor:
-        attn = self.attn(self.norm1(x), extra_kv, qkv_delta, attn_mask)
+        attn = self._attention(x, extra_kv, qkv_delta, attn_mask)
         if self.gamma_1 is not None:
             attn = self.gamma_1 * attn
         x = x + self.drop_path(attn)
@@ -254,6 +256,31 @@ class Block(nn.Module):
         if mlp_side is not None:
             out = out + mlp_side(x)  # a parallel adapter reads the same stream as the MLP
         return out
+
+    def _attention(self, x: Tensor, extra_kv, qkv_delta, attn_mask) -> Tensor:
+        """The attention branch, proj(attend(norm1(x)))."""
+        attn = self.attn
+        if self.recompute_qkv and torch.is_grad_enabled():
+            # Selective recomputation: autograd keeps x (the residual, which it keeps anyway) and
+            # the attention kernel's outputs, not norm1's output nor q, k and v (3 N x D, the
+            # widest tensors the attention keeps), and redoes norm1, the projection and the
+            # prompt append in the backward.  The kernel itself is not redone: its outputs are
+            # kept (_keep_attention_outputs), so the cost is one q/k/v product, not a forward.
+            heads = checkpoint(
+                self._attend_normed,
+                x,
+                extra_kv,
+                qkv_delta,
+                attn_mask,
+                use_reentrant=False,
+                context_fn=_keep_attention_outputs,
+            )
+        else:
+            heads = attn.attend(self.norm1(x), extra_kv, qkv_delta, attn_mask)
+        return attn.proj_drop(attn.proj(heads))
+
+    def _attend_normed(self, x: Tensor, extra_kv, qkv_delta, attn_mask) -> Tensor:
+        return self.attn.attend(self.norm1(x), extra_kv, qkv_delta, attn_mask)
 
     def _mlp_hidden(self, x: Tensor) -> Tensor:
         """GELU(fc1(norm2(x))), the MLP's 4D-wide hidden activation."""
@@ -266,6 +293,30 @@ class Block(nn.Module):
 
     def _hidden_of(self, x: Tensor) -> Tensor:
         return self.mlp.hidden(self.norm2(x))
+
+
+# The fused attention kernels (CPU flash, CUDA flash, memory-efficient, cuDNN): those a
+# recomputation keeps the outputs of; whatever this torch build lacks is left out.
+_ATTENTION_KERNELS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def _attention_kernel_policy(_context, op, *_args, **_kwargs) -> CheckpointPolicy:
+    # outputs of the attention kernel kept, everything else (norm, products, concatenation)
+    # redone; on a path without a fused kernel (the math fallback) the attention is redone too
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_attention_outputs():
+    return create_selective_checkpoint_contexts(_attention_kernel_policy)
 
 
 class BlockExtension(nn.Module):
@@ -349,6 +400,16 @@ class VisionTransformer(nn.Module):
     def recompute_mlp(self, value: bool) -> None:
         for block in self.blocks:
             block.recompute_mlp = bool(value)
+
+    @property
+    def recompute_qkv(self) -> bool:
+        """Whether every block recomputes norm1 and its q/k/v in the backward (less memory)."""
+        return all(block.recompute_qkv for block in self.blocks)
+
+    @recompute_qkv.setter
+    def recompute_qkv(self, value: bool) -> None:
+        for block in self.blocks:
+            block.recompute_qkv = bool(value)
 
     # ---------------------------------------------------------------- forward
     def position_embedding(self, grid: tuple[int, int, int]) -> Tensor:
