@@ -105,6 +105,9 @@ def test_train_eval_predict(tmp_path, dataset, backbone, capsys, monkeypatch):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} >= {"train", "eval"}
+    waits = [r.get("input_wait_fraction") for r in records if r["kind"] == "train"]
+    assert waits[0] is None and all(0.0 <= w <= 1.0 for w in waits[1:] if w is not None)
+    assert sum(w is not None for w in waits) >= len(waits) // 2  # every epoch's steps after its first
     adapter = load_file(run / "adapter.safetensors")
     assert all(k.startswith(("kv_prompts.", "fc_norm.", "head.")) for k in adapter)
 
@@ -520,3 +523,46 @@ def test_cached_features_refuse_an_attentive_head(tmp_path, dataset, backbone, c
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "train.cache_features keeps one pooled vector per clip" in err
     assert not (tmp_path / "r").exists()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_input_wait_counts_time_blocked_in_the_loader_after_the_first_batch():
+    from aptune.engine.loop import InputWait
+
+    clock = FakeClock()
+    waiting = InputWait(clock)
+    assert waiting.fraction() is None
+    with waiting.for_batch():
+        clock.now += 30.0  # starting the workers: not counted
+    clock.now += 1.0  # a step
+    assert waiting.fraction() is None  # one batch: no steady state yet
+    for _ in range(4):
+        with waiting.for_batch():
+            clock.now += 3.0  # blocked on the loader
+        clock.now += 1.0  # the step
+    assert waiting.fraction() == pytest.approx(12.0 / 17.0)
+
+
+def test_input_wait_advice_names_the_remedies_for_an_idle_accelerator():
+    from aptune.config import load_config
+    from aptune.engine.loop import INPUT_BOUND, input_wait_advice
+
+    cuda = torch.device("cuda")
+    config = load_config(None, ["data.num_workers=3"])
+    advice = input_wait_advice(0.6, config, cuda)
+    assert advice.startswith("the cuda waited for input 60% of the time")
+    assert "raise data.num_workers (now 3)" in advice and "data.augment_on: device" in advice
+    assert input_wait_advice(INPUT_BOUND, config, cuda) is None
+    assert input_wait_advice(0.9, config, torch.device("cpu")) is None  # workers share the model's cores
+    assert input_wait_advice(None, config, cuda) is None
+    on_device = load_config(None, ["data.augment_on=device"])
+    assert "augment_on" not in input_wait_advice(0.6, on_device, cuda)
+    erasing = load_config(None, ["data.random_erase=0.25"])  # random erasing runs on the CPU only
+    assert "augment_on" not in input_wait_advice(0.6, erasing, cuda)

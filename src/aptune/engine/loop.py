@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -160,13 +160,15 @@ class TrainLoop:
         batches = min(len(loader), steps_per_epoch * accum)
         progress = progress_bar(batches, f"epoch {epoch + 1}/{train_cfg.epochs}", self.info.is_main)
         clips_seen, started = 0, time.time()
+        waiting = InputWait()
         bad_videos = new_bad_video_log(self.data, self.config)
         batch_iterator = iter(loader)
         for index in range(batches):
             synchronise = (index + 1) % accum == 0
             with self.gradient_sync(synchronise):
                 with dist_utils.together(f"at step {state.step + 1} (epoch {epoch + 1})"):
-                    batch = next(batch_iterator)
+                    with waiting.for_batch():
+                        batch = next(batch_iterator)
                     bad_videos.record(batch.failures)
                     loss = self.forward(batch)
                 self.backward(loss, accum)
@@ -182,12 +184,14 @@ class TrainLoop:
                     batches,
                     loss.item(),
                     clips_seen / (time.time() - started),
+                    waiting.fraction(),
                     progress,
                 )
             progress.update(1)
         progress.close()
         del batch_iterator
         self.report_bad_videos(epoch, state, bad_videos)
+        self.report_input_wait(epoch, waiting.fraction())
 
     def gradient_sync(self, synchronise: bool):
         """DDP all-reduces gradients only on an accumulation group's last micro-batch."""
@@ -220,14 +224,16 @@ class TrainLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
 
-    def log_step(self, epoch, state, index, batches, loss, clips_per_second, progress) -> None:
+    def log_step(self, epoch, state, index, batches, loss, clips_per_second, input_wait, progress) -> None:
         lr = self.schedule.lr()
         head_lr = classifier_lr(self.optimizer)
         lrs = {"lr": lr} if head_lr is None else {"lr": lr, "head_lr": head_lr}
+        waited = {} if input_wait is None else {"input_wait_fraction": round(input_wait, 4)}
         progress.set_postfix(
             loss=f"{loss:.4f}",
             **{k: f"{v:.2e}" for k, v in lrs.items()},
             clips_s=f"{clips_per_second:.1f}",
+            **({} if input_wait is None else {"waiting": f"{input_wait:.0%}"}),
         )
         every = self.config.train.log_every
         if state.step % every == 0 or index + 1 == batches:
@@ -240,6 +246,7 @@ class TrainLoop:
                     loss=loss,
                     **lrs,
                     clips_per_second=clips_per_second,
+                    **waited,
                 )
             if progress.disable and self.info.is_main:
                 shown = " ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in lrs.items())
@@ -252,6 +259,11 @@ class TrainLoop:
                     shown,
                     clips_per_second,
                 )
+
+    def report_input_wait(self, epoch: int, fraction: float | None) -> None:
+        advice = input_wait_advice(fraction, self.config, self.device)
+        if advice and self.info.is_main:
+            log.warning("epoch %d: %s", epoch + 1, advice)
 
     def report_bad_videos(self, epoch: int, state: TrainState, bad_videos) -> None:
         counts = torch.tensor([bad_videos.num_bad, bad_videos.skipped], dtype=torch.float64)
@@ -266,3 +278,59 @@ class TrainLoop:
                 bad_train_videos=bad,
                 replaced_samples=skips,
             )
+
+
+class InputWait:
+    """How much of an epoch the training loop spends waiting for its next batch.
+
+    The first batch is left out (it pays for starting the loader workers), so the fraction is
+    the steady state: time blocked in the loader over the time since the first batch came.
+    On a GPU the loop only blocks when the loader is behind (the device's work is queued
+    asynchronously), so a high fraction means an idle GPU.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.waited = 0.0
+        self.batches = 0
+        self.since: float | None = None  # when the first batch arrived
+
+    @contextlib.contextmanager
+    def for_batch(self) -> Iterator[None]:
+        started = self.clock()
+        yield
+        now = self.clock()
+        if self.since is None:
+            self.since = now
+        else:
+            self.waited += now - started
+        self.batches += 1
+
+    def fraction(self) -> float | None:
+        """Waiting time over the time since the first batch; None before the second batch."""
+        if self.since is None or self.batches < 2:
+            return None
+        elapsed = self.clock() - self.since
+        return min(1.0, self.waited / elapsed) if elapsed > 0 else None
+
+
+# An accelerator idle for more than this share of an epoch is worth a warning
+INPUT_BOUND = 0.25
+
+
+def input_wait_advice(fraction: float | None, config: Config, device: torch.device) -> str | None:
+    """One line for an accelerator that waited for its input for much of an epoch, else None.
+
+    Not on the CPU: there the loader's workers and the model share the same cores, and the
+    remedy (more workers) may not exist.
+    """
+    if fraction is None or fraction <= INPUT_BOUND or device.type == "cpu":
+        return None
+    data = config.data
+    remedies = [f"raise data.num_workers (now {data.num_workers})"]
+    if data.augment_on != "device" and data.random_erase == 0:
+        remedies.append("set data.augment_on: device (augmentation moves to the GPU)")
+    return (
+        f"the {device.type} waited for input {fraction:.0%} of the time (the loader is the bottleneck): "
+        + "; ".join(remedies)
+    )
