@@ -283,3 +283,52 @@ def test_the_trainer_sets_both_recomputations_from_the_config(tmp_path):
         config = load_config(str(recipe), [f"model.recompute_qkv={qkv}", f"model.recompute_mlp={mlp}"])
         model = build_model(config, ["a", "b", "c"])
         assert (model.recompute_qkv, model.recompute_mlp) == (qkv, mlp)
+
+
+@pytest.mark.parametrize("prompt_start", [0, 1])
+def test_training_gradients_match_the_explicit_formula_through_the_prompts_only_backward(prompt_start, monkeypatch):
+    """The first prompted block's input is frozen: its backward computes the prompts' gradients
+    alone (PromptsOnlyAttention); every gradient still equals autograd through the formula."""
+    from aptune.models import attention
+
+    model = tiny_model("apt", num_prompts=3, prompt_dropout=0.0, prompt_start=prompt_start, depth=3).train()
+    randomize_(model)
+    with torch.no_grad():  # scales away from 1, where max(s, 1) has no gradient ambiguity
+        model.kv_prompts.scales.copy_(
+            torch.linspace(0.2, 2.5, model.kv_prompts.scales.numel()).view_as(model.kv_prompts.scales)
+        )
+    calls = []
+    original = attention.PromptsOnlyAttention.apply
+    monkeypatch.setattr(attention.PromptsOnlyAttention, "apply", lambda *a: calls.append(1) or original(*a))
+    x = tiny_clip()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(model(x).square().sum(), trained)
+    assert calls == [1]  # used once per forward: in the first prompted block only
+    reference = torch.autograd.grad(reference_apt_logits(model, x).square().sum(), trained)
+    for got, expected in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["cpu_flash", "generic"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prompts_only_attention_equals_autograd_through_sdpa(kernel, precision, monkeypatch):
+    from aptune.models import attention
+
+    if kernel == "generic":  # the path other devices take: log-sum-exp computed by blocks of queries
+        monkeypatch.setattr(attention, "_CPU_FLASH", None)
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 40, 16, generator=generator)
+    kv = torch.randn(2, 2, 3, 40, 16, generator=generator)
+    prompts = torch.randn(2, 1, 1, 5, 16, generator=generator, requires_grad=True)
+    grad_out = torch.randn(2, 3, 40, 16, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        q, kv = q.to(dtype), kv.to(dtype)
+        out = attention.PromptsOnlyAttention.apply(q, kv, prompts)
+        k, v = torch.cat((kv, prompts.to(dtype).expand(2, 2, 3, 5, 16)), dim=3).unbind(0)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    (ours,) = torch.autograd.grad(out, prompts, grad_out.to(out.dtype))
+    (reference,) = torch.autograd.grad(expected, prompts, grad_out.to(expected.dtype))
+    tolerance = {"fp32": (1e-4, 1e-5), "bf16": (3e-2, 3e-2)}[precision]
+    torch.testing.assert_close(out, expected, rtol=tolerance[0], atol=tolerance[1])
+    torch.testing.assert_close(ours, reference, rtol=tolerance[0], atol=tolerance[1] * reference.abs().max().item())

@@ -139,6 +139,8 @@ class Attention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         if torch.is_grad_enabled():
             q, kv = self.project_q_and_kv(x, qkv_delta)
+            if dropout == 0.0 and extra_kv.requires_grad and not (q.requires_grad or kv.requires_grad):
+                return PromptsOnlyAttention.apply(q, kv, extra_kv)
         else:
             qkv = self.split_heads(self.fused_projection(x, qkv_delta), 3)
             q, kv = qkv[0], qkv[1:]
@@ -172,6 +174,59 @@ class Attention(nn.Module):
         k = buffer.as_strided(every, (0, head_dim, row, 1), dim)
         v = buffer.as_strided(every, (0, head_dim, row, 1), 2 * dim)
         return q, k, v
+
+
+class PromptsOnlyAttention(torch.autograd.Function):
+    """Attention whose only inputs needing gradients are the appended prompts.
+
+    That is the first prompted block of APT: its input comes from frozen layers, so q and
+    the tokens' k and v are constants.  The fused kernel's backward would compute dq, dk
+    and dv for every token (and recompute q kᵀ to do it); the prompts' gradients need only
+    the attention probabilities of their P columns, rebuilt from the row log-sum-exp kept
+    by the forward, which costs O(N·P·D) instead of O(N²·D).  The forward is the fused
+    kernel's, unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, kv: Tensor, prompts: Tensor) -> Tensor:
+        shape = (2, kv.shape[1], kv.shape[2], prompts.shape[-2], kv.shape[-1])
+        k, v = torch.cat((kv, prompts.to(kv.dtype).expand(shape)), dim=3).unbind(0)
+        out, log_sum_exp = attention_with_log_sum_exp(q, k, v)
+        ctx.save_for_backward(q, prompts, out, log_sum_exp)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, prompts, out, log_sum_exp = ctx.saved_tensors
+        with torch.autocast(q.device.type, enabled=False):
+            q, grad_out, out = q.float(), grad_out.float(), out.float()
+            keys, values = prompts.float().unbind(0)
+            scale = q.shape[-1] ** -0.5
+            probs = torch.exp(q @ keys.transpose(-1, -2) * scale - log_sum_exp.unsqueeze(-1))  # (B, H, N, P)
+            grad_values = probs.transpose(-1, -2) @ grad_out
+            # softmax backward restricted to the prompt columns: p * (dO·v - rowsum(dO * out))
+            grad_scores = probs * (grad_out @ values.transpose(-1, -2) - (grad_out * out).sum(-1, keepdim=True))
+            grad_keys = grad_scores.transpose(-1, -2) @ q * scale
+            grad = torch.stack((grad_keys, grad_values)).sum_to_size(prompts.shape)
+        return None, None, grad.to(prompts.dtype)
+
+
+def attention_with_log_sum_exp(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """SDPA's output and, per query, the float32 log-sum-exp of its scaled scores (B, H, N)."""
+    if q.device.type == "cpu" and _CPU_FLASH is not None:
+        out, log_sum_exp = _CPU_FLASH(q, k, v, 0.0, False)  # the kernel SDPA itself runs here
+        return out, log_sum_exp.float()
+    out = F.scaled_dot_product_attention(q, k, v)
+    scale = q.shape[-1] ** -0.5
+    # elsewhere the kernels' own log-sum-exp is not public: compute it a block of queries at a time
+    rows = max(1, (1 << 24) // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+    parts = [
+        torch.logsumexp(block.float() @ k.float().transpose(-1, -2) * scale, dim=-1) for block in q.split(rows, dim=-2)
+    ]
+    return out, torch.cat(parts, dim=-1)
+
+
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 def _autocast_on(device: torch.device) -> bool:

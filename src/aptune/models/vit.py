@@ -260,12 +260,13 @@ class Block(nn.Module):
     def _attention(self, x: Tensor, extra_kv, qkv_delta, attn_mask) -> Tensor:
         """The attention branch, proj(attend(norm1(x)))."""
         attn = self.attn
-        if self.recompute_qkv and torch.is_grad_enabled():
+        if self.recompute_qkv and torch.is_grad_enabled() and x.requires_grad:
             # Selective recomputation: autograd keeps x (the residual, which it keeps anyway) and
             # the attention kernel's outputs, not norm1's output nor q, k and v (3 N x D, the
             # widest tensors the attention keeps), and redoes norm1, the projection and the
             # prompt append in the backward.  The kernel itself is not redone: its outputs are
             # kept (_keep_attention_outputs), so the cost is one q/k/v product, not a forward.
+            # (A block whose input needs no gradient keeps neither x nor k and v anyway.)
             heads = checkpoint(
                 self._attend_normed,
                 x,
