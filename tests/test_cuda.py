@@ -191,6 +191,27 @@ def test_recomputed_q_k_v_give_eager_gradients_without_rerunning_the_kernel(prec
         assert (ours - reference).abs().max() <= tolerance * max(1e-3, float(reference.abs().max()))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prompts_only_backward_matches_autograd_through_sdpa(precision, device, exact_fp32):
+    """The first prompted block's backward (PromptsOnlyAttention) on the device's kernels."""
+    from aptune.models.attention import PromptsOnlyAttention
+
+    generator = torch.Generator().manual_seed(0)
+    q, kv = torch.randn(2, 2, 300, 64, generator=generator), torch.randn(2, 2, 2, 300, 64, generator=generator)
+    prompts = torch.randn(2, 1, 1, 7, 64, generator=generator).to(device).requires_grad_()
+    grad_out = torch.randn(2, 2, 300, 64, generator=generator).to(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    q, kv = q.to(device, dtype), kv.to(device, dtype)
+    out = PromptsOnlyAttention.apply(q, kv, prompts)
+    k, v = torch.cat((kv, prompts.to(dtype).expand(2, 2, 2, 7, 64)), dim=3).unbind(0)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    (ours,) = torch.autograd.grad(out, prompts, grad_out.to(dtype))
+    (reference,) = torch.autograd.grad(expected, prompts, grad_out.to(dtype))
+    tolerance = FP32_TOLERANCE if precision == "fp32" else AUTOCAST_TOLERANCE
+    assert (out.float() - expected.float()).abs().max() <= tolerance * scale_of(expected.float())
+    assert (ours - reference).abs().max() <= tolerance * scale_of(reference)
+
+
 def needs_nccl(device: torch.device) -> None:
     import torch.distributed as dist
 
