@@ -141,6 +141,7 @@ def time_vit_s(args, inference_repeats: int, training_repeats: int) -> dict:
     times.update(
         time_interleaved(train_tasks, setups=train_setups, repeats=training_repeats, warmup=1, description="training")
     )
+    apply_setting(model, "plain")  # the timing left the last setting on: count the plain step
     backbone.activate(model)
     backbone_macs = count_macs(model, SHAPE)
     apt.activate(model)
