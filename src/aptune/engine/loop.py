@@ -251,13 +251,14 @@ class TrainLoop:
             if progress.disable and self.info.is_main:
                 shown = " ".join(f"{k.replace('_', ' ')} {v:.2e}" for k, v in lrs.items())
                 log.info(
-                    "epoch %d step %d/%d loss %.4f %s %.1f clips/s",
+                    "epoch %d step %d/%d loss %.4f %s %.1f clips/s%s",
                     epoch + 1,
                     index + 1,
                     batches,
                     loss,
                     shown,
                     clips_per_second,
+                    "" if input_wait is None else f", waiting for input {input_wait:.0%}",
                 )
 
     def report_input_wait(self, epoch: int, fraction: float | None) -> None:
