@@ -17,6 +17,7 @@ injected models compute the same thing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -198,7 +199,7 @@ class PromptsOnlyAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, prompts, out, log_sum_exp = ctx.saved_tensors
-        with torch.autocast(q.device.type, enabled=False):
+        with _autocast_off(q.device):
             q, grad_out, out = q.float(), grad_out.float(), out.float()
             keys, values = prompts.float().unbind(0)
             scale = q.shape[-1] ** -0.5
@@ -217,6 +218,8 @@ def attention_with_log_sum_exp(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor,
         out, log_sum_exp = _CPU_FLASH(q, k, v, 0.0, False)  # the kernel SDPA itself runs here
         return out, log_sum_exp.float()
     out = F.scaled_dot_product_attention(q, k, v)
+    if q.device.type == "meta":  # counting multiply-adds: a fused kernel's log-sum-exp costs none
+        return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
     scale = q.shape[-1] ** -0.5
     # elsewhere the kernels' own log-sum-exp is not public: compute it a block of queries at a time
     rows = max(1, (1 << 24) // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
@@ -227,6 +230,13 @@ def attention_with_log_sum_exp(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor,
 
 
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _autocast_off(device: torch.device):
+    """A region without autocast on ``device`` (nothing to switch off on other devices)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _autocast_on(device: torch.device) -> bool:
