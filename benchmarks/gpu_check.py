@@ -141,8 +141,9 @@ def summary(result: dict) -> str:
     rows = (result["steps"]["throughput"].get("result") or {}).get("rows", [])
     for row in rows:
         prompts = "" if row["prompts"] is None else f" P={row['prompts']}"
+        setting = "" if row.get("memory_setting", "plain") == "plain" else f" {row['memory_setting']}"
         lines.append(
-            f"  {row['method'] + prompts:13s} train {row['train_clips_per_second']} clips/s (batch "
+            f"  {row['method'] + prompts + setting:13s} train {row['train_clips_per_second']} clips/s (batch "
             f"{row['train_batch']})  inference {row['infer_clips_per_second']} clips/s (batch {row['infer_batch']})"
         )
     return "\n".join(lines)

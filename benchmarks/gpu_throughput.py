@@ -1,7 +1,8 @@
 """Clips per second of a training step and of inference, per tuning method, on one GPU.
 
 apt (P=2 and P=400), vpt-deep (P=50, VPT's own default), linear and full on one shared
-ViT-B 16x224 backbone (``aptune.bench.build_cases``), under bf16 autocast, each at a batch
+ViT-B 16x224 backbone, and APT P=2 again with ``model.recompute_qkv`` + ``model.recompute_mlp``
+(row ``memory_setting``; the others are ``plain``) (``aptune.bench.build_cases``), under bf16 autocast, each at a batch
 that fills the GPU: one step at a probe batch measures the memory a clip adds
 (``torch.cuda.max_memory_allocated``), the batch is what ``--memory-fraction`` of the free
 memory holds (a multiple of 8, at most ``--max-batch``), halved while a step runs out of
@@ -32,9 +33,12 @@ from aptune.factory import create_model
 from aptune.models.vit import count_parameters
 
 CASES = (("apt", (2, 400)), ("vpt-deep", (50,)), ("linear", ()), ("full", ()))
+# the memory options measured once more on APT P=2: less activation memory fits a larger batch
+MEMORY_SETTINGS = {"recompute_qkv+mlp": ("recompute_qkv", "recompute_mlp")}
 ROW_KEYS = (
     "method",
     "prompts",
+    "memory_setting",
     "trainable_params",
     "train_batch",
     "train_step_ms_median",
@@ -100,8 +104,13 @@ def timed(make_step, batch: int, device: torch.device, steps: int, warmup: int) 
             torch.cuda.empty_cache()
 
 
-def measure_case(case, model, settings: argparse.Namespace, device: torch.device, shape: tuple) -> dict:
+def measure_case(
+    case, model, settings: argparse.Namespace, device: torch.device, shape: tuple, memory_setting: str = "plain"
+) -> dict:
     case.activate(model)
+    switched_on = MEMORY_SETTINGS.get(memory_setting, ())
+    for attribute in ("recompute_qkv", "recompute_mlp"):
+        setattr(model, attribute, attribute in switched_on)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.0)  # small: full tuning moves shared weights
 
@@ -117,7 +126,12 @@ def measure_case(case, model, settings: argparse.Namespace, device: torch.device
         model.eval()
         return inference_step(model, inputs(batch)[0], settings.precision, device)
 
-    row = {"method": case.method, "prompts": case.num_prompts, "trainable_params": count_parameters(model)[0]}
+    row = {
+        "method": case.method,
+        "prompts": case.num_prompts,
+        "memory_setting": memory_setting,
+        "trainable_params": count_parameters(model)[0],
+    }
     for kind, make_step, largest in (
         ("train", train_step, settings.max_batch),
         ("infer", infer_step, 4 * settings.max_batch),
@@ -151,6 +165,7 @@ def run(settings: argparse.Namespace) -> dict:
     cases = [case for method, prompts in CASES for case in build_cases(model, [method], list(prompts) or [1])]
     shape = (3, frames, size, size)
     rows = [measure_case(case, model, settings, device, shape) for case in cases]
+    rows += [measure_case(cases[0], model, settings, device, shape, setting) for setting in MEMORY_SETTINGS]
     return {
         "meta": {
             "machine": machine_description(),

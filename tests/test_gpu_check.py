@@ -28,17 +28,19 @@ def test_dry_run_runs_every_step_and_writes_the_json(tmp_path):
     # on the CPU through APTUNE_CUDA_TIER_DEVICE=cpu: the tier's tests really ran, none skipped
     assert tests["passed"] >= 2 and tests["failed"] == tests["errors"] == tests["skipped"] == 0
     rows = result["steps"]["throughput"]["result"]["rows"]
-    assert [(r["method"], r["prompts"]) for r in rows] == [
-        ("apt", 2),
-        ("apt", 400),
-        ("vpt-deep", 50),
-        ("linear", None),
-        ("full", None),
+    assert [(r["method"], r["prompts"], r["memory_setting"]) for r in rows] == [
+        ("apt", 2, "plain"),
+        ("apt", 400, "plain"),
+        ("vpt-deep", 50, "plain"),
+        ("linear", None, "plain"),
+        ("full", None, "plain"),
+        ("apt", 2, "recompute_qkv+mlp"),
     ]
     for row in rows:
         assert row["train_clips_per_second"] > 0 and row["infer_clips_per_second"] > 0
         assert row["train_batch"] == row["infer_batch"] == 2
-    assert rows[0]["trainable_params"] < rows[1]["trainable_params"] < rows[-1]["trainable_params"]
+    assert rows[0]["trainable_params"] < rows[1]["trainable_params"] < rows[4]["trainable_params"]
+    assert rows[5]["trainable_params"] == rows[0]["trainable_params"]
     pipeline = result["steps"]["pipeline"]["result"]
     assert set(pipeline["cpu_ms_per_clip"]) == {"cpu_augment", "device_augment"}
     assert all(value > 0 for value in pipeline["cpu_ms_per_clip"].values())
