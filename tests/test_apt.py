@@ -211,7 +211,7 @@ def test_recomputing_the_mlp_hidden_gives_the_same_gradients_and_keeps_less(meth
         assert recomputed_bytes < plain_bytes
 
 
-@pytest.mark.parametrize("method", ["apt", "lora", "vpt-deep", "full"])
+@pytest.mark.parametrize("method", ["apt", "lora", "vpt-deep", "bitfit", "full"])
 def test_recomputing_q_k_v_gives_the_same_gradients_keeps_less_and_never_reruns_the_attention(method):
     """model.recompute_qkv: norm1 and the q/k/v projection are redone in the backward, the kernel is not."""
     options = {"num_prompts": 3} if method in ("apt", "vpt-deep") else {}
@@ -332,3 +332,17 @@ def test_prompts_only_attention_equals_autograd_through_sdpa(kernel, precision, 
     tolerance = {"fp32": (1e-4, 1e-5), "bf16": (3e-2, 3e-2)}[precision]
     torch.testing.assert_close(out, expected, rtol=tolerance[0], atol=tolerance[1])
     torch.testing.assert_close(ours, reference, rtol=tolerance[0], atol=tolerance[1] * reference.abs().max().item())
+
+
+@pytest.mark.parametrize(("method", "kept"), [("apt", False), ("lora", True), ("bitfit", True), ("full", True)])
+def test_the_first_block_recomputes_q_k_v_only_where_autograd_would_keep_them(method, kept):
+    """A frozen input, frozen projection and no LoRA delta: q, k and v need no gradient and APT's
+    prompts-only backward keeps only q and the output, so there is nothing to recompute."""
+    model = tiny_model(method, **({"num_prompts": 3} if method == "apt" else {}))
+    frozen_input = torch.randn(2, 8, model.config.embed_dim)
+    inputs = {}
+    for _, extension in model.named_extensions():
+        extension.prepare()
+        inputs.update(extension.block_inputs(0))
+    assert ("qkv_delta" in inputs) is (method == "lora")
+    assert model.blocks[0]._qkv_kept_for_backward(frozen_input, inputs.get("qkv_delta")) is kept

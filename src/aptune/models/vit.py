@@ -260,13 +260,12 @@ class Block(nn.Module):
     def _attention(self, x: Tensor, extra_kv, qkv_delta, attn_mask) -> Tensor:
         """The attention branch, proj(attend(norm1(x)))."""
         attn = self.attn
-        if self.recompute_qkv and torch.is_grad_enabled() and x.requires_grad:
+        if self.recompute_qkv and torch.is_grad_enabled() and self._qkv_kept_for_backward(x, qkv_delta):
             # Selective recomputation: autograd keeps x (the residual, which it keeps anyway) and
             # the attention kernel's outputs, not norm1's output nor q, k and v (3 N x D, the
             # widest tensors the attention keeps), and redoes norm1, the projection and the
             # prompt append in the backward.  The kernel itself is not redone: its outputs are
             # kept (_keep_attention_outputs), so the cost is one q/k/v product, not a forward.
-            # (A block whose input needs no gradient keeps neither x nor k and v anyway.)
             heads = checkpoint(
                 self._attend_normed,
                 x,
@@ -279,6 +278,13 @@ class Block(nn.Module):
         else:
             heads = attn.attend(self.norm1(x), extra_kv, qkv_delta, attn_mask)
         return attn.proj_drop(attn.proj(heads))
+
+    def _qkv_kept_for_backward(self, x: Tensor, qkv_delta) -> bool:
+        """Whether autograd keeps this block's q, k and v: not when none of them needs a gradient
+        (the first block APT prompts, whose prompts-only backward keeps q and the output only)."""
+        attn = self.attn
+        sources = (self.norm1.weight, self.norm1.bias, attn.qkv.weight, attn.q_bias, attn.k_bias, attn.v_bias)
+        return x.requires_grad or qkv_delta is not None or any(p is not None and p.requires_grad for p in sources)
 
     def _attend_normed(self, x: Tensor, extra_kv, qkv_delta, attn_mask) -> Tensor:
         return self.attn.attend(self.norm1(x), extra_kv, qkv_delta, attn_mask)
