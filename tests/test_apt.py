@@ -160,7 +160,7 @@ def test_no_forward_state_outlives_the_forward():
 
     model = tiny_model("apt", num_prompts=3)
     model(tiny_clip()).sum()  # a training forward: its prompts belong to an autograd graph
-    assert model.kv_prompts._layer_kv is None
+    assert model.kv_prompts._layer_kv == {}  # no thread's prompts left
     copied = copy.deepcopy(model)  # would fail on a kept non-leaf tensor
     with torch.no_grad():
         torch.testing.assert_close(copied.eval()(tiny_clip()), model.eval()(tiny_clip()))
@@ -346,3 +346,62 @@ def test_the_first_block_recomputes_q_k_v_only_where_autograd_would_keep_them(me
         inputs.update(extension.block_inputs(0))
     assert ("qkv_delta" in inputs) is (method == "lora")
     assert model.blocks[0]._qkv_kept_for_backward(frozen_input, inputs.get("qkv_delta")) is kept
+
+
+def test_one_clip_inference_follows_every_change_of_the_prompts():
+    """No-grad forwards keep the prepared prompts (and a one-clip buffer holding them) until a
+    prompt tensor changes: in place, through load_state_dict, or by assigning new data."""
+    model = tiny_model("apt", num_prompts=3).eval()
+    randomize_(model)
+    x = tiny_clip(batch=1)
+    prompts = model.kv_prompts
+
+    def check() -> torch.Tensor:
+        with torch.no_grad():
+            first, again = model(x), model(x)
+        torch.testing.assert_close(first, reference_apt_logits(model, x), rtol=1e-4, atol=1e-5)
+        assert torch.equal(first, again)
+        return first
+
+    before = check()
+    with torch.no_grad():
+        prompts.keys.add_(0.5)  # an optimiser step: in place
+    after_step = check()
+    assert not torch.allclose(before, after_step)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["kv_prompts.values"] = state["kv_prompts.values"] * 2
+    model.load_state_dict(state)
+    after_load = check()
+    assert not torch.allclose(after_step, after_load)
+    prompts.scales.data = torch.full_like(prompts.scales, 1.7)  # new storage, same parameter
+    assert not torch.allclose(after_load, check())
+
+
+def test_one_clip_inference_from_two_threads_matches_one_at_a_time():
+    """Per-forward state (the prepared prompts, the kept one-clip buffer) is per thread:
+    concurrent forwards on one model neither clear nor overwrite each other's."""
+    import threading
+
+    model = tiny_model("apt", num_prompts=3, embed_dim=64, num_frames=8, img_size=64).eval()
+    randomize_(model)
+    clips = [tiny_clip(batch=1, seed=seed, frames=8, size=64) for seed in range(4)]
+    with torch.no_grad():
+        expected = [model(clip) for clip in clips]
+    failures = []
+
+    def run(offset: int) -> None:
+        try:
+            with torch.no_grad():
+                for step in range(150):
+                    index = (offset + step) % len(clips)
+                    if not torch.equal(model(clips[index]), expected[index]):
+                        failures.append(index)
+        except Exception as exc:  # noqa: BLE001 - a thread's error must fail the test, not vanish
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(offset,)) for offset in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
