@@ -86,7 +86,8 @@ class AttentionPrompts(BlockExtension):
         # block, each costs several times its isolated time; ~2 % of a 128-token forward)
         state = self._prompt_state()
         if self._constant_kv is None or not _same_state(self._constant_kv[0], state):
-            self._constant_kv = (state, self.effective_prompts()[:, :, None, None].unbind(0))
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, usable in any mode
+                self._constant_kv = (state, self.effective_prompts()[:, :, None, None].unbind(0))
         self._layer_kv[threading.get_ident()] = self._constant_kv[1]
 
     def _prompt_state(self) -> tuple:

@@ -176,8 +176,11 @@ class Attention(nn.Module):
         tokens, dim = x.shape
         num_prompts = extra_kv.shape[-2]
         size = (tokens + num_prompts) * 3 * dim * x.element_size()
+        if extra_kv.is_inference():  # no version counter to tell a change: not kept
+            return self._new_prompted_buffer(x, extra_kv)
         kept = _KEPT_BUFFERS.__dict__.setdefault("by_module", weakref.WeakKeyDictionary())
-        state = (tokens, x.dtype, x.device, extra_kv.data_ptr(), extra_kv._version)
+        # a buffer made under inference_mode is an inference tensor: written only under it again
+        state = (tokens, x.dtype, x.device, torch.is_inference_mode_enabled(), extra_kv.data_ptr(), extra_kv._version)
         found = kept.get(self)
         if found is not None and found[0] is extra_kv and found[1] == state:
             return found[2]
